@@ -28,3 +28,15 @@ def emit(listeners: Iterable[Listener], event: Event) -> None:
     """Deliver an event to every listener; listeners only observe, so their return values are ignored."""
     for listener in listeners:
         listener(event)
+
+
+def with_context(listeners: Iterable[Listener], **context: Any) -> list[Listener]:
+    """Wrap listeners so each event's data also carries `context` (e.g. trial_number, study_name).
+
+    The trial knows nothing of Optuna; the search adds the trial number this way.
+    """
+
+    def wrap(listener: Listener) -> Listener:
+        return lambda event: listener(Event(event.kind, event.step, {**context, **event.data}))
+
+    return [wrap(listener) for listener in listeners]

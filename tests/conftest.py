@@ -23,3 +23,18 @@ def glue_dir() -> Path:
     if not GLUE_DIR.is_dir():
         pytest.skip(f"real GLUE data not found at {GLUE_DIR} (optional; only present on dev machines)")
     return GLUE_DIR
+
+
+TINY_WORDS = (
+    "the a movie film was is great good bad awful fine boring fun plot actor acting story long short "
+    "not very really quite cat dog sat on mat man woman plays guitar sings city big small red blue "
+    "yes no maybe question answer because so and or but it this that"
+).split()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A saved tiny BERT (2 labels) plus tokenizer, loadable by path like any hub model."""
+    from elalora_auto.tiny import build_tiny_bert
+
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), TINY_WORDS, num_labels=2)
