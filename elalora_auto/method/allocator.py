@@ -1,0 +1,206 @@
+"""Importance EMAs, the three-phase schedule and one prune-and-grow round of ElaLoRA.
+
+Call ``RankAllocator.step(global_step, optimizer)`` once per optimizer step, AFTER ``optimizer.step()`` and
+BEFORE ``zero_grad()``: the importance I = |w * grad| uses the gradients of the step just taken (accumulated
+over all micro-batches), so gradient accumulation gives one importance update and at most one round per
+optimizer step. Calling twice with the same step is a no-op.
+
+Where this differs from the authors' code (github.com/HuandongChang/ElaLoRA), on purpose:
+- One optimizer for the whole run. A round resizes the parameters in place and indexes (prune) or zero-pads
+  (grow) every optimizer state tensor of the parameter's shape; ``step`` counters stay. The authors rebuild
+  the optimizer, which loses all Adam state and leaves the LR scheduler driving the old optimizer.
+- Per-matrix ``min_rank`` (authors: 1) and optional ``max_rank`` (authors: none). A matrix at ``min_rank`` still
+  offers its weakest eligible component to the pool as a grow-only entry, so it can grow again (the authors'
+  matrix at rank 1 offers nothing and is stuck there). A matrix gains at most ``k`` per round and never exceeds
+  ``max_rank``.
+- Churn fixes: ``grace_rounds`` (components born fewer than that many rounds ago are not offered for pruning;
+  initial components are always eligible) and ``new_importance`` ("zero" as the authors, or "matrix_mean":
+  a new component's Ibar/U start at the mean of its matrix's components, so it is not the automatic next victim).
+- ``e_lr_scale``: the layer uses E_eff = e_lr_scale * E (see layer.py). The importance |w * grad| of E is
+  invariant to it (w scales by 1/s, grad by s).
+- Pool exhaustion: if the pool holds fewer than 2b usable entries (or the grow side is blocked by k/max_rank),
+  the round moves only as many components as it can both prune and grow (total rank stays constant), and the
+  round record says so (``moved`` < ``b``, ``pool_short`` True; a round that can move nothing is still
+  recorded with ``moved`` 0). It never raises mid-training.
+- Rounds whose decayed budget b(t) is 0 change nothing and are not recorded.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import torch
+
+from elalora_auto.errors import ConfigError
+from elalora_auto.method.config import ElaLoraConfig
+from elalora_auto.method.layer import PARTS, ElaLoraLayer
+
+RoundRecord = dict[str, Any]
+
+
+class RankAllocator:
+    """Owns the schedule, the importance statistics update and the rounds; the layers own the tensors."""
+
+    def __init__(self, layers: dict[str, ElaLoraLayer], config: ElaLoraConfig, generator: torch.Generator) -> None:
+        self.layers = layers
+        self.config = config
+        self.generator = generator
+        self.initial_ranks = {name: layer.rank for name, layer in layers.items()}
+        self.round_index = 0
+        self.last_step: int | None = None
+        self.history: list[RoundRecord] = []
+
+    # ------------------------------------------------------------------ schedule
+    def total_steps(self) -> int:
+        if self.config.total_steps is None:
+            raise ConfigError("total_steps is unknown: set ElaLoraConfig.total_steps or train with ElaLoraCallback")
+        return self.config.total_steps
+
+    def phase(self, step: int) -> str:
+        """'warmup' (t <= t_init), 'adjust' or 'final' (t >= T - t_final)."""
+        cfg, total = self.config, self.total_steps()
+        if step >= total - cfg.t_final:
+            return "final"
+        return "warmup" if step <= cfg.t_init else "adjust"
+
+    def budget(self, step: int) -> int:
+        """b(t) = round(b0 (1 - p^3)) with p the progress through the adjustment window (b0 without scheduler)."""
+        cfg = self.config
+        if not cfg.scheduler:
+            return cfg.b
+        window = self.total_steps() - cfg.t_final - cfg.t_init
+        progress = min(max((step - cfg.t_init) / window, 0.0), 1.0)
+        return round(cfg.b * (1.0 - progress**3))
+
+    def step(self, global_step: int, optimizer: torch.optim.Optimizer | None) -> RoundRecord | None:
+        """Importance update (not in the final phase) and, every delta_t steps of the window, one round."""
+        if global_step == self.last_step:
+            return None
+        self.last_step = global_step
+        phase = self.phase(global_step)
+        if phase == "final":
+            return None
+        self.update_importance()
+        if phase == "adjust" and (global_step - self.config.t_init) % self.config.delta_t == 0:
+            return self.run_round(global_step, optimizer)
+        return None
+
+    # ------------------------------------------------------------------ importance
+    @torch.no_grad()
+    def update_importance(self) -> None:
+        """Ibar <- b1 Ibar + (1-b1) I;  U <- b2 U + (1-b2) |I - Ibar|, with I = |w * grad|, batched over matrices."""
+        params, grads, bars, uncs = [], [], [], []
+        for layer in self.layers.values():
+            for part in PARTS:
+                param = layer.param(part)
+                if param.grad is not None:
+                    params.append(param.detach())
+                    grads.append(param.grad)
+                    bars.append(layer.ipt_bar[part])
+                    uncs.append(layer.ipt_unc[part])
+        if not params:
+            return
+        beta1, beta2 = self.config.beta1, self.config.beta2
+        ipt = torch._foreach_mul(params, grads)
+        torch._foreach_abs_(ipt)
+        torch._foreach_mul_(bars, beta1)
+        torch._foreach_add_(bars, ipt, alpha=1.0 - beta1)
+        torch._foreach_sub_(ipt, bars)
+        torch._foreach_abs_(ipt)
+        torch._foreach_mul_(uncs, beta2)
+        torch._foreach_add_(uncs, ipt, alpha=1.0 - beta2)
+
+    # ------------------------------------------------------------------ one round
+    def _eligible(self, layer: ElaLoraLayer, round_number: int) -> list[int]:
+        grace = self.config.grace_rounds
+        return [i for i, born in enumerate(layer.born) if born == 0 or round_number - born >= grace]
+
+    @torch.no_grad()
+    def run_round(self, step: int, optimizer: torch.optim.Optimizer | None) -> RoundRecord | None:
+        """Pool the weakest components, prune the b smallest, grow one component per b largest (budget constant)."""
+        cfg = self.config
+        b = self.budget(step)
+        if b <= 0:
+            return None
+        round_number = self.round_index + 1
+        names = list(self.layers)
+        scores = torch.cat([self.layers[n].component_scores() for n in names]).tolist()  # one sync per round
+        # Pool entries: (score, matrix name, component index, prunable).
+        pool: list[tuple[float, str, int, bool]] = []
+        offset = 0
+        for name in names:
+            layer = self.layers[name]
+            matrix_scores = scores[offset : offset + layer.rank]
+            offset += layer.rank
+            eligible = sorted(self._eligible(layer, round_number), key=lambda i: matrix_scores[i])
+            prunable = min(cfg.k, layer.rank - cfg.min_rank, len(eligible))
+            offered = eligible[: max(prunable, 1)]  # a matrix at min_rank still competes to grow
+            pool.extend((matrix_scores[i], name, i, j < prunable) for j, i in enumerate(offered))
+        prune = sorted((e for e in pool if e[3]), key=lambda e: e[0])[:b]
+        chosen = {(e[1], e[2]) for e in prune}
+        grow: list[tuple[float, str, int, bool]] = []
+        gained: Counter[str] = Counter()
+        for entry in sorted((e for e in pool if (e[1], e[2]) not in chosen), key=lambda e: -e[0]):
+            if len(grow) == len(prune):
+                break
+            name = entry[1]
+            at_max = cfg.max_rank is not None and self.layers[name].rank + gained[name] >= cfg.max_rank
+            if gained[name] >= cfg.k or at_max:
+                continue
+            grow.append(entry)
+            gained[name] += 1
+        prune = prune[: len(grow)]
+        self.round_index = round_number
+        dropped: dict[str, list[int]] = {}
+        for _, name, index, _ in prune:
+            dropped.setdefault(name, []).append(index)
+        for name, indices in dropped.items():
+            self.layers[name].prune(indices, optimizer)
+        for name, count in gained.items():
+            self.layers[name].grow(
+                count, self.generator, optimizer, round_number, stats_from_mean=cfg.new_importance == "matrix_mean"
+            )
+        record: RoundRecord = {
+            "round": round_number,
+            "step": step,
+            "b": b,
+            "moved": len(prune),
+            "pool_size": len(pool),
+            "pool_short": len(prune) < b,
+            "pruned": sorted([name, len(indices)] for name, indices in dropped.items()),
+            "grown": sorted([name, count] for name, count in gained.items()),
+            "total_rank": sum(layer.rank for layer in self.layers.values()),
+        }
+        self.history.append(record)
+        return record
+
+    # ------------------------------------------------------------------ reporting and state
+    def churn_stats(self) -> dict[str, int]:
+        """Prune/grow events vs. the rank actually moved: high events with low net movement means churn."""
+        prune_events = sum(count for record in self.history for _, count in record["pruned"])
+        grow_events = sum(count for record in self.history for _, count in record["grown"])
+        net = sum(abs(layer.rank - self.initial_ranks[name]) for name, layer in self.layers.items()) // 2
+        return {
+            "rounds": len(self.history),
+            "prune_events": prune_events,
+            "grow_events": grow_events,
+            "net_rank_moved": net,
+            "pool_short_rounds": sum(1 for record in self.history if record["pool_short"]),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "initial_ranks": dict(self.initial_ranks),
+            "round_index": self.round_index,
+            "last_step": self.last_step,
+            "history": [dict(record) for record in self.history],
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.initial_ranks = dict(state["initial_ranks"])
+        self.round_index = state["round_index"]
+        self.last_step = state["last_step"]
+        self.history = [dict(record) for record in state["history"]]
+        self.generator.set_state(state["generator"])

@@ -1,0 +1,361 @@
+"""ElaLoRA method core: config validation, elastic resizing with one optimizer, schedule, rounds, checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from transformers import BertConfig, BertForSequenceClassification
+
+from elalora_auto.errors import ConfigError
+from elalora_auto.method import ElaLoraConfig, ElaLoraModel, get_elalora_model
+
+VOCAB = 50
+
+
+def tiny_bert(seed: int = 0) -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=2,
+    )
+    return BertForSequenceClassification(config)
+
+
+def elastic_bert(seed: int = 0, **overrides) -> ElaLoraModel:
+    settings = dict(
+        target_modules=["query", "value", "dense"], r_init=4, lora_alpha=8, b=3, k=2, t_init=2, t_final=4,
+        delta_t=2, total_steps=40, modules_to_save=["classifier"], grace_rounds=0, seed=seed,
+    )
+    settings.update(overrides)
+    return get_elalora_model(tiny_bert(seed), ElaLoraConfig(**settings))
+
+
+def batches(count: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """A learnable task: the label is whether token 1 occurs in the sequence."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(count):
+        ids = torch.randint(2, VOCAB, (16, 8), generator=g)
+        labels = torch.randint(0, 2, (16,), generator=g)
+        ids[labels == 1, torch.randint(0, 8, (1,), generator=g)] = 1
+        out.append({"input_ids": ids, "labels": labels})
+    return out
+
+
+def adamw(model: nn.Module, impl: str = "foreach", lr: float = 1e-2) -> torch.optim.AdamW:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=lr, **({"fused": True} if impl == "fused" else {"foreach": True}))
+
+
+def train(model: ElaLoraModel, optimizer, data, first_step: int = 1) -> list[float]:
+    """Plain loop in the documented order: backward, step, update_and_allocate, zero_grad."""
+    losses = []
+    model.train()
+    for offset, batch in enumerate(data):
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        model.update_and_allocate(first_step + offset, optimizer)
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
+# ---------------------------------------------------------------------------- config
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"t_init": 5, "t_final": 5, "total_steps": 10}, "empty adjustment window"),
+        ({"min_rank": 5, "r_init": 4}, "min_rank=5 > r_init=4"),
+        ({"max_rank": 3, "r_init": 4}, "max_rank=3 < r_init=4"),
+        ({"min_rank": 0}, "min_rank=0 must be >= 1"),
+        ({"b": -1}, "b=-1"),
+        ({"k": 0}, "k=0"),
+        ({"beta1": 1.0}, "beta1=1.0"),
+        ({"beta2": -0.1}, "beta2=-0.1"),
+        ({"new_importance": "mean"}, "new_importance"),
+        ({"e_lr_scale": 0.0}, "e_lr_scale"),
+    ],
+)
+def test_bad_config_raises_one_line_config_error(overrides, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        ElaLoraConfig(**overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_model_level_config_errors_name_the_fix():
+    with pytest.raises(ConfigError, match="exceeds what the pool can supply") as info:
+        elastic_bert(b=100)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match=r"'qeury' matches no Linear/Conv1D module; close: .*query"):
+        elastic_bert(target_modules=["qeury"])
+    with pytest.raises(ConfigError, match="modules_to_save entry 'clasifier'"):
+        elastic_bert(modules_to_save=["clasifier"])
+
+
+def test_config_round_trips_through_json_and_rejects_unknown_keys():
+    config = ElaLoraConfig(target_modules=r".*\.(query|value)", max_rank=8, modules_to_save=["classifier"])
+    assert ElaLoraConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(ConfigError, match="did you mean 'r_init'"):
+        ElaLoraConfig.from_dict({"r_inti": 3})
+    assert ElaLoraConfig.__dataclass_fields__["b"].metadata["help"]
+
+
+def test_targets_match_like_peft_and_everything_else_is_frozen():
+    regex = elastic_bert(target_modules=r".*layer\.0\.attention\.self\.(query|value)")
+    assert sorted(regex.rank_map()) == [
+        "bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.0.attention.self.value",
+    ]
+    model = elastic_bert()
+    names = list(model.rank_map())
+    assert "bert.encoder.layer.0.attention.output.dense" in names and "bert.pooler.dense" in names
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert all(".lora_" in n or ".classifier." in n for n in trainable)
+    assert model.num_trainable_parameters() == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert model.config.hidden_size == 32  # the base model's config, as the Trainer expects
+
+
+# ---------------------------------------------------------------------------- elastic layer
+def test_expansion_leaves_output_unchanged_and_new_directions_orthogonal():
+    model = elastic_bert()
+    train(model, adamw(model), batches(3), first_step=1)  # non-trivial A, E, B
+    model.eval()
+    ids = batches(1, seed=5)[0]["input_ids"]
+    before = model(input_ids=ids).logits
+    layer = model.layers["bert.encoder.layer.0.attention.self.query"]
+    old_rows = layer.lora_A.detach().clone()
+    layer.grow(3, torch.Generator().manual_seed(0), None, born_round=1, stats_from_mean=True)
+    after = model(input_ids=ids).logits
+    assert layer.rank == 7
+    assert (after - before).abs().max().item() <= 1e-6
+    new_rows = layer.lora_A.detach()[4:]
+    assert torch.allclose(new_rows.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert (new_rows @ old_rows.T).abs().max() < 1e-4
+    assert (new_rows @ new_rows.T - torch.eye(3)).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("impl", ["fused", "foreach"])
+def test_resizing_keeps_parameters_in_optimizer_and_state_shapes_right(impl):
+    model = elastic_bert(t_init=1, t_final=1, delta_t=1, b=4, total_steps=30)
+    optimizer = adamw(model, impl)
+    adapters = [p for n, p in model.named_parameters() if ".lora_" in n]
+    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    stale_outputs = []
+    for step, batch in enumerate(batches(12), start=1):
+        outputs = model(**batch)
+        outputs.loss.backward()
+        stale_outputs.append(outputs)  # keeps old graphs (and their gradient accumulators) alive across resizes
+        before = [p.detach().clone() for p in adapters]
+        optimizer.step()
+        assert all(not torch.equal(b, p) for b, p in zip(before, adapters) if b.shape == p.shape)
+        model.update_and_allocate(step, optimizer)
+        optimizer.zero_grad()
+        assert {id(p) for n, p in model.named_parameters() if ".lora_" in n} <= in_optimizer
+        for param in adapters:
+            state = optimizer.state[param]
+            assert state["exp_avg"].shape == param.shape and state["exp_avg_sq"].shape == param.shape
+            assert float(state["step"]) == step
+    assert len(model.round_history) >= 8 and any(r["moved"] > 0 for r in model.round_history)
+    assert adapters == [p for n, p in model.named_parameters() if ".lora_" in n]  # same objects throughout
+
+
+def test_optimizer_moments_are_indexed_on_prune_and_zero_padded_on_grow():
+    model = elastic_bert()
+    optimizer = adamw(model)
+    train(model, optimizer, batches(1))
+    layer = model.layers["bert.encoder.layer.1.output.dense"]
+    moments = optimizer.state[layer.lora_B]["exp_avg"].clone()
+    layer.prune([0, 2], optimizer)
+    assert torch.equal(optimizer.state[layer.lora_B]["exp_avg"], moments[:, [1, 3]])
+    layer.grow(1, torch.Generator().manual_seed(0), optimizer, born_round=1, stats_from_mean=False)
+    padded = optimizer.state[layer.lora_B]["exp_avg"]
+    assert torch.equal(padded[:, :2], moments[:, [1, 3]]) and not padded[:, 2].any()
+    assert not layer.ipt_bar["B"][:, 2].any()
+
+
+def test_bf16_autocast_trains_through_rounds():
+    model = elastic_bert(t_init=1, t_final=1, delta_t=1, total_steps=10)
+    optimizer = adamw(model)
+    for step, batch in enumerate(batches(5), start=1):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs = model(**batch)
+        assert outputs.logits.dtype == torch.bfloat16
+        outputs.loss.backward()
+        optimizer.step()
+        model.update_and_allocate(step, optimizer)
+        optimizer.zero_grad()
+    assert model.round_history and all(p.dtype == torch.float32 for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------- schedule and rounds
+def test_budget_constant_and_rank_limits_hold_over_many_rounds():
+    model = elastic_bert(r_init=3, min_rank=2, max_rank=5, b=4, k=2, t_init=1, t_final=1, delta_t=1,
+                         total_steps=40, scheduler=False)
+    total = sum(model.rank_map().values())
+    previous = model.rank_map()
+    optimizer = adamw(model)
+    for step, batch in enumerate(batches(38), start=1):
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        record = model.update_and_allocate(step, optimizer)
+        optimizer.zero_grad()
+        ranks = model.rank_map()
+        assert sum(ranks.values()) == total
+        assert all(2 <= r <= 5 for r in ranks.values())
+        assert all(abs(ranks[n] - previous[n]) <= 2 for n in ranks)
+        if record is not None:
+            assert record["total_rank"] == total and record["moved"] <= 4
+        previous = ranks
+    assert len(model.round_history) == 37
+    assert model.num_trainable_parameters() == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert max(model.rank_map().values()) > 3  # ranks really moved
+
+
+def test_no_rounds_in_warmup_or_final_phase_and_no_score_updates_at_the_end():
+    model = elastic_bert(t_init=6, t_final=8, delta_t=3, total_steps=24)
+    optimizer = adamw(model)
+    train(model, optimizer, batches(16))
+    layer = model.layers["bert.encoder.layer.0.attention.self.value"]
+    assert layer.ipt_bar["A"].abs().sum() > 0
+    frozen = {part: t.clone() for part, t in layer.ipt_bar.items()}
+    train(model, optimizer, batches(8, seed=1), first_step=17)
+    assert [r["step"] for r in model.round_history] == [9, 12, 15]
+    assert all(torch.equal(frozen[p], layer.ipt_bar[p]) for p in frozen)
+
+
+def test_budget_decays_cubically_to_zero_with_the_scheduler():
+    allocator = elastic_bert(b=6, t_init=10, t_final=10, total_steps=110).allocator
+    budgets = [allocator.budget(t) for t in range(10, 101)]
+    assert budgets[0] == 6 and budgets[-1] == 0
+    assert all(a >= b for a, b in zip(budgets, budgets[1:]))
+    assert allocator.budget(60) == round(6 * (1 - 0.5**3))
+    assert elastic_bert(b=6, scheduler=False).allocator.budget(30) == 6
+
+
+def test_pool_exhaustion_is_recorded_not_fatal():
+    model = elastic_bert(max_rank=4, t_init=1, t_final=1, delta_t=1, total_steps=6)  # nobody may grow
+    before = model.rank_map()
+    train(model, adamw(model), batches(4))
+    assert model.rank_map() == before
+    assert [r["moved"] for r in model.round_history] == [0, 0, 0]
+    assert all(r["pool_short"] for r in model.round_history)
+    assert model.churn_stats()["pool_short_rounds"] == 3
+
+
+def test_grace_period_protects_new_components():
+    grace = 3
+    model = elastic_bert(grace_rounds=grace, t_init=1, t_final=1, delta_t=1, b=6, total_steps=14)
+    optimizer = adamw(model)
+    for step, batch in enumerate(batches(12), start=1):
+        model(**batch).loss.backward()
+        optimizer.step()
+        next_round = model.allocator.round_index + 1
+        young = {n: sorted(b for b in layer.born if b and next_round - b < grace) for n, layer in model.layers.items()}
+        record = model.update_and_allocate(step, optimizer)
+        optimizer.zero_grad()
+        for name, layer in model.layers.items():  # every young component survived this round
+            assert sorted(b for b in layer.born if b and b < next_round and next_round - b < grace) == young[name]
+        if record is not None:
+            assert sum(1 for layer in model.layers.values() for b in layer.born if b == record["round"]) == sum(
+                count for _, count in record["grown"]
+            )
+    stats = model.churn_stats()
+    assert stats["rounds"] == 11 and stats["prune_events"] == stats["grow_events"] > 0
+
+
+def test_orthogonal_regulariser_is_added_to_the_training_loss():
+    model = elastic_bert(orth_reg_weight=0.5)
+    batch = batches(1)[0]
+    model.train()
+    with_reg = model(**batch).loss
+    plain = model.base_model(**batch).loss
+    assert torch.allclose(with_reg, plain + 0.5 * model.orthogonal_regularization())
+    model.eval()
+    assert torch.allclose(model(**batch).loss, plain)
+
+
+def held_out_loss(model: ElaLoraModel, data) -> float:
+    model.eval()
+    with torch.no_grad():
+        return sum(model(**batch).loss.item() for batch in data) / len(data)
+
+
+def test_loss_decreases_and_e_lr_scale_speeds_up_learning():
+    """Memorising two batches: the task loss falls, and much faster with E_eff = 10 E than with the paper's E."""
+    data = batches(2, seed=9)
+    final = {}
+    for scale in (10.0, 1.0):
+        model = elastic_bert(total_steps=40, t_init=5, t_final=10, delta_t=5, e_lr_scale=scale)
+        initial = held_out_loss(model, data)
+        train(model, adamw(model, lr=5e-3), data * 20)
+        final[scale] = held_out_loss(model, data)
+        assert model.round_history
+    assert final[10.0] < 0.2 * initial
+    assert final[10.0] < 0.5 * final[1.0]
+
+
+class Blocks(nn.Module):
+    """Independent Linear blocks on slices of the input: capacity needs are separable per block."""
+
+    def __init__(self, width: int = 16, count: int = 4) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.Linear(width, width) for _ in range(count))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        chunks = x.chunk(len(self.blocks), dim=-1)
+        return torch.cat([block(chunk) for block, chunk in zip(self.blocks, chunks)], dim=-1)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_rank_moves_to_the_blocks_with_a_planted_low_rank_signal(seed):
+    torch.manual_seed(seed)
+    student, teacher = Blocks(), Blocks()
+    teacher.load_state_dict(student.state_dict())
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for i in (1, 2):  # only blocks 1 and 2 need (rank-4) capacity
+            teacher.blocks[i].weight += 0.3 * torch.randn(16, 4, generator=g) @ torch.randn(4, 16, generator=g)
+    config = ElaLoraConfig(target_modules=r"blocks\.\d", r_init=2, lora_alpha=2, b=2, k=1, t_init=10,
+                           t_final=20, delta_t=5, total_steps=80, seed=seed)
+    model = get_elalora_model(student, config)
+    optimizer = adamw(model, lr=2e-2)
+    for step in range(1, 81):
+        x = torch.randn(32, 64, generator=g)
+        loss = ((model(x) - teacher(x).detach()) ** 2).mean()
+        loss.backward()
+        optimizer.step()
+        model.update_and_allocate(step, optimizer)
+        optimizer.zero_grad()
+    ranks = model.rank_map()
+    assert ranks["blocks.0"] == ranks["blocks.3"] == 1
+    assert ranks["blocks.1"] + ranks["blocks.2"] == 6
+
+
+# ---------------------------------------------------------------------------- checkpoint
+def test_checkpoint_resume_is_bit_exact(tmp_path):
+    data = batches(20)
+    settings = dict(t_init=2, t_final=2, delta_t=2, total_steps=20, grace_rounds=2, new_importance="matrix_mean")
+
+    straight = elastic_bert(**settings)
+    optimizer = adamw(straight)
+    train(straight, optimizer, data)
+
+    first = elastic_bert(**settings)
+    optimizer = adamw(first)
+    train(first, optimizer, data[:9])
+    first.save_checkpoint(tmp_path / "ckpt.pt", optimizer)
+    resumed = elastic_bert(**settings)
+    optimizer = adamw(resumed)
+    resumed.load_checkpoint(tmp_path / "ckpt.pt", optimizer)
+    assert resumed.rank_map() == first.rank_map() != straight.allocator.initial_ranks
+    train(resumed, optimizer, data[9:], first_step=10)
+
+    assert resumed.rank_map() == straight.rank_map()
+    assert resumed.round_history == straight.round_history
+    expected = dict(straight.named_parameters())
+    for name, param in resumed.named_parameters():
+        assert torch.equal(param, expected[name]), name

@@ -1,0 +1,105 @@
+"""Search spaces: every shipped space loads and suggests, bad spaces fail with the key named; Pareto helpers."""
+
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+
+from elalora_auto.errors import ConfigError, UserError
+from elalora_auto.search.pareto import hypervolume, knee, pareto_front
+from elalora_auto.search.space import SearchSpace, builtin_names
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.mark.parametrize("name", ["elalora", "adalora", "lora"])
+def test_shipped_spaces_suggest_values_that_fit_the_run(name: str) -> None:
+    space = SearchSpace.load(name)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    drawn = 0
+    for _ in range(30):
+        try:
+            method, training = space.suggest(study.ask(), {"total_steps": 120, "model_type": "deberta-v2"})
+        except optuna.TrialPruned:  # adalora's r_target <= r_init
+            continue
+        drawn += 1
+        assert 1e-4 <= training["learning_rate"] <= 5e-3
+        assert "query_proj" in method["target_modules"] and "query" not in method["target_modules"]
+        if "delta_t" in method:
+            assert method["t_init"] >= 1 and method["t_final"] >= 1
+            assert 1 <= method["delta_t"] <= 120 - method["t_init"] - method["t_final"]
+    assert drawn >= 15
+
+
+def test_default_is_enqueueable_and_gives_the_authors_schedule_proportions() -> None:
+    space = SearchSpace.load("elalora")
+    study = optuna.create_study()
+    study.enqueue_trial(space.default_params({"learning_rate": 2e-3}))
+    method, training = space.suggest(study.ask(), {"total_steps": 1000, "model_type": "bert"})
+    assert (method["r_init"], method["b"], method["k"], method["lora_alpha"]) == (10, 4, 2, 16)
+    assert (method["t_init"], method["t_final"], method["delta_t"]) == (80, 160, 84)
+    assert training == {"learning_rate": 2e-3}
+    with pytest.raises(UserError, match="trial0: unknown parameter 'lr'"):
+        space.default_params({"lr": 1e-3})
+
+
+def test_builtin_names_are_packaged() -> None:
+    assert {"elalora", "adalora", "lora"} <= set(builtin_names("search_spaces"))
+    # the repo-root folder is the packaged one (a symlink), so a checkout and a wheel see the same files
+    root = Path(__file__).resolve().parents[1] / "search_spaces"
+    assert (root / "elalora.yaml").resolve() == Path(SearchSpace.load("elalora").path).resolve()
+
+
+BASE = {"method": "elalora", "method_params": {"r_init": {"type": "int", "low": 2, "high": 8}}}
+
+
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ({"method_params": {"r_init": {"type": "gauss", "low": 1, "high": 2}}}, r"method_params\.r_init\.type: unknown type 'gauss'"),
+        ({"method_params": {"r_init": {"type": "int", "low": 9, "high": 2}}}, r"method_params\.r_init: low 9 > high 2"),
+        ({"method_params": {"r_init": {"type": "int", "low": 2}}}, r"method_params\.r_init: missing key 'high'"),
+        ({"method_params": {"lr": {"type": "log", "low": 0, "high": 1}}}, r"method_params\.lr: a log range needs low > 0"),
+        ({"method_params": {"t": {"type": "float", "low": 0, "high": 1, "of": "steps"}}}, r"t\.of: unknown name 'steps'"),
+        ({"method_params": {"t": {"type": "float", "low": 0, "high": 1, "of": "__import__('os')"}}}, r"t\.of: unsupported syntax"),
+        ({"method_params": {"target_modules": {"type": "categorical", "choices": ["mlp"]}}}, r"unknown module set 'mlp'"),
+        ({"method": "dora"}, r"method: unknown method 'dora'"),
+        ({"rounds": 3}, r"unknown key 'rounds'"),
+    ],
+)
+def test_bad_spaces_name_the_key(patch: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        SearchSpace.from_dict({**BASE, **patch}, source="s.yaml")
+
+
+def test_malformed_yaml_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("method: elalora\nmethod_params:\n  r_init: {type: int, low: 2\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml line \d+: malformed YAML") as info:
+        SearchSpace.load(path)
+    assert "\n" not in str(info.value)
+    with pytest.raises(UserError, match="unknown search space 'nope'"):
+        SearchSpace.load("nope")
+
+
+def test_constraint_violation_prunes_before_training() -> None:
+    space = SearchSpace.from_dict(
+        {"method": "adalora", "method_params": {"r_init": {"type": "int", "low": 2, "high": 2},
+                                                "r_target": {"type": "int", "low": 5, "high": 5}},
+         "constraints": ["r_target <= r_init"]})
+    with pytest.raises(optuna.TrialPruned, match="r_target <= r_init"):
+        space.suggest(optuna.create_study().ask(), {"total_steps": 10})
+
+
+def test_front_knee_and_hypervolume() -> None:
+    points = [(0.80, 100.0), (0.85, 300.0), (0.70, 50.0), (0.84, 900.0), (0.86, 1000.0), (0.60, 200.0)]
+    assert pareto_front(points) == [2, 0, 1, 4]
+    assert knee(points) == 1  # the bend: 0.85 at 300 params; beyond it parameters buy little
+    reference = (0.5, 2000.0)
+    hv = hypervolume(points, reference)
+    from optuna._hypervolume import compute_hypervolume  # cross-check against Optuna's WFG (minimisation form)
+
+    expected = compute_hypervolume(np.array([[-m, c] for m, c in points]), np.array([-reference[0], reference[1]]))
+    assert hv == pytest.approx(expected)
+    assert hypervolume([], reference) == 0.0 and knee([]) is None

@@ -1,0 +1,166 @@
+"""MlflowTracker fed with real events from a real Optuna study into a real SQLite MLflow store."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from elalora_auto.events import Event, emit, with_context
+from elalora_auto.tracking import MlflowTracker
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+NAMES = [f"bert.encoder.layer.{i}.attention.self.{m}" for i in range(2) for m in ("query", "value")]
+
+
+def _run_trial(tracker: MlflowTracker, study: optuna.Study, workdir: Path, outcome: str) -> optuna.trial.FrozenTrial:
+    """Drive one trial through the event contract, the way search + run_trial emit it."""
+    trial = study.ask()
+    r = trial.suggest_int("r_init", 2, 8)
+    lr = trial.suggest_float("learning_rate", 1e-4, 1e-2, log=True)
+    name = study.study_name
+    listeners = with_context([tracker], trial_number=trial.number, study_name=name)
+    spec = {"task": "sst2", "model": "tiny", "method": "elalora", "params": {"r_init": r},
+            "training": {"learning_rate": lr, "seed": 42, "max_steps": 20}}
+    ranks = {n: r for n in NAMES}
+    emit(listeners, Event("trial_start", 0, {"spec": spec, "trainable_params": 100 * r, "rank_map": ranks}))
+    for step in range(1, 21):
+        emit(listeners, Event("train_step", step, {"loss": 1.0 / step, "lr": lr, "total_rank": sum(ranks.values()),
+                                                  "trainable_params": 100 * r}))
+        if step == 10:
+            ranks = {**ranks, NAMES[0]: r + 1, NAMES[1]: r - 1}
+            emit(listeners, Event("round", step, {"record": {"pruned": 1, "grown": 1}, "rank_map": ranks}))
+    accuracy = 0.5 + r / 20
+    emit(listeners, Event("eval", 20, {"metrics": {"accuracy": accuracy}, "primary": accuracy}))
+    out = workdir / "trials" / name / str(trial.number)
+    reason = None
+    if outcome == "COMPLETE":
+        result = {"metrics": {"accuracy": accuracy}, "primary": accuracy, "primary_metric": "accuracy",
+                  "trainable_params": 100 * r, "rank_map": ranks, "wall_time_s": 1.0, "examples_per_s": 10.0}
+        emit(listeners, Event("trial_end", 20, {"result": result}))
+        (out / "adapter").mkdir(parents=True)
+        (out / "adapter" / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+        values = [accuracy, 100 * r]
+        study.tell(trial, values)
+    else:
+        values, result = None, None
+        reason = "median rule at step 10" if outcome == "PRUNED" else "NonFiniteLossError: loss nan at step 3"
+        study.tell(trial, state=getattr(optuna.trial.TrialState, "FAIL" if outcome == "FAIL" else outcome))
+    frozen = study.trials[trial.number]
+    emit([tracker], Event("trial_finished", 0, {
+        "study": study, "study_name": name, "trial_number": trial.number, "state": outcome, "reason": reason,
+        "params": frozen.params, "values": values, "result": result, "output_dir": str(out)}))
+    return frozen
+
+
+def _children(client: MlflowClient, name: str) -> list:
+    experiment = client.get_experiment_by_name(name)
+    return client.search_runs([experiment.experiment_id], "tags.`elalora.role` = 'trial'")
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory):
+    """One study of five trials (3 complete, 1 pruned, 1 failed), tracked from study_start to study_end."""
+    workdir = tmp_path_factory.mktemp("work")
+    tracker = MlflowTracker(workdir=workdir)
+    study = optuna.create_study(study_name="s1", directions=["maximize", "minimize"],
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study.set_user_attr("settings", {"task": "sst2", "method": "elalora"})
+    tracker(Event("study_start", 0, {"study": study, "study_name": "s1", "storage": "memory",
+                                     "settings": {"task": "sst2", "trials": 5}}))
+    trials = [_run_trial(tracker, study, workdir, outcome)
+              for outcome in ("COMPLETE", "PRUNED", "COMPLETE", "FAIL", "COMPLETE")]
+    tracker(Event("study_end", 0, {"study": study, "study_name": "s1"}))
+    return workdir, tracker, study, trials
+
+
+def test_every_trial_has_one_run_with_its_state_values_and_reason(tracked):
+    workdir, tracker, study, trials = tracked
+    assert (workdir / "mlflow.db").is_file()
+    runs = {int(run.data.tags["elalora.trial"]): run for run in _children(tracker.client, "s1")}
+    assert sorted(runs) == [t.number for t in trials]
+    parent = tracker.study_runs("s1").parent_run_id
+    for trial in trials:
+        run = runs[trial.number]
+        assert run.data.tags["mlflow.parentRunId"] == parent
+        assert run.info.status == {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}[trial.state.name]
+        assert run.data.tags["elalora.state"] == trial.state.name
+        assert run.data.params["params.r_init"] == str(trial.params["r_init"])
+        assert run.data.params["task"] == "sst2" and run.data.params["seed"] == "42"
+        if trial.state.name == "COMPLETE":
+            assert [run.data.metrics["objective_0"], run.data.metrics["objective_1"]] == pytest.approx(trial.values)
+            assert run.data.metrics["final_primary"] == pytest.approx(trial.values[0])
+        else:
+            assert "elalora.reason" in run.data.tags
+    history = tracker.client.get_metric_history(runs[0].info.run_id, "train_loss")
+    assert [m.step for m in history] == list(range(1, 21))
+
+
+def test_trial_artifacts_and_adapters_of_front_trials(tracked):
+    workdir, tracker, study, trials = tracked
+    runs = {int(run.data.tags["elalora.trial"]): run for run in _children(tracker.client, "s1")}
+    front = {t.number for t in study.best_trials}
+    for trial in trials:
+        paths = {a.path for a in tracker.client.list_artifacts(runs[trial.number].info.run_id, "ranks")}
+        if trial.state.name == "COMPLETE":
+            assert paths == {"ranks/rank_map.json", "ranks/rank_heatmap.png", "ranks/rank_evolution.png",
+                             "ranks/rank_rounds.csv"}
+        adapter = tracker.client.list_artifacts(runs[trial.number].info.run_id, "adapter")
+        # A trial's adapter is logged when it is on the front at the time it finishes.
+        if trial.number in front:
+            assert [a.path for a in adapter] == ["adapter/adapter_config.json"]
+    artifacts = Path(tracker.client.get_run(runs[0].info.run_id).info.artifact_uri.removeprefix("file://"))
+    assert artifacts.is_relative_to(workdir / "mlartifacts")
+    assert json.loads((artifacts / "ranks" / "rank_map.json").read_text())[NAMES[0]] == trials[0].params["r_init"] + 1
+
+
+def test_parent_run_has_study_plots(tracked):
+    workdir, tracker, study, trials = tracked
+    parent = tracker.client.get_run(tracker.study_runs("s1").parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["study.task"] == "sst2"
+    names = {a.path for a in tracker.client.list_artifacts(parent.info.run_id)}
+    assert {"pareto_front.png", "pareto_front.html", "trials.csv", "optuna_history.html", "index.html"} <= names
+    assert parent.data.metrics["trials_complete"] == 3 and parent.data.metrics["pareto_size"] == len(study.best_trials)
+
+
+def test_resuming_reuses_the_parent_and_child_runs(tracked):
+    workdir, tracker, study, trials = tracked
+    again = MlflowTracker(workdir=workdir)  # a new process attaching to the same store
+    again(Event("study_start", 0, {"study": study, "study_name": "s1", "storage": "memory", "settings": {}}))
+    done = trials[0]
+    again(Event("trial_finished", 0, {"study": study, "study_name": "s1", "trial_number": done.number,
+                                      "state": "COMPLETE", "reason": None, "params": done.params,
+                                      "values": done.values, "result": None, "output_dir": None}))
+    assert again.study_runs("s1").parent_run_id == tracker.study_runs("s1").parent_run_id
+    numbers = [int(run.data.tags["elalora.trial"]) for run in _children(tracker.client, "s1")]
+    assert sorted(numbers) == [t.number for t in trials]
+    experiment = tracker.client.get_experiment_by_name("s1")
+    assert len(tracker.client.search_runs([experiment.experiment_id], "tags.`elalora.role` = 'parent'")) == 1
+
+
+def test_concurrent_workers_agree_on_one_parent(tracked):
+    workdir = tracked[0]
+    trackers = [MlflowTracker(workdir=workdir) for _ in range(3)]
+    threads = [threading.Thread(target=t.study_runs, args=("race",)) for t in trackers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({t.study_runs("race").parent_run_id for t in trackers}) == 1
+    experiment = trackers[0].client.get_experiment_by_name("race")
+    assert len(trackers[0].client.search_runs([experiment.experiment_id], "tags.`elalora.role` = 'parent'")) == 1
+
+
+def test_tracking_failures_never_reach_the_trial(tmp_path, caplog):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the store's folder should be")
+    tracker = MlflowTracker(tracking_uri=f"sqlite:///{blocker}/mlflow.db", workdir=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="elalora_auto.tracking"):
+        tracker(Event("trial_start", 0, {"study_name": "x", "trial_number": 0, "spec": {}}))
+    assert "MLflow tracking skipped a trial_start event" in caplog.text

@@ -1,0 +1,144 @@
+"""run_trial end to end on the tiny BERT and a tiny SST-2 folder written here (CPU, seconds)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from elalora_auto.errors import UserError
+from elalora_auto.events import Event
+from elalora_auto.trial import NonFiniteLossError, TrialSpec, load_base_model, run_trial
+
+POSITIVE = ["great", "good", "fun", "fine"]
+NEGATIVE = ["bad", "awful", "boring", "long"]
+
+
+def write_tiny_sst2(root: Path, n_train: int = 48, n_dev: int = 24) -> Path:
+    """DIR/SST-2/{train,dev}.tsv in the GLUE layout; the label is given away by one word, so it is learnable."""
+    folder = root / "SST-2"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train.tsv", n_train), ("dev.tsv", n_dev)):
+        rows = ["sentence\tlabel"]
+        for i in range(n):
+            label = i % 2
+            word = (POSITIVE if label else NEGATIVE)[i % 4]
+            rows.append(f"the movie was {'very ' * (i % 3)}{word}\t{label}")
+        (folder / name).write_text("\n".join(rows) + "\n")
+    return root
+
+
+def tiny_spec(model_dir: Path, data_dir: Path, method: str, **training) -> TrialSpec:
+    params = {
+        "lora": {"r_init": 2},
+        "adalora": {"r_init": 3, "r_target": 2},
+        "elalora": {"r_init": 2, "b": 2, "k": 1},
+    }[method]
+    spec = TrialSpec(task="sst2", model=str(model_dir), method=method, params=params)
+    spec.data.data_dir = str(data_dir)
+    spec.data.cache_dir = str(data_dir / "cache")
+    spec.training.max_steps = 12
+    spec.training.batch_size = 8
+    spec.training.max_length = 16
+    spec.training.learning_rate = 5e-3
+    spec.training.log_every = 2
+    for key, value in training.items():
+        setattr(spec.training, key, value)
+    return spec
+
+
+@pytest.fixture
+def sst2_dir(tmp_path: Path) -> Path:
+    return write_tiny_sst2(tmp_path)
+
+
+@pytest.mark.parametrize("method", ["lora", "adalora", "elalora"])
+def test_each_method_completes_with_sane_result(tiny_model_dir, sst2_dir, tmp_path, method):
+    events: list[Event] = []
+    spec = tiny_spec(tiny_model_dir, sst2_dir, method, eval_every=6)
+    result = run_trial(spec, listeners=[events.append], output_dir=tmp_path / "out", progress=False)
+
+    assert result.status == "COMPLETE" and result.steps == 12
+    assert result.metrics and all(0.0 <= v <= 1.0 and math.isfinite(v) for v in result.metrics.values())
+    assert result.primary == result.metrics["accuracy"]
+    assert result.trainable_params > 0
+    assert [e["step"] for e in result.eval_history] == [6, 12]
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "trial_start" and kinds[-1] == "trial_end" and kinds.count("eval") == 2
+    assert events[-1].data["result"]["trainable_params"] == result.trainable_params
+    assert (tmp_path / "out" / "adapter" / "adapter_config.json").is_file()
+    assert TrialSpec.from_yaml(tmp_path / "out" / "config.yaml") == spec
+    if method == "elalora":
+        # ElaLoRA prunes and grows in equal numbers: the total rank stays r_init x number of matrices.
+        assert sum(result.rank_map.values()) == 2 * len(result.rank_map)
+        assert kinds.count("round") == len(result.rank_history)
+    if method == "lora":
+        assert set(result.rank_map.values()) == {2}
+
+
+def test_trainable_params_match_the_adapter(tiny_model_dir, sst2_dir):
+    """LoRA's count must equal what the optimizer actually trains."""
+    from elalora_auto.method.baselines import build_adapter
+
+    result = run_trial(tiny_spec(tiny_model_dir, sst2_dir, "lora", max_steps=2), progress=False)
+    model = __import__("copy").deepcopy(load_base_model(str(tiny_model_dir), 2, "single_label_classification")[0])
+    adapter = build_adapter(model, "lora", {"r_init": 2}, 2, None)
+    assert result.trainable_params == sum(p.numel() for p in adapter.model.parameters() if p.requires_grad)
+
+
+def test_reporter_pruning_propagates_and_stops_events(tiny_model_dir, sst2_dir):
+    events: list[Event] = []
+    calls = []
+
+    def reporter(step: int, value: float) -> None:
+        calls.append((step, value))
+        raise optuna.TrialPruned()
+
+    with pytest.raises(optuna.TrialPruned):
+        run_trial(tiny_spec(tiny_model_dir, sst2_dir, "lora", eval_every=4), reporter=reporter,
+                  listeners=[events.append], progress=False)
+    assert calls[0][0] == 4 and 0.0 <= calls[0][1] <= 1.0
+    assert [e.kind for e in events].count("trial_end") == 0 and events[-1].kind == "eval"
+
+
+def test_nan_loss_raises_non_finite_error(tiny_model_dir, sst2_dir):
+    with pytest.raises(NonFiniteLossError, match="step"):
+        run_trial(tiny_spec(tiny_model_dir, sst2_dir, "lora", learning_rate=1e30, warmup_ratio=0.0),
+                  progress=False)
+
+
+def test_cached_base_model_stays_bit_identical(tiny_model_dir, sst2_dir):
+    base, _ = load_base_model(str(tiny_model_dir), 2, "single_label_classification")
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    for method in ("lora", "elalora"):
+        run_trial(tiny_spec(tiny_model_dir, sst2_dir, method, max_steps=3), progress=False)
+    assert load_base_model(str(tiny_model_dir), 2, "single_label_classification")[0] is base
+    after = base.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_same_seed_same_result(tiny_model_dir, sst2_dir):
+    spec = tiny_spec(tiny_model_dir, sst2_dir, "lora", max_steps=4)
+    first, second = (run_trial(spec, progress=False) for _ in range(2))
+    assert first.train_loss_history == second.train_loss_history
+
+
+def test_yaml_round_trip_and_overrides(tmp_path):
+    spec = TrialSpec(task="sst2", model="m", method="lora", params={"r_init": 4})
+    changed = spec.apply_overrides(["params.r_init=8", "training.learning_rate=1e-3", "max_steps=50",
+                                    "data.max_train_samples=100", "method=adalora"])
+    assert changed.params["r_init"] == 8 and changed.training.learning_rate == 1e-3
+    assert changed.training.max_steps == 50 and changed.data.max_train_samples == 100
+    assert changed.method == "adalora" and spec.params["r_init"] == 4
+    path = tmp_path / "c.yaml"
+    changed.to_yaml(path)
+    assert TrialSpec.from_yaml(path) == changed
+    with pytest.raises(UserError, match="valid: .*training.learning_rate"):
+        spec.apply_overrides(["training.lr=1"])
+    with pytest.raises(UserError, match="unknown method"):
+        spec.apply_overrides(["method=dora"])
+    with pytest.raises(UserError, match="malformed YAML"):
+        TrialSpec.from_yaml("task: [sst2")
