@@ -142,7 +142,7 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     import signal
     from pathlib import Path
 
-    from elalora_auto.tracking import default_tracking_uri, start_ui, stop_ui
+    from elalora_auto.tracking import default_tracking_uri, start_ui, stop_ui, wait_ui_ready
 
     uri = args.tracking_uri or default_tracking_uri(args.workdir)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
@@ -150,8 +150,9 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     # SIGTERM behaves like Ctrl-C, so the server's process group is stopped either way.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     server = start_ui(uri, args.port)
-    print(f"MLflow UI: http://127.0.0.1:{args.port}  (store {uri}; Ctrl-C stops it)", flush=True)
     try:
+        wait_ui_ready(server, args.port)
+        print(f"MLflow UI: http://127.0.0.1:{args.port}  (store {uri}; Ctrl-C stops it)", flush=True)
         return server.wait()
     except KeyboardInterrupt:
         print("stopping the MLflow UI", flush=True)
@@ -193,6 +194,8 @@ def _add_search_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///WORKDIR/mlflow.db)")
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    p.add_argument("--create-only", action="store_true",
+                   help="create the study and exit (then start `elalora-auto worker` processes on it)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_search)
 
@@ -225,7 +228,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     flags = {name: getattr(args, name) for name in _SEARCH_FLAGS}
     settings = SearchSettings.from_sources(args.config, {**flags, "no_tracking": args.no_tracking or None})
-    run_search(settings, progress=not args.quiet)
+    run_search(settings, progress=not args.quiet, create_only=args.create_only)
     return 0
 
 

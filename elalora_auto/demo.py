@@ -64,7 +64,7 @@ def demo_settings(workdir: Path, trials: int | None = None, tracking: bool = Tru
 
     model_dir = workdir / "demo-model"
     if not (model_dir / "config.json").is_file():
-        build_tiny_bert(model_dir, demo_words(), num_labels=2, hidden_size=32, num_layers=2, seed=0)
+        build_tiny_bert(model_dir, demo_words(), num_labels=2, hidden_size=64, num_layers=2, seed=0)
     train, evaluation = write_dataset(workdir / "demo-data")
     custom = {"train_file": str(train), "eval_file": str(evaluation),
               "text_columns": ["text"], "label_column": "label"}

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from elalora_auto.errors import UserError
 from elalora_auto.events import Event
 
 log = logging.getLogger(__name__)
@@ -367,6 +368,35 @@ def start_ui(tracking_uri: str, port: int = 5000) -> Any:
         command += ["--default-artifact-root", root]
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     return subprocess.Popen(command, start_new_session=True, env=env)
+
+
+def wait_ui_ready(process: Any, port: int, timeout_s: float = 120.0) -> None:
+    """Block until the server answers, then touch each of its stores once, one request at a time.
+
+    The server opens its SQLite stores lazily on first use; the UI's first page fires many requests at once,
+    and concurrent first opens race on schema creation ("table ... already exists"). One warm-up avoids it.
+    """
+    import urllib.error
+    import urllib.request
+
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process.poll() is not None:
+            raise UserError(f"the MLflow server exited with code {process.returncode}; is port {port} free?")
+        try:
+            urllib.request.urlopen(f"{base}/health", timeout=2).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise UserError(f"the MLflow server did not answer on port {port} within {timeout_s:.0f} s") from None
+            time.sleep(0.5)
+    for path in ("/ajax-api/3.0/mlflow/server-info", "/ajax-api/2.0/mlflow/experiments/search?max_results=1",
+                 "/ajax-api/2.0/mlflow/registered-models/search?max_results=1"):
+        try:
+            urllib.request.urlopen(base + path, timeout=60).close()
+        except urllib.error.HTTPError as exc:
+            log.warning("MLflow UI warm-up %s answered %s", path, exc.code)
 
 
 def stop_ui(process: Any, timeout_s: float = 10.0) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+import inspect
 import json
 
 import pytest
 import torch
 from torch import nn
 from transformers import BertConfig, BertForSequenceClassification
+from transformers.utils.generic import find_labels
 
 from elalora_auto.errors import ConfigError
 from elalora_auto.method import ElaLoraConfig, ElaLoraModel, get_elalora_model
@@ -116,6 +119,13 @@ def test_targets_match_like_peft_and_everything_else_is_frozen():
     assert all(".lora_" in n or ".classifier." in n for n in trainable)
     assert model.num_trainable_parameters() == sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert model.config.hidden_size == 32  # the base model's config, as the Trainer expects
+    assert model.elalora_config.r_init == 4
+    # The Trainer inspects both the bound and the class-level forward (dataset columns, label names).
+    assert {"input_ids", "labels"} <= set(inspect.signature(model.forward).parameters)
+    assert find_labels(type(model)) == ["labels"]
+    clone = copy.deepcopy(model)
+    assert clone.rank_map() == model.rank_map()
+    assert all(clone.layers[n] is clone.base_model.get_submodule(n) for n in clone.layers)
 
 
 # ---------------------------------------------------------------------------- elastic layer
@@ -308,6 +318,31 @@ class Blocks(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         chunks = x.chunk(len(self.blocks), dim=-1)
         return torch.cat([block(chunk) for block, chunk in zip(self.blocks, chunks)], dim=-1)
+
+
+def test_rank_only_flows_to_matrices_that_score_higher():
+    """A too-small pool must not push rank back from important matrices to unimportant ones."""
+    model = get_elalora_model(Blocks(), ElaLoraConfig(target_modules=r"blocks\.\d", r_init=2, b=2, k=1, t_init=0,
+                                                      t_final=0, total_steps=10, grace_rounds=0, scheduler=False))
+    layers = [model.layers[f"blocks.{i}"] for i in range(4)]
+    for low in (layers[0], layers[3]):
+        low.prune([1], None)
+    for high in (layers[1], layers[2]):
+        high.grow(1, model.allocator.generator, None, born_round=1, stats_from_mean=False)
+
+    def set_scores(value_low: float, value_high: float) -> None:
+        for layer, value in zip(layers, (value_low, value_high, value_high, value_low)):
+            for part in "AEB":
+                layer.ipt_bar[part].fill_(value)
+                layer.ipt_unc[part].fill_(1.0)
+
+    set_scores(0.1, 1.0)  # pool: the weakest of blocks 1, 2 (prunable) and the only ones of 0, 3 (grow-only)
+    record = model.allocator.run_round(5, None)
+    assert record["moved"] == 0 and record["pool_short"]
+    assert [layer.rank for layer in layers] == [1, 3, 3, 1]
+    set_scores(1.0, 0.1)  # now blocks 0 and 3 matter more: they take rank back
+    assert model.allocator.run_round(6, None)["moved"] == 2
+    assert [layer.rank for layer in layers] == [2, 2, 2, 2]
 
 
 @pytest.mark.parametrize("seed", [0, 1])

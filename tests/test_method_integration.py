@@ -8,7 +8,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 import torch
 from datasets import Dataset
 from transformers import (
@@ -58,7 +57,11 @@ LOAD_WITH_STOCK_PEFT = textwrap.dedent("""
             diff = (model(input_ids=expected["ids"]).logits - expected["logits"]).abs().max().item()
             merged = model.merge_and_unload()
             merged_diff = (merged(input_ids=expected["ids"]).logits - expected["logits"]).abs().max().item()
-        print(case, diff, merged_diff)
+        with torch.no_grad():
+            base_diff = (auto.from_pretrained(f"{case}/base")(input_ids=expected["ids"]).logits
+                         - expected["logits"]).abs().max().item()
+        print(case, diff, merged_diff, base_diff)
+        assert base_diff > 1e-3, (case, base_diff)  # the adapter really changes the output
         assert diff <= 1e-5 and merged_diff <= 1e-5, (case, diff, merged_diff)
     assert "elalora_auto" not in sys.modules
 """)
@@ -138,3 +141,5 @@ def test_trainer_with_callback_moves_ranks_from_real_gradients(tmp_path):
     assert sum(model.rank_map().values()) == sum(initial.values())
     metrics = trainer.evaluate()
     assert "eval_loss" in metrics  # labels reached the model: Trainer saw the wrapped signature
+    trainer.save_model(str(tmp_path / "final"))
+    assert (tmp_path / "final" / "model.safetensors").is_file()

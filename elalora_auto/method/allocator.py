@@ -19,9 +19,11 @@ Where this differs from the authors' code (github.com/HuandongChang/ElaLoRA), on
 - ``e_lr_scale``: the layer uses E_eff = e_lr_scale * E (see layer.py). The importance |w * grad| of E is
   invariant to it (w scales by 1/s, grad by s).
 - Pool exhaustion: if the pool holds fewer than 2b usable entries (or the grow side is blocked by k/max_rank),
-  the round moves only as many components as it can both prune and grow (total rank stays constant), and the
-  round record says so (``moved`` < ``b``, ``pool_short`` True; a round that can move nothing is still
-  recorded with ``moved`` 0). It never raises mid-training.
+  the round moves only as many components as it can both prune and grow (total rank stays constant). A move
+  also needs the growing entry to score higher than the pruned one (pairing the i-th weakest with the i-th
+  strongest); with a full pool (>= 2b entries, as in the paper) this always holds, with a small pool it stops
+  rank flowing back to matrices that matter less. The round record says when fewer than b moved (``moved`` < ``b``,
+  ``pool_short`` True; a round that can move nothing is still recorded with ``moved`` 0). It never raises.
 - Rounds whose decayed budget b(t) is 0 change nothing and are not recorded.
 """
 
@@ -150,7 +152,11 @@ class RankAllocator:
                 continue
             grow.append(entry)
             gained[name] += 1
-        prune = prune[: len(grow)]
+        # Pair the i-th weakest pruned with the i-th strongest grower; move only while the grower's score is
+        # higher (otherwise rank would flow to a less important matrix, which only a too-small pool can force).
+        moved = next((i for i, (p, g) in enumerate(zip(prune, grow)) if g[0] <= p[0]), min(len(prune), len(grow)))
+        prune, grow = prune[:moved], grow[:moved]
+        gained = Counter(entry[1] for entry in grow)
         self.round_index = round_number
         dropped: dict[str, list[int]] = {}
         for _, name, index, _ in prune:

@@ -23,7 +23,8 @@ class ElaLoraCallback(TrainerCallback):
 
     def _find(self, model: nn.Module | None) -> ElaLoraModel:
         if self.model is None:
-            found = next((m for m in (model.modules() if model is not None else ()) if isinstance(m, ElaLoraModel)), None)
+            modules = model.modules() if model is not None else ()
+            found = next((m for m in modules if isinstance(m, ElaLoraModel)), None)
             if found is None:
                 raise TypeError("ElaLoraCallback needs an ElaLoraModel: train the model from get_elalora_model()")
             self.model = found

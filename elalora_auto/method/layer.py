@@ -23,12 +23,11 @@ RANK_DIM = {"A": 0, "E": 0, "B": 1}
 
 
 def torch_optimizer(optimizer: object | None) -> torch.optim.Optimizer | None:
-    """The torch optimizer behind accelerate's AcceleratedOptimizer (or the optimizer itself)."""
-    while optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-        inner = getattr(optimizer, "optimizer", None)
-        if inner is None or inner is optimizer:
-            raise TypeError(f"expected a torch optimizer or a wrapper with .optimizer, got {type(optimizer).__name__}")
-        optimizer = inner
+    """The torch optimizer behind accelerate's AcceleratedOptimizer (its ``.optimizer``), or the optimizer itself."""
+    while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
+        optimizer = optimizer.optimizer  # type: ignore[union-attr]
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"expected a torch optimizer or a wrapper with .optimizer, got {type(optimizer).__name__}")
     return optimizer
 
 
@@ -95,10 +94,6 @@ class ElaLoraLayer(nn.Module):
         eye = torch.eye(self.rank, device=self.lora_A.device, dtype=self.lora_A.dtype)
         a, b = self.lora_A, self.lora_B
         return torch.linalg.matrix_norm(a @ a.T - eye) + torch.linalg.matrix_norm(b.T @ b - eye)
-
-    def delta_weight(self) -> Tensor:
-        """Dense Delta W (out x in), for export and tests; training never materialises it."""
-        return self.lora_B @ (self.lora_E * (self.e_lr_scale * self.scaling) * self.lora_A)
 
     # ------------------------------------------------------------------ physical resizing
     def prune(self, drop: list[int], optimizer: torch.optim.Optimizer | None) -> None:

@@ -69,8 +69,9 @@ class ElaLoraModel(nn.Module):
         self.__class__ = _wrapper_class(type(model))
 
     def _mark_modules_to_save(self) -> list[str]:
-        saved = [name for name, _ in self.base_model.named_modules() if name and target_matches(self.elalora_config.modules_to_save, name)]
-        for target in self.elalora_config.modules_to_save:
+        targets = self.elalora_config.modules_to_save
+        saved = [name for name, _ in self.base_model.named_modules() if name and target_matches(targets, name)]
+        for target in targets:
             if not any(target_matches([target], name) for name in saved):
                 raise ConfigError(f"modules_to_save entry {target!r} matches no module of the model")
         for name in saved:

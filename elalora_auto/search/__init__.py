@@ -39,8 +39,12 @@ def make_listeners(settings: SearchSettings) -> list[Listener]:
 
 
 def run_search(settings: SearchSettings, listeners: list[Listener] | None = None, echo: Print = print,
-               progress: bool = True) -> Any:
-    """Validate, create (or resume) the study, run this process's trials, print the front. Returns the study."""
+               progress: bool = True, create_only: bool = False) -> Any:
+    """Validate, create (or resume) the study, run this process's trials, print the front. Returns the study.
+
+    `create_only` stops after creating the study: the first step of a many-worker run, so that the workers
+    (`join_study`) only ever load it.
+    """
     prepared = prepare(settings)
     storage = open_storage(settings.storage, settings.workdir)
     study, created = create_or_load_study(prepared, storage)
@@ -48,8 +52,12 @@ def run_search(settings: SearchSettings, listeners: list[Listener] | None = None
     echo(f"{'created' if created else 'resuming'} study {study.study_name} in {label}: {prepared.task.name}, "
          f"{settings.method}, {prepared.total_steps} steps per trial, {settings.trials} trials "
          f"({'Pareto: ' + prepared.primary_metric + ' vs trainable parameters' if prepared.multi else prepared.primary_metric})")
+    if create_only:
+        echo(f"start workers with: elalora-auto worker --study {study.study_name}"
+             f"{' --storage URL' if settings.storage else ' --workdir ' + str(settings.workdir)}")
+        return study
     run_worker(prepared, study, label, make_listeners(settings) if listeners is None else listeners,
-               progress=progress)
+               progress=progress, seed=settings.seed, echo=echo)
     echo(format_summary(study, prepared.baseline))
     echo(f"trial outputs: {Path(settings.workdir) / 'trials' / study.study_name}/<trial>/ (adapter/, config.yaml, "
          f"result.json)")
@@ -65,7 +73,8 @@ def join_study(study_name: str, storage: str | None, overrides: Mapping[str, Any
     settings = settings_for_worker(study, {**overrides, "storage": storage})
     prepared = prepare(settings)
     echo(f"worker joined study {study.study_name} ({settings.trials} trials in all)")
-    run_worker(prepared, study, storage_uri(storage, settings.workdir), make_listeners(settings), progress=progress)
+    run_worker(prepared, study, storage_uri(storage, settings.workdir), make_listeners(settings), progress=progress,
+               echo=echo)
     echo(format_summary(study, prepared.baseline))
     return study
 

@@ -4,7 +4,9 @@ A space file has the sections
   method:          elalora | adalora | lora (which adapter the suggested parameters are for)
   method_params:   {name: PARAM}   passed to the adapter (`baselines.build_adapter(params=...)`)
   training_params: {name: PARAM}   overrides of the TrialSpec training settings (e.g. learning_rate)
-  module_sets:     {set name: [logical module names]}   choices for a categorical `target_modules`
+  module_sets:     {set name: [logical module names]}   choices for a categorical `target_modules`; the
+                   reserved choice `default` leaves the targets to the method's per-model defaults
+                   (baselines.default_targets: e.g. BERT's attention, FFN and pooler matrices)
   module_aliases:  {model_type: {logical name: model's name}}   e.g. DeBERTa calls `query` `query_proj`
   constraints:     [expressions that must hold for a trial's resolved values]
 PARAM is {type: int|float|log|step|categorical, low, high, step, choices, of, min, default}.
@@ -31,6 +33,7 @@ from elalora_auto.errors import ConfigError, UserError
 TYPES = ("int", "float", "log", "step", "categorical")
 METHODS = ("elalora", "adalora", "lora")
 CONTEXT_NAMES = ("total_steps",)
+DEFAULT_MODULES = "default"
 _PARAM_KEYS = {"type", "low", "high", "step", "choices", "of", "min", "default"}
 _TOP_KEYS = {"method", "method_params", "training_params", "module_sets", "module_aliases", "constraints"}
 
@@ -150,7 +153,7 @@ def _parse_param(name: str, section: str, raw: Any, known: set[str], module_sets
         if not isinstance(choices, list) or not choices:
             raise ConfigError(f"{where}: missing key 'choices' (a non-empty list)")
         if name == "target_modules":
-            bad = [c for c in choices if c not in module_sets]
+            bad = [c for c in choices if c not in module_sets and c != DEFAULT_MODULES]
             if bad:
                 raise ConfigError(f"{where}.choices: unknown module set {bad[0]!r} "
                                   f"(define it under module_sets; known: {', '.join(module_sets) or 'none'})")
@@ -252,6 +255,8 @@ class SearchSpace:
             value = param.resolve(param.suggest(trial), values)
             values[param.name] = value
             if param.name == "target_modules":
+                if value == DEFAULT_MODULES:
+                    continue
                 value = self.module_names(value, context.get("model_type"))
             sections[param.section][param.name] = value
         for expr in self.constraints:

@@ -39,7 +39,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from elalora_auto.errors import ConfigError, UserError
 from elalora_auto.events import Event, Listener, emit, with_context
@@ -334,7 +334,9 @@ def create_or_load_study(prepared: Prepared, storage: Any) -> tuple[Any, bool]:
     directions = ["maximize", "minimize"] if prepared.multi else ["maximize"]
     default = prepared.space.default_params(settings.trial0)
     study = optuna.create_study(study_name=name, storage=storage, directions=directions)
-    study.set_metric_names([prepared.primary_metric, "trainable_params"][: len(directions)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([prepared.primary_metric, "trainable_params"][: len(directions)])
     study.set_user_attr("settings", {**settings.to_dict(), "primary_metric": prepared.primary_metric})
     study.enqueue_trial(default, user_attrs={"origin": "default (authors' configuration)"})
     return study, True
@@ -447,14 +449,21 @@ def _failure_types() -> tuple[type[BaseException], ...]:
 
 
 def run_worker(prepared: Prepared, study: Any, storage_label: str, listeners: Iterable[Listener] = (),
-               progress: bool = False) -> None:
-    """Run trials until the study holds `trials` of them (or the timeout passes), emitting study events."""
+               progress: bool = False, seed: int | None = None, echo: Callable[[str], None] = print) -> None:
+    """Run trials until the study holds `trials` of them (or the timeout passes), emitting study events.
+
+    `seed` seeds the sampler (the `search` process; extra workers leave it None so they do not propose the
+    same configurations as each other).
+    """
     import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial comes from `finished` instead
 
     from elalora_auto.trial import DataSettings, TrainingSettings, TrialSpec, run_trial
 
     settings, listeners = prepared.settings, list(listeners)
     study.pruner = make_pruner(prepared)
+    study.sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
     budget = int(study.user_attrs.get("settings", {}).get("trials", settings.trials))
     rule = PruningRule(settings.pruning, prepared.multi, prepared.baseline, prepared.baseline_margin)
     trials_dir = Path(settings.workdir) / "trials" / study.study_name
@@ -506,6 +515,12 @@ def run_worker(prepared: Prepared, study: Any, storage_label: str, listeners: It
             "state": frozen.state.name, "reason": reason, "params": dict(frozen.params),
             "values": list(frozen.values) if frozen.values is not None else None, "result": result,
             "output_dir": result["output_dir"] if result else None}))
+        if result is not None:
+            echo(f"trial {frozen.number}: {prepared.primary_metric} {result['primary']:.4f}, "
+                 f"{result['trainable_params']:,} trainable parameters, {len(result['rank_history'])} rank rounds, "
+                 f"{result['wall_time_s']:.1f} s")
+        else:
+            echo(f"trial {frozen.number}: {frozen.state.name.lower()} ({reason})")
         if frozen.state.name == "FAIL" and isinstance(frozen.user_attrs.get("fail_reason"), str) \
                 and frozen.user_attrs["fail_reason"].startswith(("UserError", "ConfigError", "DataError")):
             user_errors.append(frozen.user_attrs["fail_reason"])

@@ -1,0 +1,185 @@
+"""The search end to end through the CLI on the tiny model: studies, resume, pruning, failures, bad input."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from elalora_auto.cli import main
+from elalora_auto.search.study import PruningRule, PruningSettings, open_storage
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+WORDS = ("good", "great", "fun", "bad", "awful", "boring")
+FILLERS = ("the", "movie", "film", "was", "very", "really", "plot", "actor", "it", "this")
+
+
+def _write_csv(path: Path, rows: int, seed: int) -> Path:
+    rng = random.Random(seed)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        for i in range(rows):
+            label = i % 2
+            word = rng.choice(WORDS[:3] if label else WORDS[3:])
+            writer.writerow([" ".join(rng.sample(FILLERS, 3) + [word]), label])
+    return path
+
+
+@pytest.fixture
+def study_file(tmp_path: Path, tiny_model_dir: Path) -> Path:
+    """A study YAML over a tiny custom task: 12 steps per trial, evaluations every 3 steps."""
+    train = _write_csv(tmp_path / "train.csv", 48, 0)
+    evaluation = _write_csv(tmp_path / "eval.csv", 20, 1)
+    spec = {
+        "task": "tiny-sentiment", "model": str(tiny_model_dir), "method": "elalora",
+        "custom": {"train_file": str(train), "eval_file": str(evaluation), "text_columns": ["text"]},
+        "max_steps": 12, "eval_every": 3, "batch_size": 8, "max_length": 16, "seed": 0,
+        "workdir": str(tmp_path / "runs"), "no_tracking": True,
+        "trial0": {"learning_rate": 5.0e-3},
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _space(tmp_path: Path, **method_params: dict) -> Path:
+    """A small ElaLoRA space; keyword arguments replace or add method parameters."""
+    params = {"r_init": {"type": "int", "low": 2, "high": 4, "default": 4},
+              "b": {"type": "int", "low": 1, "high": 2, "default": 2},
+              "k": {"type": "int", "low": 1, "high": 1, "default": 1},
+              "t_init": {"type": "float", "low": 0.1, "high": 0.2, "of": "total_steps", "min": 1, "default": 0.2},
+              "t_final": {"type": "float", "low": 0.1, "high": 0.2, "of": "total_steps", "min": 1, "default": 0.2},
+              "delta_t": {"type": "float", "low": 0.2, "high": 0.3, "of": "total_steps - t_init - t_final",
+                          "min": 1, "default": 0.25},
+              "target_modules": {"type": "categorical", "choices": ["attention"], "default": "attention"},
+              **method_params}
+    space = {"method": "elalora", "module_sets": {"attention": ["query", "key", "value", "attention.output.dense"]},
+             "method_params": params,
+             "training_params": {"learning_rate": {"type": "log", "low": 1e-3, "high": 1e-2, "default": 5e-3}}}
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+def _study(tmp_path: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=open_storage(None, tmp_path / "runs"))
+
+
+def test_search_runs_trials_then_resumes_to_exactly_the_budget(study_file: Path, tmp_path: Path, capsys) -> None:
+    args = ["search", "--config", str(study_file), "--space", str(_space(tmp_path)), "--study", "s", "--quiet"]
+    assert main([*args, "--trials", "2"]) == 0
+    first = capsys.readouterr().out
+    assert "created study s" in first and "Pareto front" in first
+    assert main([*args, "--trials", "3"]) == 0  # the same command resumes: one more trial, no second trial 0
+    assert "resuming study s" in capsys.readouterr().out
+    trials = _study(tmp_path, "s").get_trials()
+    assert [t.number for t in trials] == [0, 1, 2]
+    assert sum("origin" in t.user_attrs for t in trials) == 1 and "origin" in trials[0].user_attrs
+    assert trials[0].params["learning_rate"] == 5e-3 and trials[0].params["r_init"] == 4
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert complete, [(t.state.name, t.user_attrs) for t in trials]
+    for t in complete:  # (metric, trainable parameters), and the trial's files where the contract says
+        assert t.values[1] == t.user_attrs["trainable_params"] > 0
+        out = tmp_path / "runs" / "trials" / "s" / str(t.number)
+        assert (out / "adapter" / "adapter_config.json").is_file() and (out / "result.json").is_file()
+    assert main(["status", "--workdir", str(tmp_path / "runs")]) == 0
+    assert "study s:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("objective", ["pareto", "metric"])
+def test_hopeless_trials_are_pruned_early_in_both_modes(study_file: Path, tmp_path: Path, objective: str) -> None:
+    space = yaml.safe_load(_space(tmp_path).read_text())
+    space["training_params"]["learning_rate"] = {"type": "log", "low": 1e-9, "high": 1e-9, "default": 1e-9}
+    (tmp_path / "dead.yaml").write_text(yaml.safe_dump(space))
+    assert main(["search", "--config", str(study_file), "--space", str(tmp_path / "dead.yaml"), "--study", objective,
+                 "--objective", objective, "--trials", "2", "--quiet"]) == 0
+    trials = _study(tmp_path, objective).get_trials()
+    assert [t.state.name for t in trials] == ["PRUNED", "PRUNED"]
+    for t in trials:
+        assert "majority-class baseline" in t.user_attrs["prune_reason"]
+        assert list(t.user_attrs["intermediate"]) == ["3", "6"]  # stopped at step 6 of 12
+
+
+def test_median_rule_stops_a_trial_below_complete_peers() -> None:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for value in (0.8, 0.9, 0.85):
+        study.add_trial(optuna.create_trial(values=[value, 10], user_attrs={"intermediate": {"4": value}}))
+    rule = PruningRule(PruningSettings(n_startup_trials=3, n_warmup_evals=1), multi=True, baseline=0.5, margin=0.05)
+    good, bad = study.ask(), study.ask()
+    rule.check(good, 2, 0.7)  # within warm-up: never pruned on the median
+    rule.check(good, 4, 0.86)
+    rule.check(bad, 2, 0.7)
+    with pytest.raises(optuna.TrialPruned, match="below the median 0.85"):
+        rule.check(bad, 4, 0.6)
+    assert bad.user_attrs["intermediate"] == {"2": 0.7, "4": 0.6}
+
+
+def test_single_objective_uses_optunas_median_pruner_and_the_cap(study_file: Path, tmp_path: Path) -> None:
+    assert main(["search", "--config", str(study_file), "--space", str(_space(tmp_path)), "--study", "capped",
+                 "--objective", "metric", "--max-params", "10", "--trials", "1", "--quiet"]) == 0
+    (trial,) = _study(tmp_path, "capped").get_trials()
+    assert trial.constraints["max_params"] == trial.user_attrs["trainable_params"] - 10 > 0  # infeasible
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=2))
+    for value in (0.8, 0.9):
+        study.add_trial(optuna.create_trial(value=value, intermediate_values={4: value},
+                                            user_attrs={"intermediate": {"4": value}}))
+    rule = PruningRule(PruningSettings(n_startup_trials=2, n_warmup_evals=1), multi=False, baseline=0.5, margin=0.05)
+    trial = study.ask()
+    rule.check(trial, 2, 0.7)
+    with pytest.raises(optuna.TrialPruned, match="below the median"):
+        rule.check(trial, 4, 0.6)
+
+
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(study_file: Path, tmp_path: Path) -> None:
+    space = _space(tmp_path, b={"type": "categorical", "choices": [500], "default": 500})
+    assert main(["search", "--config", str(study_file), "--space", str(space), "--study", "f", "--trials", "2",
+                 "--quiet"]) == 0
+    trials = _study(tmp_path, "f").get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL"]
+    assert all("b=500" in t.user_attrs["fail_reason"] for t in trials)
+
+
+def _bad_inputs(tmp_path: Path, study_file: Path) -> dict[str, list[str]]:
+    (tmp_path / "malformed.yaml").write_text("method: elalora\nmethod_params: {r_init: [1, 2\n")
+    impossible = _space(tmp_path, r_init={"type": "int", "low": 8, "high": 2})
+    (tmp_path / "impossible.yaml").write_text(impossible.read_text())
+    space = yaml.safe_load(_space(tmp_path).read_text())
+    space["module_sets"]["attention"].append("attention.nosuch")
+    (tmp_path / "module.yaml").write_text(yaml.safe_dump(space))
+    (tmp_path / "empty").mkdir()
+    base = ["search", "--config", str(study_file), "--study", "s", "--trials", "2", "--quiet"]
+    return {
+        "unknown task": ["search", "--task", "nosuchtask", "--workdir", str(tmp_path / "runs"), "--no-tracking"],
+        "missing data": ["search", "--task", "sst2", "--data-dir", str(tmp_path / "empty"), "--model",
+                         str(study_file.parent), "--workdir", str(tmp_path / "runs"), "--no-tracking"],
+        "malformed YAML": [*base, "--space", str(tmp_path / "malformed.yaml")],
+        "impossible range": [*base, "--space", str(tmp_path / "impossible.yaml")],
+        "unknown module": [*base, "--space", str(tmp_path / "module.yaml")],
+        "unreachable storage": [*base, "--space", str(_space(tmp_path)), "--storage",
+                                "postgresql://nobody:secret@127.0.0.1:1/none"],
+    }
+
+
+@pytest.mark.parametrize("case", ["unknown task", "missing data", "malformed YAML", "impossible range",
+                                  "unknown module", "unreachable storage"])
+def test_bad_input_exits_2_with_one_line_and_touches_no_study(study_file: Path, tmp_path: Path, capsys,
+                                                               case: str) -> None:
+    assert main(_bad_inputs(tmp_path, study_file)[case]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    assert "secret" not in err
+    journal = tmp_path / "runs" / "optuna-journal.log"
+    assert not journal.exists() or optuna.get_all_study_names(storage=open_storage(None, tmp_path / "runs")) == []
+
+
+def test_bad_input_leaves_an_existing_study_untouched(study_file: Path, tmp_path: Path, capsys) -> None:
+    assert main(["search", "--config", str(study_file), "--space", str(_space(tmp_path)), "--study", "s",
+                 "--trials", "1", "--quiet"]) == 0
+    assert main(_bad_inputs(tmp_path, study_file)["unknown module"] + ["--trials", "5"]) == 2
+    assert "attention.nosuch" in capsys.readouterr().err
+    assert len(_study(tmp_path, "s").get_trials()) == 1
