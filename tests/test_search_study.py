@@ -62,7 +62,7 @@ def _space(tmp_path: Path, **method_params: dict) -> Path:
              "method_params": params,
              "training_params": {"learning_rate": {"type": "log", "low": 1e-3, "high": 1e-2, "default": 5e-3}}}
     path = tmp_path / "space.yaml"
-    path.write_text(yaml.safe_dump(space))
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
     return path
 
 
@@ -95,7 +95,7 @@ def test_search_runs_trials_then_resumes_to_exactly_the_budget(study_file: Path,
 def test_hopeless_trials_are_pruned_early_in_both_modes(study_file: Path, tmp_path: Path, objective: str) -> None:
     space = yaml.safe_load(_space(tmp_path).read_text())
     space["training_params"]["learning_rate"] = {"type": "log", "low": 1e-9, "high": 1e-9, "default": 1e-9}
-    (tmp_path / "dead.yaml").write_text(yaml.safe_dump(space))
+    (tmp_path / "dead.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
     assert main(["search", "--config", str(study_file), "--space", str(tmp_path / "dead.yaml"), "--study", objective,
                  "--objective", objective, "--trials", "2", "--quiet"]) == 0
     trials = _study(tmp_path, objective).get_trials()
@@ -150,7 +150,7 @@ def _bad_inputs(tmp_path: Path, study_file: Path) -> dict[str, list[str]]:
     (tmp_path / "impossible.yaml").write_text(impossible.read_text())
     space = yaml.safe_load(_space(tmp_path).read_text())
     space["module_sets"]["attention"].append("attention.nosuch")
-    (tmp_path / "module.yaml").write_text(yaml.safe_dump(space))
+    (tmp_path / "module.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
     (tmp_path / "empty").mkdir()
     base = ["search", "--config", str(study_file), "--study", "s", "--trials", "2", "--quiet"]
     return {
