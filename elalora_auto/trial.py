@@ -113,7 +113,8 @@ class TrialSpec:
     @classmethod
     def from_yaml(cls, source: str | Path) -> TrialSpec:
         """Read a YAML file (a path) or YAML text."""
-        text = Path(source).read_text() if Path(str(source)).is_file() else str(source)
+        is_file = isinstance(source, Path) or ("\n" not in source and Path(source).is_file())
+        text = Path(source).read_text() if is_file else str(source)
         try:
             return cls.from_dict(yaml.safe_load(text))
         except yaml.YAMLError as exc:
@@ -203,8 +204,9 @@ class TrialResult:
     eval_history: list[dict[str, Any]]
     train_loss_history: list[dict[str, float]]
     wall_time_s: float
-    setup_time_s: float
-    train_time_s: float
+    setup_time_s: float  # data, tokenizer, model copy and adapter: what base-model reuse shortens
+    train_time_s: float  # optimizer steps only
+    eval_time_s: float
     examples_per_s: float
     steps: int
     status: str = "COMPLETE"
@@ -422,6 +424,7 @@ def run_trial(
     batches = iter(_infinite(data.train, tr.batch_size, collate, tr.seed))
     t_train = time.perf_counter()
     examples = 0
+    eval_time = 0.0
     metrics: dict[str, float] = {}
     with tqdm(total=total_steps, disable=not progress, desc=f"{spec.method} {spec.task}", leave=False) as bar:
         for step in range(1, total_steps + 1):
@@ -450,12 +453,14 @@ def run_trial(
                     "loss": loss_value, "lr": scheduler.get_last_lr()[0], "total_rank": sum(adapter.rank_map().values()),
                     "trainable_params": adapter.num_trainable_parameters()}))
             if step == total_steps or (tr.eval_every and step % tr.eval_every == 0):
+                t_eval = time.perf_counter()
                 metrics = _evaluate(model, task, data.evals, collate, tr.eval_batch_size, device, dtype)
+                eval_time += time.perf_counter() - t_eval
                 eval_history.append({"step": step, "metrics": metrics})
                 emit(listeners, Event("eval", step, {"metrics": metrics, "primary": metrics[primary_key]}))
                 if reporter is not None and step < total_steps:
                     reporter(step, metrics[primary_key])
-    train_time = time.perf_counter() - t_train
+    train_time = time.perf_counter() - t_train - eval_time
     result = TrialResult(
         metrics=metrics,
         primary=metrics[primary_key],
@@ -468,6 +473,7 @@ def run_trial(
         wall_time_s=time.perf_counter() - t_start,
         setup_time_s=setup_time,
         train_time_s=train_time,
+        eval_time_s=eval_time,
         examples_per_s=examples / train_time if train_time > 0 else 0.0,
         steps=total_steps,
     )

@@ -6,6 +6,9 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One thread per process: test subprocesses (workers, stock-PEFT checks) would otherwise oversubscribe 2 cores,
+# and OpenMP spin-waiting then slows tiny models down by an order of magnitude.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path
 

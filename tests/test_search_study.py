@@ -41,6 +41,8 @@ def study_file(tmp_path: Path, tiny_model_dir: Path) -> Path:
         "max_steps": 12, "eval_every": 3, "batch_size": 8, "max_length": 16, "seed": 0,
         "workdir": str(tmp_path / "runs"), "no_tracking": True,
         "trial0": {"learning_rate": 5.0e-3},
+        # 12 steps teach the tiny random model nothing: only the pruning tests switch the baseline rule on
+        "pruning": {"baseline_patience": 99},
     }
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -96,6 +98,9 @@ def test_hopeless_trials_are_pruned_early_in_both_modes(study_file: Path, tmp_pa
     space = yaml.safe_load(_space(tmp_path).read_text())
     space["training_params"]["learning_rate"] = {"type": "log", "low": 1e-9, "high": 1e-9, "default": 1e-9}
     (tmp_path / "dead.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
+    config = yaml.safe_load(study_file.read_text())
+    config["pruning"], config["trial0"] = {"baseline_patience": 2}, {}
+    study_file.write_text(yaml.safe_dump(config))
     assert main(["search", "--config", str(study_file), "--space", str(tmp_path / "dead.yaml"), "--study", objective,
                  "--objective", objective, "--trials", "2", "--quiet"]) == 0
     trials = _study(tmp_path, objective).get_trials()
@@ -183,3 +188,33 @@ def test_bad_input_leaves_an_existing_study_untouched(study_file: Path, tmp_path
     assert main(_bad_inputs(tmp_path, study_file)["unknown module"] + ["--trials", "5"]) == 2
     assert "attention.nosuch" in capsys.readouterr().err
     assert len(_study(tmp_path, "s").get_trials()) == 1
+
+
+def test_a_killed_search_resumes_with_its_running_trial_requeued(study_file: Path, tmp_path: Path) -> None:
+    """kill -9 during a trial: the journal keeps the study; the next run fails the orphan, re-runs it, and
+    still ends with the budget (the dead trial counts once)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = yaml.safe_load(study_file.read_text())
+    config["max_steps"] = 400  # long enough to be killed mid-trial
+    study_file.write_text(yaml.safe_dump(config))
+    args = ["search", "--config", str(study_file), "--space", str(_space(tmp_path)), "--study", "k", "--trials", "2",
+            "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "elalora_auto.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    journal, deadline = tmp_path / "runs" / "optuna-journal.log", time.monotonic() + 120
+    while time.monotonic() < deadline and b'"worker"' not in (journal.read_bytes() if journal.exists() else b""):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    config["max_steps"] = 12
+    study_file.write_text(yaml.safe_dump(config))
+    assert main(args) == 0
+    trials = _study(tmp_path, "k").get_trials()
+    assert trials[0].state.name == "FAIL" and "died" in trials[0].user_attrs["fail_reason"]
+    assert trials[1].system_attrs["failed_trial"] == 0 and trials[1].params == trials[0].params
+    assert len(trials) == 3 and all(t.state.is_finished() for t in trials)

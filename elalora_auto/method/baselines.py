@@ -35,6 +35,7 @@ Default targets and heads per model type (`default_targets`):
 from __future__ import annotations
 
 import warnings
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,13 +121,13 @@ def native_params(method: str, params: dict[str, Any], total_steps: int) -> dict
 def _check_keys(method: str, native: dict[str, Any], allowed: tuple[str, ...]) -> None:
     unknown = sorted(set(native) - set(allowed))
     if unknown:
-        shared = {v: k for k, v in _ALIASES[method].items()}
+        shared = {v: k for k, v in _ALIASES[method].items() if k != "gamma"}
         names = sorted(shared.get(k, k) for k in allowed)
         raise ConfigError(f"unknown {method} parameter(s) {', '.join(unknown)}; valid: {', '.join(names)}")
 
 
 @dataclass
-class Adapter:
+class Adapter(ABC):
     """A model with a trainable adapter and the few hooks a training loop needs, whatever the method."""
 
     model: nn.Module
@@ -134,21 +135,24 @@ class Adapter:
     round_history: list[dict[str, Any]] = field(default_factory=list)
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
-        """Optimizer groups: every trainable parameter at `lr` (ElaLoRA may add its own groups)."""
+        """Optimizer groups: every trainable parameter at `lr` (ElaLoRA keeps its Parameter objects on resize)."""
         return [{"params": [p for p in self.model.parameters() if p.requires_grad], "lr": lr}]
 
     def after_optimizer_step(self, step: int, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
         """Call after optimizer.step(), before zero_grad(); returns a round record when ranks moved."""
         return None
 
+    @abstractmethod
     def rank_map(self) -> dict[str, int]:
-        raise NotImplementedError
+        """Current rank of every adapted matrix, by full module name."""
 
+    @abstractmethod
     def num_trainable_parameters(self) -> int:
-        raise NotImplementedError
+        """What the adapter costs: live low-rank components plus the fully trained heads."""
 
+    @abstractmethod
     def export_lora(self, path: str | Path, base_model_name_or_path: str | None = None) -> Path:
-        raise NotImplementedError
+        """Write a stock PEFT LoRA folder that PeftModel.from_pretrained loads without this package."""
 
 
 def _check_targets(model: nn.Module, targets: list[str] | str) -> None:
@@ -300,10 +304,6 @@ class AdaLoraAdapter(Adapter):
 
 class ElaLoraAdapter(Adapter):
     """ElaLoRA from elalora_auto.method: rounds of prune-and-grow after optimizer steps."""
-
-    def param_groups(self, lr: float) -> list[dict[str, Any]]:
-        own = getattr(self.model, "param_groups", None)
-        return own(lr) if callable(own) else super().param_groups(lr)
 
     def after_optimizer_step(self, step: int, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
         record = self.model.update_and_allocate(step, optimizer)

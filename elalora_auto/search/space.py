@@ -271,6 +271,11 @@ class SearchSpace:
         for name, value in (overrides or {}).items():
             if name not in by_name:
                 raise UserError(f"trial0: unknown parameter {name!r} (the space defines {', '.join(by_name)})")
+            param = by_name[name]
+            if param.choices and value not in param.choices:
+                raise UserError(f"trial0.{name}: {value!r} is not one of {list(param.choices)}")
+            if not param.choices and not (isinstance(value, (int, float)) and param.low <= value <= param.high):
+                raise UserError(f"trial0.{name}: {value!r} is outside the space's range [{param.low}, {param.high}]")
             params[name] = value
         return params
 

@@ -11,7 +11,8 @@ Storage (`open_storage`):
   study at once on a fresh database collide); `worker` only loads it.
 
 Trial budget: `--trials N` means the study ends with N trials in it (complete, pruned or failed; a trial
-re-queued after its worker died counts once). Every worker counts the study's trials, running and waiting ones
+re-queued after its worker died counts once, one stopped by Ctrl-C not at all). Optuna's MaxTrialsCallback
+counts only finished trials after each one, which lets parallel workers overshoot; hence the count below. Every worker counts the study's trials, running and waiting ones
 included, before it starts another, so resuming, or adding workers, never runs more than N.
 
 Pruning (`PruningRule`). Optuna cannot prune multi-objective studies (`report`/`should_prune` raise), so the
@@ -51,6 +52,7 @@ JOURNAL_FILE = "optuna-journal.log"
 HEARTBEAT_INTERVAL_S = 60
 GRACE_PERIOD_S = 180
 MAX_CONSECUTIVE_USER_ERRORS = 3
+INTERRUPTED = "interrupted (Ctrl-C)"
 
 
 @dataclass
@@ -179,19 +181,31 @@ def open_storage(uri: str | None, workdir: str | Path, create: bool = True) -> A
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     try:
-        return RDBStorage(
-            uri,
-            heartbeat_interval=HEARTBEAT_INTERVAL_S,
-            grace_period=GRACE_PERIOD_S,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat, retry
+            return RDBStorage(
+                _with_installed_driver(uri),
+                heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                grace_period=GRACE_PERIOD_S,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+            )
     except ImportError as exc:
         raise UserError(f"storage {_redact(uri)}: missing driver ({exc}); for PostgreSQL: pip install psycopg2-binary") from None
     except Exception as exc:  # sqlalchemy's OperationalError, ArgumentError, ...; optuna wraps none of them
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot open storage {_redact(uri)}: {first}") from None
-    finally:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _with_installed_driver(uri: str) -> str:
+    """postgresql:// with whichever PostgreSQL driver is installed (SQLAlchemy 2.1 assumes psycopg 3; this
+    project's `postgres` extra installs psycopg2)."""
+    import importlib.util
+
+    scheme, sep, rest = uri.partition("://")
+    if scheme in ("postgresql", "postgres") and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        return f"postgresql+psycopg2{sep}{rest}"
+    return uri
 
 
 def _redact(uri: str) -> str:
@@ -343,10 +357,11 @@ def create_or_load_study(prepared: Prepared, storage: Any) -> tuple[Any, bool]:
 
 
 def counted_trials(study: Any) -> int:
-    """Trials toward the budget: all states, running and waiting included; a re-queued trial counts once."""
+    """Trials toward the budget: all states, running and waiting included; a re-queued trial counts once and
+    a trial stopped by Ctrl-C not at all (the resumed run replaces it)."""
     trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    return sum(t.number not in retried for t in trials)
+    return sum(t.number not in retried and t.user_attrs.get("fail_reason") != INTERRUPTED for t in trials)
 
 
 def recover_orphans(study: Any) -> list[int]:
@@ -495,6 +510,9 @@ def run_worker(prepared: Prepared, study: Any, storage_label: str, listeners: It
                                output_dir=out, progress=progress)
         except failures as exc:
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}".splitlines()[0])
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", INTERRUPTED)
             raise
         results[trial.number] = {**result.to_dict(), "output_dir": str(out)}
         for key, value in (("primary", result.primary), ("trainable_params", result.trainable_params),

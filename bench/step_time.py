@@ -1,0 +1,146 @@
+"""Seconds per optimizer step: ElaLoRA vs PEFT LoRA (same initial rank) vs PEFT AdaLoRA, interleaved in one run.
+
+Each timed step is forward + backward + optimizer.step() + the adapter hook (update_and_allocate /
+after_optimizer_step) + zero_grad. The methods take turns step by step (the order rotates every step), so a
+change in machine load hits all of them alike. ElaLoRA is configured so that rounds happen inside the timed
+steps (t_init 2, delta_t 5), and the table says how many did.
+
+    python bench/step_time.py --models tiny minilm --steps 40 --append-to BENCHMARKS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import add_common_args, append_section, machine_note, minilm_path, write_json  # noqa: E402
+
+import torch  # noqa: E402
+
+METHODS = ("lora", "elalora", "adalora")
+SCHEDULE_STEPS = 200  # the adapters' nominal run length: the timed steps sit early in the adjustment window
+
+
+def method_params(r: int) -> dict[str, dict[str, Any]]:
+    schedule = {"t_init": 2, "t_final": 50, "delta_t": 5}
+    return {
+        "lora": {"r_init": r, "lora_alpha": 2 * r},
+        "elalora": {"r_init": r, "lora_alpha": 2 * r, "b": 4, "k": 2, **schedule},
+        "adalora": {"r_init": r, "r_target": max(1, r // 2), "lora_alpha": 2 * r, **schedule},
+    }
+
+
+def base_model(name: str) -> torch.nn.Module:
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+
+    if name == "tiny":
+        torch.manual_seed(0)
+        config = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+                            vocab_size=1000, max_position_embeddings=128, num_labels=2)
+        return BertForSequenceClassification(config)
+    if name == "minilm":
+        return AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
+    raise SystemExit(f"error: unknown model {name!r}; choose tiny or minilm")
+
+
+def measure(model_name: str, steps: int, warmup: int, batch_size: int, length: int, r: int) -> list[dict[str, Any]]:
+    """Median s/step per method, the methods interleaved step by step with a rotating order."""
+    from elalora_auto.method.baselines import build_adapter
+
+    base = base_model(model_name)
+    generator = torch.Generator().manual_seed(0)
+    batch = {
+        "input_ids": torch.randint(5, base.config.vocab_size, (batch_size, length), generator=generator),
+        "attention_mask": torch.ones(batch_size, length, dtype=torch.long),
+        "labels": torch.randint(0, 2, (batch_size,), generator=generator),
+    }
+    runs = {}
+    for method, params in method_params(r).items():
+        adapter = build_adapter(copy.deepcopy(base), method, params, SCHEDULE_STEPS, ["classifier"])
+        adapter.model.train()
+        optimizer = torch.optim.AdamW(adapter.param_groups(5e-4), lr=5e-4, foreach=True)
+        runs[method] = {"adapter": adapter, "optimizer": optimizer, "times": [], "rounds": 0,
+                        "params": adapter.num_trainable_parameters()}
+
+    def one_step(method: str, step: int) -> tuple[float, bool]:
+        run = runs[method]
+        start = time.perf_counter()
+        loss = run["adapter"].model(**batch).loss
+        loss.backward()
+        run["optimizer"].step()
+        record = run["adapter"].after_optimizer_step(step, run["optimizer"])
+        run["optimizer"].zero_grad(set_to_none=True)
+        return time.perf_counter() - start, record is not None
+
+    order = list(METHODS)
+    for step in range(1, warmup + steps + 1):
+        order = order[1:] + order[:1]
+        for method in order:
+            elapsed, moved = one_step(method, step)
+            if step > warmup:
+                runs[method]["times"].append(elapsed)
+                runs[method]["rounds"] += moved
+    lora = statistics.median(runs["lora"]["times"])
+    rows = []
+    for method in METHODS:
+        times = runs[method]["times"]
+        median = statistics.median(times)
+        rows.append({"model": model_name, "method": method, "median_s": median, "ratio_to_lora": median / lora,
+                     "p25_s": statistics.quantiles(times, n=4)[0], "p75_s": statistics.quantiles(times, n=4)[2],
+                     "timed_steps": len(times), "rounds_in_timed_steps": runs[method]["rounds"],
+                     "trainable_params_start": runs[method]["params"],
+                     "matrices": len(runs[method]["adapter"].rank_map())})
+        print(f"{model_name} {method}: median {median:.4f} s/step ({median / lora:.3f}x LoRA), "
+              f"{runs[method]['rounds']} rank changes in {len(times)} timed steps", flush=True)
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| model | method | median s/step | IQR s/step | ratio to LoRA | timed steps | rounds that moved rank "
+             "(in timed steps) | adapted matrices |", "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['model']} | {row['method']} | {row['median_s']:.4f} | {row['p25_s']:.4f}-"
+                     f"{row['p75_s']:.4f} | {row['ratio_to_lora']:.3f}x | {row['timed_steps']} | "
+                     f"{row['rounds_in_timed_steps']} | {row['matrices']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["tiny", "minilm"], choices=["tiny", "minilm"])
+    parser.add_argument("--steps", type=int, default=40, help="timed optimizer steps per method (>= 30)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per method first")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--length", type=int, default=64)
+    parser.add_argument("--rank", type=int, default=4, help="initial rank of every method")
+    add_common_args(parser)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    before = machine_note()
+    rows = [row for name in args.models
+            for row in measure(name, args.steps, args.warmup, args.batch_size, args.length, args.rank)]
+    after = machine_note()
+    text = table(rows)
+    print(text)
+    write_json("step_time", {"args": vars(args), "machine_before": before, "machine_after": after, "rows": rows})
+    body = (
+        f"{text}\n\nRandom token batches (batch {args.batch_size}, length {args.length}), AdamW, "
+        f"torch.set_num_threads({args.threads}); each timed step = forward + backward + optimizer step + "
+        "adapter hook + zero_grad; the three methods alternate step by step (rotating order) after "
+        f"{args.warmup} untimed steps each. Initial rank {args.rank} everywhere (AdaLoRA init_r {args.rank} -> "
+        f"target_r {max(1, args.rank // 2)}); ElaLoRA b 4, k 2, t_init 2, delta_t 5 (a round every 5 steps; "
+        "'rounds that moved rank' counts the hook calls that changed a rank). The IQR column shows how noisy the "
+        "shared machine was."
+    )
+    append_section(args.append_to, "Step time: ElaLoRA vs PEFT LoRA vs PEFT AdaLoRA (bench/step_time.py)", body,
+                   before, after)
+
+
+if __name__ == "__main__":
+    main()
