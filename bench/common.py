@@ -140,7 +140,8 @@ def run_sst2(label: str, method: str, params: dict[str, Any], seed: int, steps: 
     row: dict[str, Any] = {
         "label": label, "method": method, "params": params, "seed": seed, "steps": steps,
         "accuracy": result.primary, "metric": result.primary_metric,
-        "loss_first_half": sum(losses[:half]) / max(1, half), "loss_second_half": sum(losses[half:]) / max(1, len(losses) - half),
+        "loss_first_half": sum(losses[:half]) / half if half else None,
+        "loss_second_half": sum(losses[half:]) / (len(losses) - half) if losses else None,
         "s_per_step": result.train_time_s / steps, "trainable_params": result.trainable_params,
         "total_rank": sum(result.rank_map.values()), "rounds": len(result.rank_history),
     }

@@ -30,6 +30,11 @@ def runs(scales: list[float]) -> list[tuple[str, str, dict[str, Any]]]:
     return out
 
 
+def _mean_loss(group: list[dict[str, Any]], key: str) -> str:
+    values = [r[key] for r in group if r[key] is not None]
+    return f"{statistics.mean(values):.3f}" if values else "-"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| run | seeds | dev accuracy % (per seed) | mean | train loss, 1st / 2nd half | mean abs(E_eff) | "
              "s/step |", "|---|---|---|---|---|---|---|"]
@@ -39,8 +44,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         e_eff = [r["mean_abs_e_eff"] for r in group if "mean_abs_e_eff" in r]
         lines.append(
             f"| {label} | {', '.join(str(r['seed']) for r in group)} | {' / '.join(f'{a:.1f}' for a in acc)} | "
-            f"{statistics.mean(acc):.1f} | {statistics.mean(r['loss_first_half'] for r in group):.3f} / "
-            f"{statistics.mean(r['loss_second_half'] for r in group):.3f} | "
+            f"{statistics.mean(acc):.1f} | {_mean_loss(group, 'loss_first_half')} / "
+            f"{_mean_loss(group, 'loss_second_half')} | "
             f"{f'{statistics.mean(e_eff):.4f}' if e_eff else '-'} | "
             f"{statistics.median(r['s_per_step'] for r in group):.2f} |")
     return "\n".join(lines)

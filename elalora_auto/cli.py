@@ -217,7 +217,7 @@ def _add_search_parsers(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=_cmd_status)
 
     d = sub.add_parser("demo", help="a complete small study offline in a few minutes on CPU (built-in model and task)")
-    d.add_argument("--workdir", default="elalora_demo", help="where the demo writes everything (default elalora_demo)")
+    d.add_argument("--workdir", default="elalora_runs", help="where the demo writes everything (default elalora_runs)")
     d.add_argument("--trials", type=int, help="trials (default from the demo study file)")
     d.add_argument("--no-tracking", action="store_true")
     d.set_defaults(func=_cmd_demo)

@@ -73,7 +73,7 @@ def demo_settings(workdir: Path, trials: int | None = None, tracking: bool = Tru
     return SearchSettings.from_sources("demo", overrides)
 
 
-def run_demo(workdir: str | Path = "elalora_demo", trials: int | None = None, tracking: bool = True,
+def run_demo(workdir: str | Path = "elalora_runs", trials: int | None = None, tracking: bool = True,
              echo: Callable[[str], None] = print) -> Any:
     """Run the demo study, export its knee trial, and say what to open next. Returns the study."""
     from elalora_auto.search import run_search
@@ -101,7 +101,7 @@ def run_demo(workdir: str | Path = "elalora_demo", trials: int | None = None, tr
         echo(f"  elalora-auto ui --workdir {workdir}        # MLflow: runs, metrics, rank plots")
     echo(f"  elalora-auto status --workdir {workdir}")
     echo(f"  elalora-auto report --study {study.study_name} --workdir {workdir}")
-    echo(f"  elalora-auto export --study {study.study_name} --workdir {workdir} --trial N --output DIR")
+    echo(f"  elalora-auto export --study {study.study_name} --workdir {workdir} --pick knee --out DIR")
     return study
 
 

@@ -58,7 +58,7 @@ def run_search(settings: SearchSettings, listeners: list[Listener] | None = None
         return study
     run_worker(prepared, study, label, make_listeners(settings) if listeners is None else listeners,
                progress=progress, seed=settings.seed, echo=echo)
-    echo(format_summary(study, prepared.baseline))
+    echo(format_summary(study))
     echo(f"trial outputs: {Path(settings.workdir) / 'trials' / study.study_name}/<trial>/ (adapter/, config.yaml, "
          f"result.json)")
     return study
@@ -75,7 +75,7 @@ def join_study(study_name: str, storage: str | None, overrides: Mapping[str, Any
     echo(f"worker joined study {study.study_name} ({settings.trials} trials in all)")
     run_worker(prepared, study, storage_uri(storage, settings.workdir), make_listeners(settings), progress=progress,
                echo=echo)
-    echo(format_summary(study, prepared.baseline))
+    echo(format_summary(study))
     return study
 
 

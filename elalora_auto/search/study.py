@@ -351,7 +351,8 @@ def create_or_load_study(prepared: Prepared, storage: Any) -> tuple[Any, bool]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([prepared.primary_metric, "trainable_params"][: len(directions)])
-    study.set_user_attr("settings", {**settings.to_dict(), "primary_metric": prepared.primary_metric})
+    study.set_user_attr("settings", {**settings.to_dict(), "primary_metric": prepared.primary_metric,
+                                     "baseline": prepared.baseline})
     study.enqueue_trial(default, user_attrs={"origin": "default (authors' configuration)"})
     return study, True
 
@@ -590,8 +591,9 @@ def front_rows(study: Any) -> list[dict[str, Any]]:
 KEY_PARAMS = ("r_init", "r_target", "b", "k", "lora_alpha", "target_modules", "learning_rate")
 
 
-def format_summary(study: Any, baseline: float | None = None) -> str:
-    """Trials by state, then the Pareto front as a table (the knee marked with *), then its hypervolume."""
+def format_summary(study: Any) -> str:
+    """Trials by state, then the Pareto front as a table (the knee marked with *), then its hypervolume
+    against (the majority-class baseline, 1.1 x the largest front size)."""
     from collections import Counter
 
     states = Counter(t.state.name for t in study.get_trials(deepcopy=False))
@@ -608,6 +610,7 @@ def format_summary(study: Any, baseline: float | None = None) -> str:
         keys = ", ".join(f"{k}={_short(v)}" for k, v in row["params"].items() if k in KEY_PARAMS)
         lines.append(f"{'*' if row['knee'] else ' '} {row['number']:>5}  {row['metric']:>12.4f}  "
                      f"{row['trainable_params']:>10,}  {rank_text:>18}  {keys}")
+    baseline = study.user_attrs.get("settings", {}).get("baseline")
     reference = (baseline if baseline is not None else min(r["metric"] for r in front) - 1e-9,
                  max(r["trainable_params"] for r in front) * 1.1)
     points = [(r["metric"], float(r["trainable_params"])) for r in front]
@@ -626,6 +629,7 @@ def settings_for_worker(study: Any, overrides: Mapping[str, Any]) -> SearchSetti
     if not stored:
         raise UserError(f"study {study.study_name!r} has no stored settings; it was not created by elalora-auto search")
     stored.pop("primary_metric", None)
+    stored.pop("baseline", None)
     stored.update({k: v for k, v in overrides.items() if v is not None})
     return SearchSettings.from_dict(stored)
 
