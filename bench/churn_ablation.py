@@ -29,7 +29,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 def schedule(args: argparse.Namespace) -> dict[str, Any]:
     return {"r_init": 4, "lora_alpha": 8, "b": args.b, "k": args.k, "t_init": args.t_init, "t_final": args.t_final,
-            "delta_t": args.delta_t, "e_lr_scale": args.e_lr_scale}
+            "delta_t": args.delta_t, "e_lr_scale": args.e_lr_scale, "orth_reg_weight": args.orth_reg_weight}
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -43,7 +43,8 @@ def table(rows: list[dict[str, Any]]) -> str:
                      f"{churn['rounds']} | {churn['prune_events']} | {churn['grow_events']} | {net} | {ratio} | "
                      f"{100 * row['accuracy']:.1f} |")
     if len({r["seed"] for r in rows}) > 1:
-        lines += ["", "| variant | mean prune events | mean net rank moved | mean dev accuracy % |", "|---|---|---|---|"]
+        lines += ["", "| variant | mean prune events | mean net rank moved | mean dev accuracy % |",
+                  "|---|---|---|---|"]
         for label in dict.fromkeys(r["label"] for r in rows):
             group = [r for r in rows if r["label"] == label]
             lines.append(f"| {label} | {statistics.mean(r['churn']['prune_events'] for r in group):.1f} | "
@@ -63,6 +64,7 @@ def main() -> None:
     parser.add_argument("--t-final", type=int, default=40)
     parser.add_argument("--delta-t", type=int, default=10)
     parser.add_argument("--e-lr-scale", type=float, default=10.0)
+    parser.add_argument("--orth-reg-weight", type=float, default=0.1)
     parser.add_argument("--max-train-samples", type=int, default=4000)
     parser.add_argument("--glue", type=Path, default=GLUE)
     add_common_args(parser)
@@ -83,7 +85,8 @@ def main() -> None:
         f"{text}\n\nSST-2, MiniLM-L6, the learning-speed setting ({args.max_train_samples:,} sampled training "
         f"sentences, full dev, length 64, batch 16, {args.steps} steps, lr 5e-4, 10% warm-up, 37 matrices), "
         f"ElaLoRA r_init 4, b {args.b}, k {args.k}, t_init {args.t_init}, t_final {args.t_final}, delta_t "
-        f"{args.delta_t} (cubic decay of b), e_lr_scale {args.e_lr_scale:g}. Net rank moved = sum over matrices of "
+        f"{args.delta_t} (cubic decay of b), e_lr_scale {args.e_lr_scale:g}, orth_reg_weight {args.orth_reg_weight:g}. "
+        "Net rank moved = sum over matrices of "
         "|final rank - initial rank| / 2; events / net = prune events per unit of rank that really moved "
         "(1.0 = no churn)."
     )

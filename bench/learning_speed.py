@@ -4,7 +4,7 @@ ElaLoRA starts from E = 0, so E (r numbers per matrix) is its only path to a non
 rate it learns far slower (ELALORA.md: 50.9% on SST-2, chance). e_lr_scale s uses E_eff = s * E, an s-times
 larger Adam step for E alone. With b=0 no rank moves, so this isolates the learning speed from the allocation.
 
-    python bench/learning_speed.py --scales 1 10 30 --seeds 42 43 --append-to BENCHMARKS.md
+    python bench/learning_speed.py --scales 1 10 100 --orth-reg-weights 0.1 0 --seeds 42 43 --append-to BENCHMARKS.md
 """
 
 from __future__ import annotations
@@ -21,12 +21,14 @@ from common import GLUE, add_common_args, append_section, machine_note, run_sst2
 import torch  # noqa: E402
 
 
-def runs(scales: list[float]) -> list[tuple[str, str, dict[str, Any]]]:
-    """(label, method, params): LoRA first, then ElaLoRA per scale, all at rank 4, alpha 8."""
+def runs(scales: list[float], orth_weights: list[float]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(label, method, params): LoRA first, then ElaLoRA per orthogonality weight and scale, all rank 4, alpha 8."""
     out = [("LoRA r=4", "lora", {"r_init": 4, "lora_alpha": 8})]
-    for scale in scales:
-        out.append((f"ElaLoRA e_lr_scale={scale:g}", "elalora",
-                    {"r_init": 4, "lora_alpha": 8, "b": 0, "e_lr_scale": float(scale)}))
+    for orth in orth_weights:
+        for scale in scales:
+            out.append((f"ElaLoRA e_lr_scale={scale:g}, orth_reg_weight={orth:g}", "elalora",
+                        {"r_init": 4, "lora_alpha": 8, "b": 0, "e_lr_scale": float(scale),
+                         "orth_reg_weight": float(orth)}))
     return out
 
 
@@ -54,6 +56,8 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scales", nargs="+", type=float, default=[1, 10, 30])
+    parser.add_argument("--orth-reg-weights", nargs="+", type=float, default=[0.1, 0.0],
+                        help="ElaLoRA's orthogonality regulariser weights to cross with --scales (0.1 = default)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--max-train-samples", type=int, default=4000)
@@ -64,7 +68,7 @@ def main() -> None:
     before = machine_note()
     rows: list[dict[str, Any]] = []
     for seed in args.seeds:  # seed-major: a cut-short run still has every method for the first seed
-        for label, method, params in runs(args.scales):
+        for label, method, params in runs(args.scales, args.orth_reg_weights):
             rows.append(run_sst2(label, method, params, seed, args.steps, args.glue, args.max_train_samples))
             write_json("learning_speed", {"args": vars(args), "machine_before": before, "rows": rows})
     after = machine_note()
@@ -76,7 +80,8 @@ def main() -> None:
         f"64, batch 16, {args.steps} steps, lr 5e-4, AdamW, linear decay, 10% warm-up; rank 4 on the 37 default "
         "BERT matrices (query/key/value/every dense incl. the pooler), alpha 8, classifier trained in full. "
         "ElaLoRA with b=0: importance is tracked but no round moves rank, so only the E parametrisation differs "
-        "from LoRA. Train loss = mean of the losses logged every 10 steps over each half of the run. "
+        "from LoRA. Train loss = mean of the losses logged every 10 steps over each half of the run (for ElaLoRA it "
+        "includes orth_reg_weight x the orthogonality penalty, so compare ElaLoRA rows by accuracy). "
         "mean abs(E_eff) = mean over all components of |e_lr_scale * E| at the end."
     )
     append_section(args.append_to, "Learning speed: e_lr_scale (bench/learning_speed.py)", body, before, after)

@@ -110,12 +110,13 @@ def markdown(summary: dict[str, Any], profile_text: str | None) -> str:
         f"| per trial (trial events + trial_finished) | {summary['tracker_s_per_trial']:.3f} "
         f"(= **{summary['overhead_per_trial_pct']:.1f}%** of the untracked median trial) |",
     ]
-    lines += [f"| - {kind}, per trial | {value:.3f} |" for kind, value in summary["tracker_s_by_kind_per_trial"].items()]
+    lines += [f"| - {kind}, per trial | {value:.3f} |"
+              for kind, value in summary["tracker_s_by_kind_per_trial"].items()]
     lines.append(f"| per study, once (study_start + study_end: store, experiment, parent run, final report) | "
                  f"{summary['tracker_s_per_study']:.2f} |")
     if profile_text:
-        lines += ["", "Where the tracker's per-trial time goes (cProfile of the trial-level tracker calls in one extra tracked "
-                  "search, cumulative time, top entries):", "", "```", profile_text.strip(), "```"]
+        lines += ["", "Where the tracker's per-trial time goes (cProfile of the trial-level tracker calls in one "
+                  "extra tracked search, cumulative time, top entries):", "", "```", profile_text.strip(), "```"]
     return "\n".join(lines)
 
 

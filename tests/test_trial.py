@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -84,7 +85,7 @@ def test_trainable_params_match_the_adapter(tiny_model_dir, sst2_dir):
     from elalora_auto.method.baselines import build_adapter
 
     result = run_trial(tiny_spec(tiny_model_dir, sst2_dir, "lora", max_steps=2), progress=False)
-    model = __import__("copy").deepcopy(load_base_model(str(tiny_model_dir), 2, "single_label_classification")[0])
+    model = copy.deepcopy(load_base_model(str(tiny_model_dir), 2, "single_label_classification")[0])
     adapter = build_adapter(model, "lora", {"r_init": 2}, 2, None)
     assert result.trainable_params == sum(p.numel() for p in adapter.model.parameters() if p.requires_grad)
 
