@@ -26,7 +26,7 @@ from torch import nn
 from elalora_auto.errors import UserError
 from elalora_auto.events import Event, Listener, emit
 
-Reporter = Callable[[int, float], None]
+Reporter = Callable[[int, float, int], None]  # (step, primary metric, current trainable parameters)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -373,7 +373,8 @@ def run_trial(
 ) -> TrialResult:
     """Fine-tune `spec.model` with a fresh adapter on a copy of the cached base model and evaluate it.
 
-    `reporter(step, primary)` runs after each periodic eval and may raise optuna.TrialPruned (propagated).
+    `reporter(step, primary, trainable_params)` runs after each periodic eval and may raise optuna.TrialPruned
+    (propagated); the size lets a Pareto-mode pruning rule compare a trial only with trials no larger than it.
     """
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
@@ -463,7 +464,7 @@ def run_trial(
                 eval_history.append({"step": step, "metrics": metrics})
                 emit(listeners, Event("eval", step, {"metrics": metrics, "primary": metrics[primary_key]}))
                 if reporter is not None and step < total_steps:
-                    reporter(step, metrics[primary_key])
+                    reporter(step, metrics[primary_key], adapter.num_trainable_parameters())
     train_time = time.perf_counter() - t_train - eval_time
     result = TrialResult(
         metrics=metrics,

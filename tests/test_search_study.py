@@ -110,18 +110,23 @@ def test_hopeless_trials_are_pruned_early_in_both_modes(study_file: Path, tmp_pa
         assert list(t.user_attrs["intermediate"]) == ["3", "6"]  # stopped at step 6 of 12
 
 
-def test_median_rule_stops_a_trial_below_complete_peers() -> None:
+def test_median_rule_stops_a_trial_below_complete_peers_no_larger_than_it() -> None:
     study = optuna.create_study(directions=["maximize", "minimize"])
     for value in (0.8, 0.9, 0.85):
-        study.add_trial(optuna.create_trial(values=[value, 10], user_attrs={"intermediate": {"4": value}}))
+        study.add_trial(optuna.create_trial(values=[value, 100], user_attrs={"intermediate": {"4": value},
+                                                                             "trainable_params": 100}))
     rule = PruningRule(PruningSettings(n_startup_trials=3, n_warmup_evals=1), multi=True, baseline=0.5, margin=0.05)
-    good, bad = study.ask(), study.ask()
-    rule.check(good, 2, 0.7)  # within warm-up: never pruned on the median
-    rule.check(good, 4, 0.86)
-    rule.check(bad, 2, 0.7)
+    good, bad, small = study.ask(), study.ask(), study.ask()
+    rule.check(good, 2, 0.7, 100)  # within warm-up: never pruned on the median
+    rule.check(good, 4, 0.86, 100)
+    rule.check(bad, 2, 0.7, 100)
     with pytest.raises(optuna.TrialPruned, match="below the median 0.85"):
-        rule.check(bad, 4, 0.6)
+        rule.check(bad, 4, 0.6, 100)
     assert bad.user_attrs["intermediate"] == {"2": 0.7, "4": 0.6}
+    # Pareto mode: a smaller trial is not compared with bigger ones (it may still land on the front's cheap end).
+    rule.check(small, 2, 0.7, 50)
+    rule.check(small, 4, 0.6, 50)
+    assert "prune_reason" not in small.user_attrs
 
 
 def test_single_objective_uses_optunas_median_pruner_and_the_cap(study_file: Path, tmp_path: Path) -> None:
@@ -135,9 +140,9 @@ def test_single_objective_uses_optunas_median_pruner_and_the_cap(study_file: Pat
                                             user_attrs={"intermediate": {"4": value}}))
     rule = PruningRule(PruningSettings(n_startup_trials=2, n_warmup_evals=1), multi=False, baseline=0.5, margin=0.05)
     trial = study.ask()
-    rule.check(trial, 2, 0.7)
+    rule.check(trial, 2, 0.7, 100)
     with pytest.raises(optuna.TrialPruned, match="below the median"):
-        rule.check(trial, 4, 0.6)
+        rule.check(trial, 4, 0.6, 100)
 
 
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(study_file: Path, tmp_path: Path) -> None:

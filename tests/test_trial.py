@@ -94,7 +94,7 @@ def test_reporter_pruning_propagates_and_stops_events(tiny_model_dir, sst2_dir):
     events: list[Event] = []
     calls = []
 
-    def reporter(step: int, value: float) -> None:
+    def reporter(step: int, value: float, size: int) -> None:
         calls.append((step, value))
         raise optuna.TrialPruned()
 

@@ -21,12 +21,13 @@ the user attr "intermediate" ({step: value}):
 1. Baseline rule (both modes): a trial whose metric stays within two standard errors of the majority-class
    baseline (the metric of always predicting the most frequent eval label; 0.02 for non-accuracy metrics)
    for `baseline_patience` consecutive evaluations has learned nothing and is stopped.
-2. Median rule: after `n_warmup_evals` evaluations of the trial, and once `n_startup_trials` complete trials
-   have a value at the same step, a trial below their median is stopped. In single-objective mode this is
-   Optuna's MedianPruner (via trial.report / should_prune) with the same settings; in Pareto mode the same
-   rule runs here over the stored intermediate values. The median is over quality only, which in Pareto mode
-   can stop a small-but-weaker trial that would have been on the front's low-cost end; n_startup_trials and
-   n_warmup_evals keep it conservative.
+2. Median rule: after `n_warmup_evals` evaluations of the trial, and once `n_startup_trials` comparable complete
+   trials have a value at the same step, a trial below their median is stopped. In single-objective mode this is
+   Optuna's MedianPruner (via trial.report / should_prune) with the same settings, every complete trial being
+   comparable. In Pareto mode the same rule runs here over the stored intermediate values, and only complete
+   trials that are NO LARGER (trainable parameters) than this one are comparable: a trial is stopped only when
+   smaller trials already do better at this point, i.e. when it is on its way to being dominated. A small trial
+   that is weaker than bigger ones may still land on the front's low-cost end, so it is never stopped for that.
 """
 
 from __future__ import annotations
@@ -407,7 +408,8 @@ class PruningRule:
     baseline: float | None
     margin: float
 
-    def check(self, trial: Any, step: int, value: float) -> None:
+    def check(self, trial: Any, step: int, value: float, size: int) -> None:
+        """`value` is the primary metric at `step`; `size` the trial's current trainable-parameter count."""
         from optuna.trial import TrialState
 
         history = {**trial.user_attrs.get("intermediate", {}), str(step): value}
@@ -427,10 +429,11 @@ class PruningRule:
             return
         peers = [t.user_attrs["intermediate"][str(step)]
                  for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                 if str(step) in t.user_attrs.get("intermediate", {})]
+                 if str(step) in t.user_attrs.get("intermediate", {})
+                 and t.user_attrs.get("trainable_params", math.inf) <= size]
         if len(peers) >= self.settings.n_startup_trials and value < statistics.median(peers):
             self._prune(trial, f"{value:.4f} at step {step} is below the median {statistics.median(peers):.4f} "
-                               f"of {len(peers)} complete trials")
+                               f"of {len(peers)} complete trials no larger than this one ({size:,} parameters)")
 
     @staticmethod
     def _prune(trial: Any, reason: str) -> None:
@@ -505,7 +508,7 @@ def run_worker(prepared: Prepared, study: Any, storage_label: str, listeners: It
         )
         out = trials_dir / str(trial.number)
         try:
-            result = run_trial(spec, reporter=lambda step, value: rule.check(trial, step, value),
+            result = run_trial(spec, reporter=lambda step, value, size: rule.check(trial, step, value, size),
                                listeners=with_context(listeners, trial_number=trial.number,
                                                       study_name=study.study_name),
                                output_dir=out, progress=progress)
