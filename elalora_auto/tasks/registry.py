@@ -33,9 +33,7 @@ class TaskSpec:
 
     name: str
     text_columns: tuple[str, ...]
-    label_names: tuple[str, ...]
-    num_labels: int
-    is_regression: bool
+    label_names: tuple[str, ...]  # empty for a regression task
     metrics: tuple[str, ...]
     primary_metric: str
     eval_splits: tuple[str, ...] = ("validation",)
@@ -43,6 +41,15 @@ class TaskSpec:
     glue_folder: str | None = None
     files: Mapping[str, str] = field(default_factory=dict)
     source_label_column: str = "label"
+
+    @property
+    def is_regression(self) -> bool:
+        return not self.label_names
+
+    @property
+    def num_labels(self) -> int:
+        """Model outputs: one score for regression, one logit per class otherwise."""
+        return len(self.label_names) or 1
 
     @property
     def problem_type(self) -> str:
@@ -63,13 +70,10 @@ def _glue(
     primary: str = "accuracy",
     eval_splits: tuple[str, ...] = ("validation",),
 ) -> TaskSpec:
-    regression = not label_names
     return TaskSpec(
         name=name,
         text_columns=text_columns,
         label_names=label_names,
-        num_labels=1 if regression else len(label_names),
-        is_regression=regression,
         metrics=metrics,
         primary_metric=primary,
         eval_splits=eval_splits,
@@ -182,8 +186,6 @@ def custom_task(
         name=name,
         text_columns=text_columns,
         label_names=label_names,
-        num_labels=1 if regression else len(label_names),
-        is_regression=regression,
         metrics=allowed,
         primary_metric=metric,
         files=files,
