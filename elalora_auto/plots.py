@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # headless: workers and CI have no display
-
-import matplotlib.pyplot as plt  # noqa: E402
+# Figures are built with the object API (no pyplot state): the tracker draws them on a background thread,
+# and pyplot's global figure manager is not thread-safe. Figure.savefig needs no GUI backend.
 
 _LAYER_RE = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.(.+)$")
 # Colour per method so baselines stand apart from ElaLoRA on a shared front.
@@ -47,7 +47,7 @@ def rank_grid(rank_map: Mapping[str, int]) -> tuple[list[str], list[str], list[l
 def rank_heatmap(rank_map: Mapping[str, int], path: str | Path, title: str = "final rank per matrix") -> Path:
     """Heatmap PNG of the final ranks, layers x module type, each cell annotated with its rank."""
     layers, types, grid = rank_grid(rank_map)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * max(len(types), 1), 1.0 + 0.45 * max(len(layers), 1)))
+    fig, ax = _figure(figsize=(1.2 + 0.9 * max(len(types), 1), 1.0 + 0.45 * max(len(layers), 1)))
     image = ax.imshow(grid, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(types)), types, rotation=40, ha="right", fontsize=8)
     ax.set_yticks(range(len(layers)), layers, fontsize=8)
@@ -67,10 +67,10 @@ def rank_evolution(history: Sequence[tuple[int, Mapping[str, int]]], path: str |
 
     `history` is [(step, rank_map), ...] in step order, starting with the initial ranks.
     """
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = _figure(figsize=(8, 4.5))
     names = sorted({name for _, ranks in history for name in ranks})
     types = sorted({parse_module_name(name)[1] for name in names})
-    cmap = plt.get_cmap("tab10" if len(types) <= 10 else "tab20")
+    cmap = matplotlib.colormaps["tab10" if len(types) <= 10 else "tab20"]
     steps = [step for step, _ in history]
     for name in names:
         kind = parse_module_name(name)[1]
@@ -107,7 +107,7 @@ def pareto_png(rows: Sequence[Mapping[str, Any]], path: str | Path, metric_name:
 
     Each row has number, metric, trainable_params, method and on_front (bool).
     """
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = _figure(figsize=(7, 4.5))
     for method in sorted({row["method"] for row in rows}):
         mine = [row for row in rows if row["method"] == method]
         ax.scatter(
@@ -205,12 +205,16 @@ def _params_text(params: Mapping[str, Any]) -> str:
     return "<br>".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(params.items()))
 
 
-def _save(fig: Any, path: str | Path) -> Path:
+def _figure(figsize: tuple[float, float]) -> tuple[Figure, Any]:
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots()
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

@@ -5,6 +5,11 @@ so a broken or slow MLflow store can never fail a trial. Runs are addressed by e
 `MlflowClient` (never MLflow's global active-run stack), so several studies, threads and worker processes
 can share one store. Parent and child runs are found again by tags before anything is created, which is what
 makes resumed studies and several workers attach to the same runs instead of duplicating them.
+
+Metrics and params are logged inline (batched; milliseconds). Figures and artifact uploads (rank heatmap and
+evolution per trial, the study's Pareto front and Optuna plots, a front trial's adapter) are rendered on one
+background thread, so the next trial starts while the last one is drawn; `flush()` waits for them, and the
+study's end always does.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import socket
 import tempfile
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -87,6 +93,9 @@ class MlflowTracker:
         self._studies: dict[str, _StudyRuns] = {}
         self._trials: dict[tuple[str, int], _TrialRun] = {}
         self._lock = threading.Lock()
+        self._artifacts = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-artifacts")
+        self._pending: list[Future] = []
+        self._refresh_queued: set[str] = set()
 
     # -- listener -------------------------------------------------------------------------------------
     def __call__(self, event: Event) -> None:
@@ -96,6 +105,22 @@ class MlflowTracker:
         except Exception as exc:  # noqa: BLE001 - tracking must never fail a trial
             log.warning("MLflow tracking skipped a %s event: %s: %s", event.kind, type(exc).__name__, exc,
                         exc_info=log.isEnabledFor(logging.DEBUG))
+
+    def flush(self) -> None:
+        """Wait until every queued figure and artifact upload is done."""
+        while self._pending:
+            self._pending.pop(0).result()
+
+    def _in_background(self, what: str, job: Any, *args: Any) -> None:
+        """Queue slow artifact work off the training path; its failures are warnings, like any tracker error."""
+
+        def run() -> None:
+            try:
+                job(*args)
+            except Exception as exc:  # noqa: BLE001 - tracking must never fail a trial
+                log.warning("MLflow tracking skipped %s: %s: %s", what, type(exc).__name__, exc)
+
+        self._pending = [f for f in self._pending if not f.done()] + [self._artifacts.submit(run)]
 
     @property
     def client(self) -> Any:
@@ -133,16 +158,20 @@ class MlflowTracker:
             tags=[RunTag(TAG_STATE, state)] + ([RunTag(TAG_REASON, str(data["reason"])[:5000])] if data.get("reason") else []),
         )
         self._log_params(trial.run_id, {f"params.{k}": v for k, v in (data.get("params") or {}).items()})
+        self.client.set_terminated(trial.run_id, status=RUN_STATUS.get(state, "FAILED"))
         study = data.get("study")
         if state == "COMPLETE" and study is not None and data.get("output_dir"):
-            self._log_adapter_if_on_front(study, name, number, trial.run_id, Path(data["output_dir"]))
-        self.client.set_terminated(trial.run_id, status=RUN_STATUS.get(state, "FAILED"))
+            self._in_background("the adapter", self._log_adapter_if_on_front, study, name, number, trial.run_id,
+                                Path(data["output_dir"]))
         runs = self.study_runs(name)
-        if study is not None and time.monotonic() - runs.last_refresh >= self.refresh_every_s:
-            self.refresh_study(study, name)
+        if study is not None and name not in self._refresh_queued \
+                and time.monotonic() - runs.last_refresh >= self.refresh_every_s:
+            self._refresh_queued.add(name)  # one queued refresh at a time: it reads the latest study anyway
+            self._in_background("the study plots", self._queued_refresh, study, name)
 
     def _on_study_end(self, event: Event) -> None:
         name = event.data["study_name"]
+        self.flush()
         self.refresh_study(event.data["study"], name)
         self.client.set_terminated(self.study_runs(name).parent_run_id, status="FINISHED")
 
@@ -187,8 +216,6 @@ class MlflowTracker:
             trial.rank_history.append((event.step, dict(event.data["rank_map"])))
 
     def _on_trial_end(self, event: Event) -> None:
-        from elalora_auto import plots
-
         trial = self._trial(event)
         result = event.data.get("result") or {}
         for key, value in (result.get("metrics") or {}).items():
@@ -205,14 +232,21 @@ class MlflowTracker:
         history = list(trial.rank_history)
         if not history or history[-1][0] != event.step:
             history.append((event.step, dict(rank_map)))
+        rounds = list(trial.rounds) or [{"step": s, "total_rank": sum(r.values())} for s, r in history]
+        self._in_background("the rank artifacts", self._log_rank_artifacts, trial.run_id, dict(rank_map), history,
+                            rounds)
+
+    def _log_rank_artifacts(self, run_id: str, rank_map: dict[str, int], history: list[tuple[int, dict[str, int]]],
+                            rounds: list[dict[str, Any]]) -> None:
+        from elalora_auto import plots
+
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp)
             (out / "rank_map.json").write_text(json.dumps(rank_map, indent=1, sort_keys=True))
             plots.rank_heatmap(rank_map, out / "rank_heatmap.png")
             plots.rank_evolution(history, out / "rank_evolution.png")
-            plots.write_csv(trial.rounds or [{"step": s, "total_rank": sum(r.values())} for s, r in history],
-                            out / "rank_rounds.csv")
-            self.client.log_artifacts(trial.run_id, tmp, "ranks")
+            plots.write_csv(rounds, out / "rank_rounds.csv")
+            self.client.log_artifacts(run_id, tmp, "ranks")
 
     # -- runs -----------------------------------------------------------------------------------------
     def study_runs(self, study_name: str) -> _StudyRuns:
@@ -310,6 +344,10 @@ class MlflowTracker:
             self.client.log_artifacts(run_id, str(adapter), "adapter")
 
     # -- study-wide artifacts -------------------------------------------------------------------------
+    def _queued_refresh(self, study: Any, study_name: str) -> None:
+        self._refresh_queued.discard(study_name)
+        self.refresh_study(study, study_name)
+
     def refresh_study(self, study: Any, study_name: str) -> None:
         """Redraw the parent run's Pareto front, trial table and Optuna plots from the study's storage."""
         from elalora_auto.export import write_study_report
