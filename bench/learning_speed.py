@@ -55,8 +55,8 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scales", nargs="+", type=float, default=[1, 10, 30])
-    parser.add_argument("--orth-reg-weights", nargs="+", type=float, default=[0.1, 0.0],
+    parser.add_argument("--scales", nargs="+", type=float, default=[1, 10, 100, 300])
+    parser.add_argument("--orth-reg-weights", nargs="+", type=float, default=[0.1],
                         help="ElaLoRA's orthogonality regulariser weights to cross with --scales (0.1 = default)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43])
     parser.add_argument("--steps", type=int, default=200)
