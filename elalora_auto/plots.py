@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -195,7 +196,10 @@ def optuna_importance_html(
     if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 2:
         return None
     try:
-        figure = plot_param_importances(study, target=target, target_name=target_name)
+        with warnings.catch_warnings():
+            # PED-ANOVA warns on every call that it ranks for LOW targets; callers pass the metric signed for that.
+            warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")
+            figure = plot_param_importances(study, target=target, target_name=target_name)
     except (ValueError, RuntimeError, ZeroDivisionError):
         return None
     return _write_html(figure, path)
