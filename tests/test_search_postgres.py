@@ -1,17 +1,21 @@
-"""Many workers on one PostgreSQL: a real server started here, three `elalora-auto worker` processes."""
+"""Many workers on one PostgreSQL: a real server started here (once for the module), `elalora-auto worker`
+processes sharing a study, and a killed worker's trial failed by its heartbeat and retried by another."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 
 from elalora_auto.cli import main
 from elalora_auto.search.study import open_storage
@@ -26,7 +30,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def postgres_url():
     """A throw-away PostgreSQL on 127.0.0.1 (initdb in a temp dir), stopped and removed at teardown."""
     if not (PG_BIN / "initdb").exists():
@@ -69,3 +73,61 @@ def test_three_workers_share_one_study_without_duplicates(study_file: Path, tmp_
     params = [tuple(sorted(t.params.items())) for t in trials]
     assert len(set(params)) == n_trials
     assert len({t.user_attrs["worker"] for t in trials}) >= 2, "the trials were not shared between workers"
+
+
+def test_a_killed_workers_trial_is_failed_by_heartbeat_and_retried_by_another(
+        study_file: Path, tmp_path: Path, postgres_url: str) -> None:  # noqa: F811
+    """kill -9 a worker mid-trial, then start another: its first `optimize` fails the stale trial (no heartbeat
+    for grace_s) and re-runs it, and the study still ends with the budget (the dead trial counts once).
+
+    The dead trial's host:pid is rewritten to another machine's, so only the heartbeat can find it (a worker on
+    the same host would otherwise recover it at start-up by pid, see recover_orphans)."""
+    n_trials, interval, grace = 2, 1, 3
+    config = yaml.safe_load(study_file.read_text())
+    config.update(max_steps=400, eval_every=100, heartbeat={"interval_s": interval, "grace_s": grace})
+    study_file.write_text(yaml.safe_dump(config))
+    assert main(["search", "--config", str(study_file), "--space", str(_space(tmp_path)), "--study", "pg-kill",
+                 "--storage", postgres_url, "--trials", str(n_trials), "--create-only", "--quiet"]) == 0
+    storage = open_storage(postgres_url, tmp_path)  # the test only watches: the default heartbeat does not matter
+    study = optuna.load_study(study_name="pg-kill", storage=storage)
+    assert study.user_attrs["settings"]["heartbeat"] == {"interval_s": interval, "grace_s": grace}
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "elalora_auto.cli", "worker", "--study", "pg-kill", "--storage", postgres_url,
+               "--workdir", str(tmp_path / "runs"), "--no-tracking", "--quiet"]
+    worker_a = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+    try:
+        deadline, running = time.monotonic() + 60, []
+        while time.monotonic() < deadline and not running:
+            time.sleep(0.3)
+            running = [t for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+                       if "worker" in t.user_attrs]  # the objective has started (and so has the heartbeat)
+        assert running, "worker A never started a trial"
+        time.sleep(interval + 0.5)  # at least one heartbeat recorded
+    finally:
+        os.killpg(worker_a.pid, signal.SIGKILL)
+        worker_a.wait()
+    killed = study.get_trials()[running[0].number]  # as the dead worker left it (its params suggested by now)
+    assert killed.state.name == "RUNNING" and killed.params  # nobody has noticed yet
+    storage.set_trial_user_attr(killed._trial_id, "worker", "another-machine:1")
+    time.sleep(grace + 1)  # now stale: the next worker to start a trial fails it first
+
+    start = time.monotonic()
+    worker_b = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert worker_b.returncode == 0, worker_b.stdout + worker_b.stderr
+    trials = optuna.load_study(study_name="pg-kill", storage=open_storage(postgres_url, tmp_path)).get_trials()
+    states = {t.number: t.state.name for t in trials}
+    assert states[killed.number] == "FAIL" and "fail_reason" not in trials[killed.number].user_attrs  # heartbeat
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retries) == 1, states
+    (retry,) = retries
+    assert retry.system_attrs["retry_history"] == [killed.number] and retry.params == killed.params
+    assert retry.state.name == "COMPLETE" and retry.number > killed.number
+    # the budget: n_trials besides the dead one, all finished, each run once and by worker B
+    assert sorted(states) == list(range(n_trials + 1)) and all(t.state.is_finished() for t in trials)
+    live = [t for t in trials if t.number != killed.number]
+    assert len({t.user_attrs["worker"] for t in live}) == 1 and "another-machine" not in live[0].user_attrs["worker"]
+    finished = [line.split(":")[0] for line in worker_b.stdout.splitlines() if line.startswith("trial ")]
+    assert sorted(finished) == sorted(f"trial {t.number}" for t in live), worker_b.stdout
+    assert time.monotonic() - start < 90

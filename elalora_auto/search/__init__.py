@@ -46,7 +46,7 @@ def run_search(settings: SearchSettings, listeners: list[Listener] | None = None
     (`join_study`) only ever load it.
     """
     prepared = prepare(settings)
-    storage = open_storage(settings.storage, settings.workdir)
+    storage = open_storage(settings.storage, settings.workdir, heartbeat=settings.heartbeat)
     study, created = create_or_load_study(prepared, storage)
     label = storage_uri(settings.storage, settings.workdir)
     echo(f"{'created' if created else 'resuming'} study {study.study_name} in {label}: {prepared.task.name}, "
@@ -71,6 +71,8 @@ def join_study(study_name: str, storage: str | None, overrides: Mapping[str, Any
     backend = open_storage(storage, workdir, create=False)
     study = load_study(study_name, backend)
     settings = settings_for_worker(study, {**overrides, "storage": storage})
+    if storage is not None and "://" in storage:  # reopen with the study's heartbeat timing, shared by its workers
+        study = load_study(study.study_name, open_storage(storage, workdir, create=False, heartbeat=settings.heartbeat))
     prepared = prepare(settings)
     echo(f"worker joined study {study.study_name} ({settings.trials} trials in all)")
     run_worker(prepared, study, storage_uri(storage, settings.workdir), make_listeners(settings), progress=progress,

@@ -7,8 +7,12 @@ Storage (`open_storage`):
   with parallel workers (a waiting trial is popped by exactly one of them).
 - `--storage postgresql://...` (any SQLAlchemy URL) for many workers on many machines: RDBStorage with a
   heartbeat, so a trial whose worker died is marked FAIL after the grace period and re-queued once by
-  RetryHeartbeatStaleTrialCallback. The `search` command creates the study (several workers creating one
-  study at once on a fresh database collide); `worker` only loads it.
+  RetryHeartbeatStaleTrialCallback. Optuna checks for such stale trials at the start of every trial of every
+  live worker (`fail_stale_trials`), so a surviving worker picks up the dead one's trial. The timing is the
+  study setting `heartbeat: {interval_s, grace_s}`, stored with the study so that every worker uses the same
+  values (a worker whose grace period were shorter than another's heartbeat interval would fail live trials).
+  The `search` command creates the study (several workers creating one study at once on a fresh database
+  collide); `worker` only loads it.
 
 Trial budget: `--trials N` means the study ends with N trials in it (complete, pruned or failed; a trial
 re-queued after its worker died counts once, one stopped by Ctrl-C not at all). Optuna's MaxTrialsCallback
@@ -64,6 +68,24 @@ class PruningSettings:
 
 
 @dataclass
+class HeartbeatSettings:
+    """RDBStorage heartbeat: each running trial records one every `interval_s`; a trial silent for `grace_s`
+    is failed and re-queued by the next worker that starts a trial. Unused by the journal file storage."""
+
+    interval_s: int = HEARTBEAT_INTERVAL_S
+    grace_s: int = GRACE_PERIOD_S
+
+    def validate(self) -> None:
+        for name in ("interval_s", "grace_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"heartbeat.{name}: expected a positive whole number of seconds, got {value!r}")
+        if self.grace_s <= self.interval_s:
+            raise ConfigError(f"heartbeat.grace_s ({self.grace_s}) must be larger than heartbeat.interval_s "
+                              f"({self.interval_s}), or live trials are failed between two heartbeats")
+
+
+@dataclass
 class SearchSettings:
     """Every option of `search`; a study YAML (`--config`) holds any of them, flags override the file.
 
@@ -96,6 +118,7 @@ class SearchSettings:
     no_tracking: bool = False
     trial0: dict[str, Any] = field(default_factory=dict)  # overrides of the space defaults for trial 0
     pruning: PruningSettings = field(default_factory=PruningSettings)
+    heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
 
     @classmethod
     def from_sources(cls, config: str | None, overrides: Mapping[str, Any]) -> "SearchSettings":
@@ -122,6 +145,15 @@ class SearchSettings:
             data["pruning"] = pruning if isinstance(pruning, PruningSettings) else PruningSettings(**pruning)
         except TypeError:
             raise ConfigError(f"pruning: valid keys are {', '.join(f.name for f in dataclasses.fields(PruningSettings))}") from None
+        heartbeat = data.get("heartbeat") or {}
+        try:
+            if not isinstance(heartbeat, (HeartbeatSettings, dict)):
+                raise TypeError
+            data["heartbeat"] = heartbeat if isinstance(heartbeat, HeartbeatSettings) else HeartbeatSettings(**heartbeat)
+        except TypeError:
+            raise ConfigError("heartbeat: expected a mapping with the keys "
+                              f"{', '.join(f.name for f in dataclasses.fields(HeartbeatSettings))}") from None
+        data["heartbeat"].validate()
         settings = cls(**data)
         settings.validate()
         return settings
@@ -154,12 +186,15 @@ def storage_uri(settings_storage: str | None, workdir: str | Path) -> str:
     return settings_storage or str((Path(workdir) / JOURNAL_FILE).resolve())
 
 
-def open_storage(uri: str | None, workdir: str | Path, create: bool = True) -> Any:
-    """JournalStorage on WORKDIR/optuna-journal.log by default (or a given *.log path), else RDBStorage."""
+def open_storage(uri: str | None, workdir: str | Path, create: bool = True,
+                 heartbeat: HeartbeatSettings | None = None) -> Any:
+    """JournalStorage on WORKDIR/optuna-journal.log by default (or a given *.log path), else RDBStorage with
+    `heartbeat`'s timing (default 60 s / 180 s; pass the study's own to run trials)."""
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
+    heartbeat = heartbeat or HeartbeatSettings()
     if uri is None or "://" not in uri:
         path = Path(uri) if uri else Path(workdir) / JOURNAL_FILE
         if not path.exists() and not create:
@@ -171,8 +206,8 @@ def open_storage(uri: str | None, workdir: str | Path, create: bool = True) -> A
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat, retry
             return RDBStorage(
                 _with_installed_driver(uri),
-                heartbeat_interval=HEARTBEAT_INTERVAL_S,
-                grace_period=GRACE_PERIOD_S,
+                heartbeat_interval=heartbeat.interval_s,
+                grace_period=heartbeat.grace_s,
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
             )
     except ImportError as exc:
@@ -330,6 +365,11 @@ def create_or_load_study(prepared: Prepared, storage: Any) -> tuple[Any, bool]:
             if stored.get(key) != getattr(settings, key):
                 raise UserError(f"study {name!r} exists with {key}={stored.get(key)!r}, not {getattr(settings, key)!r}; "
                                 "pass another --study name")
+        if isinstance(storage, optuna.storages.RDBStorage) and stored.get("heartbeat", dataclasses.asdict(
+                HeartbeatSettings())) != dataclasses.asdict(settings.heartbeat):
+            raise UserError(f"study {name!r} exists with heartbeat={stored.get('heartbeat')!r}, not "
+                            f"{dataclasses.asdict(settings.heartbeat)!r}: its workers must share one timing; "
+                            "set heartbeat: to the stored values or pass another --study name")
         if stored.get("trials") != settings.trials:
             study.set_user_attr("settings", {**stored, "trials": settings.trials})
         return study, False
@@ -359,6 +399,7 @@ def recover_orphans(study: Any) -> list[int]:
     RDBStorage finds those by heartbeat; the journal file has none, so the worker's host:pid recorded on each
     trial decides. Trials of live processes, or of other hosts, are left alone.
     """
+    import optuna
     from optuna.storages import RetryHeartbeatStaleTrialCallback
     from optuna.trial import TrialState
 
@@ -367,8 +408,12 @@ def recover_orphans(study: Any) -> list[int]:
         worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
         if worker_host != host or not pid.isdigit() or _alive(int(pid)):
             continue
-        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"worker process {pid} died")
-        if study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+        try:  # another worker (or Optuna's heartbeat check) may fail the same orphan first
+            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"worker process {pid} died")
+            failed = study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        if failed:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the retry callback is marked experimental
                 RetryHeartbeatStaleTrialCallback(max_retry=1)(study, study._storage.get_trial(trial._trial_id))
