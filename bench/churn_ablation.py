@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import GLUE, add_common_args, append_section, machine_note, run_sst2, write_json  # noqa: E402
+from common import GLUE, add_common_args, machine_note, publish, run_sst2, write_json  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -77,20 +77,16 @@ def main() -> None:
             params = {**schedule(args), **VARIANTS[label]}
             rows.append(run_sst2(label, "elalora", params, seed, args.steps, args.glue, args.max_train_samples))
             write_json("churn_ablation", {"args": vars(args), "machine_before": before, "rows": rows})
-    after = machine_note()
-    write_json("churn_ablation", {"args": vars(args), "machine_before": before, "machine_after": after, "rows": rows})
-    text = table(rows)
-    print(text)
-    body = (
-        f"{text}\n\nSST-2, MiniLM-L6, the learning-speed setting ({args.max_train_samples:,} sampled training "
+    publish("churn_ablation", "Churn ablation on real data (bench/churn_ablation.py)", args, before, {"rows": rows},
+            table(rows), (
+        f"SST-2, MiniLM-L6, the learning-speed setting ({args.max_train_samples:,} sampled training "
         f"sentences, full dev, length 64, batch 16, {args.steps} steps, lr 5e-4, 10% warm-up, 37 matrices), "
         f"ElaLoRA r_init 4, b {args.b}, k {args.k}, t_init {args.t_init}, t_final {args.t_final}, delta_t "
         f"{args.delta_t} (cubic decay of b), e_lr_scale {args.e_lr_scale:g}, orth_reg_weight {args.orth_reg_weight:g}. "
         "Net rank moved = sum over matrices of "
         "|final rank - initial rank| / 2; events / net = prune events per unit of rank that really moved "
         "(1.0 = no churn)."
-    )
-    append_section(args.append_to, "Churn ablation on real data (bench/churn_ablation.py)", body, before, after)
+    ))
 
 
 if __name__ == "__main__":

@@ -125,6 +125,15 @@ def append_section(path: Path | None, title: str, body: str, note_before: str, n
         handle.write(text)
 
 
+def publish(name: str, title: str, args: argparse.Namespace, before: str, payload: dict[str, Any], text: str,
+            description: str) -> None:
+    """Print the table, keep the raw rows in bench/out/NAME.json and, with --append-to, add the section."""
+    after = machine_note()
+    write_json(name, {"args": vars(args), "machine_before": before, "machine_after": after, **payload})
+    print(text)
+    append_section(args.append_to, title, f"{text}\n\n{description}", before, after)
+
+
 def run_sst2(label: str, method: str, params: dict[str, Any], seed: int, steps: int, glue: Path = GLUE,
              max_train_samples: int = 4000) -> dict[str, Any]:
     """One real fine-tune in the reference setting via run_trial; the row also carries the adapter's state that

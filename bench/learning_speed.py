@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import GLUE, add_common_args, append_section, machine_note, run_sst2, write_json  # noqa: E402
+from common import GLUE, add_common_args, machine_note, publish, run_sst2, write_json  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -71,20 +71,16 @@ def main() -> None:
         for label, method, params in runs(args.scales, args.orth_reg_weights):
             rows.append(run_sst2(label, method, params, seed, args.steps, args.glue, args.max_train_samples))
             write_json("learning_speed", {"args": vars(args), "machine_before": before, "rows": rows})
-    after = machine_note()
-    write_json("learning_speed", {"args": vars(args), "machine_before": before, "machine_after": after, "rows": rows})
-    text = table(rows)
-    print(text)
-    body = (
-        f"{text}\n\nSST-2, MiniLM-L6, {args.max_train_samples:,} sampled training sentences, full dev (872), length "
+    publish("learning_speed", "Learning speed: e_lr_scale (bench/learning_speed.py)", args, before, {"rows": rows},
+            table(rows), (
+        "SST-2, MiniLM-L6, {args.max_train_samples:,} sampled training sentences, full dev (872), length "
         f"64, batch 16, {args.steps} steps, lr 5e-4, AdamW, linear decay, 10% warm-up; rank 4 on the 37 default "
         "BERT matrices (query/key/value/every dense incl. the pooler), alpha 8, classifier trained in full. "
         "ElaLoRA with b=0: importance is tracked but no round moves rank, so only the E parametrisation differs "
         "from LoRA. Train loss = mean of the losses logged every 10 steps over each half of the run (for ElaLoRA it "
         "includes orth_reg_weight x the orthogonality penalty, so compare ElaLoRA rows by accuracy). "
         "mean abs(E_eff) = mean over all components of |e_lr_scale * E| at the end."
-    )
-    append_section(args.append_to, "Learning speed: e_lr_scale (bench/learning_speed.py)", body, before, after)
+    ))
 
 
 if __name__ == "__main__":

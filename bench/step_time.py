@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_common_args, append_section, machine_note, minilm_path, write_json  # noqa: E402
+from common import add_common_args, machine_note, minilm_path, publish  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -125,21 +125,16 @@ def main() -> None:
     before = machine_note()
     rows = [row for name in args.models
             for row in measure(name, args.steps, args.warmup, args.batch_size, args.length, args.rank)]
-    after = machine_note()
-    text = table(rows)
-    print(text)
-    write_json("step_time", {"args": vars(args), "machine_before": before, "machine_after": after, "rows": rows})
-    body = (
-        f"{text}\n\nRandom token batches (batch {args.batch_size}, length {args.length}), AdamW, "
+    publish("step_time", "Step time: ElaLoRA vs PEFT LoRA vs PEFT AdaLoRA (bench/step_time.py)", args, before,
+            {"rows": rows}, table(rows), (
+        f"Random token batches (batch {args.batch_size}, length {args.length}), AdamW, "
         f"torch.set_num_threads({args.threads}); each timed step = forward + backward + optimizer step + "
         "adapter hook + zero_grad; the three methods alternate step by step (rotating order) after "
         f"{args.warmup} untimed steps each. Initial rank {args.rank} everywhere (AdaLoRA init_r {args.rank} -> "
         f"target_r {max(1, args.rank // 2)}); ElaLoRA b 4, k 2, t_init 2, delta_t 5 (a round every 5 steps; "
         "'rounds that moved rank' counts the hook calls that changed a rank). The IQR column shows how noisy the "
         "shared machine was."
-    )
-    append_section(args.append_to, "Step time: ElaLoRA vs PEFT LoRA vs PEFT AdaLoRA (bench/step_time.py)", body,
-                   before, after)
+    ))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_common_args, append_section, machine_note, write_json  # noqa: E402
+from common import add_common_args, machine_note, publish  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -144,17 +144,13 @@ def main() -> None:
         pstats.Stats(profile, stream=buffer).sort_stats("cumulative").print_stats(25)
         profile_text = "\n".join(line for line in buffer.getvalue().splitlines()
                                  if line.strip() and not line.startswith(("   Ordered", "Ordered")))
-    after = machine_note()
-    write_json("tracking_overhead", {"args": vars(args), "machine_before": before, "machine_after": after,
-                                     "runs": runs, "summary": summary, "profile": profile_text})
-    text = markdown(summary, profile_text)
-    print(text)
-    body = (f"{text}\n\nThe demo study (tiny BERT built locally, synthetic keyword-sentiment CSV task, ElaLoRA demo "
+    publish("tracking_overhead", "Tracking overhead (bench/tracking_overhead.py)", args, before,
+            {"runs": runs, "summary": summary, "profile": profile_text}, markdown(summary, profile_text),
+            (f"The demo study (tiny BERT built locally, synthetic keyword-sentiment CSV task, ElaLoRA demo "
             f"space) with {args.trials} trials of {args.steps} steps, run {args.repeats}x without and {args.repeats}x "
             "with the MLflow tracker that `search` builds (`make_listeners`: SQLite store in the fresh temp workdir, "
             "refresh_every_s 5), alternating. Tracker time is measured around each listener call; "
-            "trial events run inside run_trial, so they are part of the tracked trial's wall time.")
-    append_section(args.append_to, "Tracking overhead (bench/tracking_overhead.py)", body, before, after)
+            "trial events run inside run_trial, so they are part of the tracked trial's wall time."))
 
 
 if __name__ == "__main__":
