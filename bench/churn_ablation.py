@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import GLUE, add_common_args, machine_note, publish, run_sst2, write_json  # noqa: E402
+from common import GLUE, add_common_args, machine_note, publish, sst2_grid  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--t-init", type=int, default=20)
     parser.add_argument("--t-final", type=int, default=40)
     parser.add_argument("--delta-t", type=int, default=10)
-    parser.add_argument("--e-lr-scale", type=float, default=10.0)
+    parser.add_argument("--e-lr-scale", type=float, default=300.0)
     parser.add_argument("--orth-reg-weight", type=float, default=0.1)
     parser.add_argument("--max-train-samples", type=int, default=4000)
     parser.add_argument("--glue", type=Path, default=GLUE)
@@ -71,12 +71,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     before = machine_note()
-    rows: list[dict[str, Any]] = []
-    for seed in args.seeds:
-        for label in args.variants:
-            params = {**schedule(args), **VARIANTS[label]}
-            rows.append(run_sst2(label, "elalora", params, seed, args.steps, args.glue, args.max_train_samples))
-            write_json("churn_ablation", {"args": vars(args), "machine_before": before, "rows": rows})
+    rows = sst2_grid("churn_ablation", args, before,
+                     [(label, "elalora", {**schedule(args), **VARIANTS[label]}) for label in args.variants])
     publish("churn_ablation", "Churn ablation on real data (bench/churn_ablation.py)", args, before, {"rows": rows},
             table(rows), (
         f"SST-2, MiniLM-L6, the learning-speed setting ({args.max_train_samples:,} sampled training "

@@ -125,6 +125,18 @@ def append_section(path: Path | None, title: str, body: str, note_before: str, n
         handle.write(text)
 
 
+def sst2_grid(name: str, args: argparse.Namespace, before: str,
+              runs: list[tuple[str, str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Every (label, method, params) for every seed, seed-major so a cut-short run still has each run for the
+    first seed; the rows so far are saved after each run."""
+    rows: list[dict[str, Any]] = []
+    for seed in args.seeds:
+        for label, method, params in runs:
+            rows.append(run_sst2(label, method, params, seed, args.steps, args.glue, args.max_train_samples))
+            write_json(name, {"args": vars(args), "machine_before": before, "rows": rows})
+    return rows
+
+
 def publish(name: str, title: str, args: argparse.Namespace, before: str, payload: dict[str, Any], text: str,
             description: str) -> None:
     """Print the table, keep the raw rows in bench/out/NAME.json and, with --append-to, add the section."""

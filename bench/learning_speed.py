@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import GLUE, add_common_args, machine_note, publish, run_sst2, write_json  # noqa: E402
+from common import GLUE, add_common_args, machine_note, publish, sst2_grid  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -66,11 +66,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     before = machine_note()
-    rows: list[dict[str, Any]] = []
-    for seed in args.seeds:  # seed-major: a cut-short run still has every method for the first seed
-        for label, method, params in runs(args.scales, args.orth_reg_weights):
-            rows.append(run_sst2(label, method, params, seed, args.steps, args.glue, args.max_train_samples))
-            write_json("learning_speed", {"args": vars(args), "machine_before": before, "rows": rows})
+    rows = sst2_grid("learning_speed", args, before, runs(args.scales, args.orth_reg_weights))
     publish("learning_speed", "Learning speed: e_lr_scale (bench/learning_speed.py)", args, before, {"rows": rows},
             table(rows), (
         "SST-2, MiniLM-L6, {args.max_train_samples:,} sampled training sentences, full dev (872), length "
