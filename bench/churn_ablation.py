@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import GLUE, add_common_args, machine_note, publish, sst2_grid  # noqa: E402
+from common import add_common_args, add_sst2_args, machine_note, publish, sst2_grid  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -56,8 +56,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", default=["paper", "fix"], choices=list(VARIANTS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[42])
-    parser.add_argument("--steps", type=int, default=200)
+    add_sst2_args(parser, seeds=[42])
     parser.add_argument("--b", type=int, default=4)
     parser.add_argument("--k", type=int, default=2)
     parser.add_argument("--t-init", type=int, default=20)
@@ -65,8 +64,6 @@ def main() -> None:
     parser.add_argument("--delta-t", type=int, default=10)
     parser.add_argument("--e-lr-scale", type=float, default=300.0)
     parser.add_argument("--orth-reg-weight", type=float, default=0.1)
-    parser.add_argument("--max-train-samples", type=int, default=4000)
-    parser.add_argument("--glue", type=Path, default=GLUE)
     add_common_args(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -125,6 +125,14 @@ def append_section(path: Path | None, title: str, body: str, note_before: str, n
         handle.write(text)
 
 
+def add_sst2_args(parser: argparse.ArgumentParser, seeds: list[int]) -> None:
+    """The options `sst2_grid` reads, declared next to it."""
+    parser.add_argument("--seeds", nargs="+", type=int, default=seeds)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--max-train-samples", type=int, default=4000)
+    parser.add_argument("--glue", type=Path, default=GLUE)
+
+
 def sst2_grid(name: str, args: argparse.Namespace, before: str,
               runs: list[tuple[str, str, dict[str, Any]]]) -> list[dict[str, Any]]:
     """Every (label, method, params) for every seed, seed-major so a cut-short run still has each run for the

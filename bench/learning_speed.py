@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import GLUE, add_common_args, machine_note, publish, sst2_grid  # noqa: E402
+from common import add_common_args, add_sst2_args, machine_note, publish, sst2_grid  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -58,10 +58,7 @@ def main() -> None:
     parser.add_argument("--scales", nargs="+", type=float, default=[1, 10, 100, 300])
     parser.add_argument("--orth-reg-weights", nargs="+", type=float, default=[0.1],
                         help="ElaLoRA's orthogonality regulariser weights to cross with --scales (0.1 = default)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43])
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--max-train-samples", type=int, default=4000)
-    parser.add_argument("--glue", type=Path, default=GLUE)
+    add_sst2_args(parser, seeds=[42, 43])
     add_common_args(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
