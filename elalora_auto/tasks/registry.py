@@ -13,8 +13,7 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Literal, Mapping, Sequence
+from typing import Mapping
 
 from elalora_auto.errors import UserError
 
@@ -122,72 +121,4 @@ def get_task(name: str) -> TaskSpec:
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise UserError(
         f"unknown task {name!r}{hint}; valid tasks: {', '.join(TASKS)}, or a custom task from your own files"
-    )
-
-
-def custom_task(
-    name: str,
-    train_file: str | Path,
-    eval_file: str | Path | None = None,
-    text_columns: Sequence[str] = ("text",),
-    label_column: str = "label",
-    task_type: Literal["classification", "regression"] = "classification",
-    metric: str | None = None,
-) -> TaskSpec:
-    """A task over the user's own csv/tsv/jsonl/json/parquet files.
-
-    The files are read once here to check the columns and to fix the label set (string labels are sorted and
-    numbered; integer labels must already be 0..K-1), since the model's head size must be known before
-    any data is tokenised. Without `eval_file`, `load_task_data` holds out a fixed 10% of train as
-    "validation".
-    """
-    from elalora_auto.tasks.loaders import read_table, require_columns
-
-    if task_type not in ("classification", "regression"):
-        raise UserError(f"task_type must be 'classification' or 'regression', not {task_type!r}")
-    regression = task_type == "regression"
-    allowed = REGRESSION_METRICS if regression else CLASSIFICATION_METRICS
-    metric = metric or allowed[0]
-    if metric not in allowed:
-        raise UserError(f"metric {metric!r} does not suit a {task_type} task; choose one of {', '.join(allowed)}")
-    text_columns = tuple(text_columns)
-    if not 1 <= len(text_columns) <= 2:
-        raise UserError(f"text_columns takes one or two columns (a sentence or a pair), got {list(text_columns)}")
-
-    files = {"train": str(train_file)}
-    if eval_file is not None:
-        files["validation"] = str(eval_file)
-    labels: list = []
-    for path in files.values():
-        table = read_table(Path(path))
-        require_columns(table, Path(path), [*text_columns, label_column], " (set text_columns / label_column)")
-        labels.extend(table.column(label_column).to_pylist())
-    if any(v is None for v in labels):
-        raise UserError(
-            f"column {label_column!r} has empty labels in {', '.join(files.values())}; fill or drop those rows"
-        )
-
-    if regression:
-        label_names: tuple[str, ...] = ()
-    elif all(isinstance(v, str) for v in labels):
-        label_names = tuple(sorted(set(labels)))
-    elif all(isinstance(v, int) and not isinstance(v, bool) for v in labels):
-        if min(labels) < 0:
-            raise UserError(f"integer labels in {label_column!r} must be 0..K-1, found {min(labels)}")
-        label_names = tuple(str(i) for i in range(max(labels) + 1))
-    else:
-        raise UserError(
-            f"labels in {label_column!r} must be all strings or all integers for a classification task "
-            "(use task_type='regression' for scores)"
-        )
-    if not regression and len(label_names) < 2:
-        raise UserError(f"a classification task needs at least two labels; {label_column!r} has {list(label_names)}")
-    return TaskSpec(
-        name=name,
-        text_columns=text_columns,
-        label_names=label_names,
-        metrics=allowed,
-        primary_metric=metric,
-        files=files,
-        source_label_column=label_column,
     )
