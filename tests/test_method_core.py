@@ -14,6 +14,7 @@ from transformers.utils.generic import find_labels
 
 from elalora_auto.errors import ConfigError
 from elalora_auto.method import ElaLoraConfig, ElaLoraModel, get_elalora_model
+from elalora_auto.method.layer import LORA_ROW_NORM
 
 VOCAB = 50
 
@@ -81,6 +82,8 @@ def train(model: ElaLoraModel, optimizer, data, first_step: int = 1) -> list[flo
         ({"beta2": -0.1}, "beta2=-0.1"),
         ({"new_importance": "mean"}, "new_importance"),
         ({"e_lr_scale": 0.0}, "e_lr_scale"),
+        ({"init": "kaiming"}, "init='kaiming' must be one of"),
+        ({"budget": "flops"}, "budget='flops' must be one of"),
     ],
 )
 def test_bad_config_raises_one_line_config_error(overrides, message):
@@ -129,8 +132,9 @@ def test_targets_match_like_peft_and_everything_else_is_frozen():
 
 
 # ---------------------------------------------------------------------------- elastic layer
-def test_expansion_leaves_output_unchanged_and_new_directions_orthogonal():
-    model = elastic_bert()
+@pytest.mark.parametrize("init", ["paper", "lora"])
+def test_expansion_leaves_output_unchanged_and_new_directions_orthogonal(init):
+    model = elastic_bert(init=init)
     train(model, adamw(model), batches(3), first_step=1)  # non-trivial A, E, B
     model.eval()
     ids = batches(1, seed=5)[0]["input_ids"]
@@ -141,7 +145,8 @@ def test_expansion_leaves_output_unchanged_and_new_directions_orthogonal():
     after = model(input_ids=ids).logits
     assert layer.rank == 7
     assert (after - before).abs().max().item() <= 1e-6
-    new_rows = layer.lora_A.detach()[4:]
+    norm = 1.0 if init == "paper" else LORA_ROW_NORM
+    new_rows = layer.lora_A.detach()[4:] / norm
     assert torch.allclose(new_rows.norm(dim=1), torch.ones(3), atol=1e-5)
     assert (new_rows @ old_rows.T).abs().max() < 1e-4
     assert (new_rows @ new_rows.T - torch.eye(3)).abs().max() < 1e-4
@@ -299,7 +304,7 @@ def test_loss_decreases_and_e_lr_scale_speeds_up_learning():
     data = batches(2, seed=9)
     final = {}
     for scale in (10.0, 1.0):
-        model = elastic_bert(total_steps=40, t_init=5, t_final=10, delta_t=5, e_lr_scale=scale)
+        model = elastic_bert(total_steps=40, t_init=5, t_final=10, delta_t=5, e_lr_scale=scale, init="paper")
         initial = held_out_loss(model, data)
         train(model, adamw(model, lr=5e-3), data * 20)
         final[scale] = held_out_loss(model, data)
@@ -394,3 +399,124 @@ def test_checkpoint_resume_is_bit_exact(tmp_path):
     expected = dict(straight.named_parameters())
     for name, param in resumed.named_parameters():
         assert torch.equal(param, expected[name]), name
+
+
+# ---------------------------------------------------------------------------- parameterisation (init)
+def delta_weights(model: ElaLoraModel) -> list[torch.Tensor]:
+    return [(layer.lora_B * (layer.lora_E.view(-1) * layer.e_lr_scale * layer.scaling)) @ layer.lora_A
+            for layer in model.layers.values()]
+
+
+@pytest.mark.parametrize("init", ["paper", "lora"])
+def test_delta_w_is_exactly_zero_at_init_and_after_a_grow(init):
+    model = elastic_bert(init=init)
+    ids = batches(1)[0]["input_ids"]
+    model.eval()
+    base = tiny_bert(0).eval()
+    assert torch.equal(model(input_ids=ids).logits, base(input_ids=ids).logits)
+    for layer in model.layers.values():
+        layer.grow(2, model.allocator.generator, None, born_round=1, stats_from_mean=False)
+    assert all(not delta.any() for delta in delta_weights(model))
+    assert model.orthogonal_regularization().item() < 1e-5 if init == "lora" else True
+
+
+def output_change_after_one_step(model: nn.Module, lr: float = 1e-3) -> float:
+    """Largest logit change caused by one AdamW step on the adapter alone (the classifier is frozen)."""
+    data = batches(2, seed=3)
+    model.eval()
+    with torch.no_grad():
+        before = model(input_ids=data[1]["input_ids"]).logits
+    optimizer = adamw(model, lr=lr)
+    model(**data[0]).loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        return (model(input_ids=data[1]["input_ids"]).logits - before).abs().max().item()
+
+
+def test_lora_init_learns_from_step_one_like_peft_lora_and_the_paper_form_does_not():
+    from peft import LoraConfig, get_peft_model
+
+    common = dict(modules_to_save=[], orth_reg_weight=0.0)
+    lora_like = output_change_after_one_step(elastic_bert(init="lora", **common))
+    paper = output_change_after_one_step(elastic_bert(init="paper", e_lr_scale=1.0, **common))
+    peft = output_change_after_one_step(get_peft_model(
+        tiny_bert(0), LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value", "dense"])))
+    assert lora_like > 100 * paper
+    assert peft / 3 < lora_like < 3 * peft  # same lr and alpha/r: the same speed as PEFT LoRA
+
+
+def test_lora_init_defaults_and_paper_defaults():
+    assert ElaLoraConfig().init == "lora" and ElaLoraConfig().e_lr_scale == 1.0
+    assert ElaLoraConfig(init="paper").e_lr_scale == 300.0
+    layer = elastic_bert(init="lora", e_lr_scale=4.0).layers["bert.pooler.dense"]
+    assert torch.allclose(layer.lora_E * 4.0, torch.ones_like(layer.lora_E))  # E_eff starts at 1
+    rows = layer.lora_A.detach() / LORA_ROW_NORM
+    assert torch.allclose(rows @ rows.T, torch.eye(4), atol=1e-5) and not layer.lora_B.any()
+
+
+# ---------------------------------------------------------------------------- parameter budget
+class Widths(nn.Module):
+    """Matrices of very different widths: a component of a wide one costs 4x a narrow one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.narrow1, self.wide1 = nn.Linear(16, 16), nn.Linear(16, 112)
+        self.wide2, self.narrow2 = nn.Linear(112, 16), nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.narrow2(self.wide2(torch.tanh(self.wide1(self.narrow1(x)))))
+
+
+def widths_model(budget: str, seed: int = 0, **overrides) -> ElaLoraModel:
+    torch.manual_seed(seed)
+    settings = dict(target_modules=["narrow1", "wide1", "wide2", "narrow2"], r_init=3, b=2, k=2, t_init=2,
+                    t_final=2, delta_t=2, total_steps=40, max_rank=8, budget=budget, seed=seed)
+    settings.update(overrides)
+    return get_elalora_model(Widths(), ElaLoraConfig(**settings))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_params_budget_keeps_adapter_parameters_while_total_rank_moves(seed):
+    model = widths_model("params", seed)
+    teacher = Widths()
+    g = torch.Generator().manual_seed(seed)
+    optimizer = adamw(model, lr=2e-2)
+    budget = model.allocator.param_budget()
+    largest = max(model.allocator.component_costs().values())
+    for step in range(1, 41):
+        x = torch.randn(32, 16, generator=g)
+        ((model(x) - teacher(x).detach()) ** 2).mean().backward()
+        optimizer.step()
+        model.update_and_allocate(step, optimizer)
+        optimizer.zero_grad()
+        assert 0 <= budget - model.allocator.adapter_params() < largest
+        ranks = model.rank_map().values()
+        assert min(ranks) >= 1 and max(ranks) <= 8
+    history = model.round_history
+    assert len(history) >= 10 and all(0 <= budget - r["adapter_params"] < largest for r in history)
+    assert any(r["total_rank"] != 12 for r in history)  # rank is not what is conserved
+    assert all(count <= 2 for r in history for _, count in r["pruned"] + r["grown"])  # k
+
+
+def plant_scores(model: ElaLoraModel) -> None:
+    """Every narrow component scores 3, every wide one 4.5 (1.5x more per component, 2.6x less per parameter)."""
+    for name, layer in model.layers.items():
+        for part in "AEB":
+            layer.ipt_bar[part].fill_(1.0 if name.startswith("narrow") else 1.5)
+            layer.ipt_unc[part].fill_(1.0)
+
+
+def test_params_budget_buys_narrow_components_with_a_wide_one():
+    """Per component the wide matrices score higher, per parameter lower: the two budgets move rank oppositely."""
+    model = widths_model("params", b=1, k=4)
+    plant_scores(model)
+    record = model.allocator.run_round(3, None)
+    costs = model.allocator.component_costs()
+    assert costs["wide1"] == 129 and costs["narrow1"] == 33
+    assert record["moved"] == 1 and sum(count for _, count in record["grown"]) == 3
+    assert record["total_rank"] == 14 and 0 <= model.allocator.param_budget() - record["adapter_params"] < 129
+    rank_mode = widths_model("rank", b=1, k=4)
+    plant_scores(rank_mode)
+    record = rank_mode.allocator.run_round(3, None)  # by raw score the wide matrices win
+    assert record["pruned"][0][0].startswith("narrow") and record["grown"][0][0].startswith("wide")
+    assert record["total_rank"] == 12 and record["adapter_params"] > rank_mode.allocator.param_budget()

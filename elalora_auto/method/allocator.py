@@ -25,6 +25,11 @@ Where this differs from the authors' code (github.com/HuandongChang/ElaLoRA), on
   rank flowing back to matrices that matter less. The round record says when fewer than b moved (``moved`` < ``b``,
   ``pool_short`` True; a round that can move nothing is still recorded with ``moved`` 0). It never raises.
 - Rounds whose decayed budget b(t) is 0 change nothing and are not recorded.
+- ``budget="params"`` (beyond the paper): pool entries compete by score per parameter (a component of an
+  in x out matrix costs in + out + 1), and a round keeps the total adapter parameters, not the total rank,
+  constant: 0 <= initial parameters - current parameters < the largest component cost. Up to b components
+  are pruned; the freed parameters buy as many (possibly more, possibly fewer) components elsewhere, each
+  denser than the pruned component that paid for it. k, min_rank and max_rank hold as in the rank budget.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ from elalora_auto.method.config import ElaLoraConfig
 from elalora_auto.method.layer import PARTS, ElaLoraLayer
 
 RoundRecord = dict[str, Any]
+# One pool entry: (score, matrix name, component index, prunable).
+PoolEntry = tuple[float, str, int, bool]
 
 
 class RankAllocator:
@@ -118,18 +125,12 @@ class RankAllocator:
         grace = self.config.grace_rounds
         return [i for i, born in enumerate(layer.born) if born == 0 or round_number - born >= grace]
 
-    @torch.no_grad()
-    def run_round(self, step: int, optimizer: torch.optim.Optimizer | None) -> RoundRecord | None:
-        """Pool the weakest components, prune the b smallest, grow one component per b largest (budget constant)."""
+    def _pool(self, round_number: int) -> list[PoolEntry]:
+        """Each matrix's weakest eligible components: up to min(k, rank - min_rank) prunable, else one grow-only."""
         cfg = self.config
-        b = self.budget(step)
-        if b <= 0:
-            return None
-        round_number = self.round_index + 1
         names = list(self.layers)
         scores = torch.cat([self.layers[n].component_scores() for n in names]).tolist()  # one sync per round
-        # Pool entries: (score, matrix name, component index, prunable).
-        pool: list[tuple[float, str, int, bool]] = []
+        pool: list[PoolEntry] = []
         offset = 0
         for name in names:
             layer = self.layers[name]
@@ -139,23 +140,76 @@ class RankAllocator:
             prunable = min(cfg.k, layer.rank - cfg.min_rank, len(eligible))
             offered = eligible[: max(prunable, 1)]  # a matrix at min_rank still competes to grow
             pool.extend((matrix_scores[i], name, i, j < prunable) for j, i in enumerate(offered))
+        return pool
+
+    def _may_grow(self, name: str, gained: Counter[str]) -> bool:
+        cfg = self.config
+        at_max = cfg.max_rank is not None and self.layers[name].rank + gained[name] >= cfg.max_rank
+        return gained[name] < cfg.k and not at_max
+
+    def _select_by_rank(self, pool: list[PoolEntry], b: int) -> tuple[list[PoolEntry], list[PoolEntry]]:
+        """The b weakest prunable entries and as many growers; total rank constant."""
         prune = sorted((e for e in pool if e[3]), key=lambda e: e[0])[:b]
         chosen = {(e[1], e[2]) for e in prune}
-        grow: list[tuple[float, str, int, bool]] = []
+        grow: list[PoolEntry] = []
         gained: Counter[str] = Counter()
         for entry in sorted((e for e in pool if (e[1], e[2]) not in chosen), key=lambda e: -e[0]):
             if len(grow) == len(prune):
                 break
-            name = entry[1]
-            at_max = cfg.max_rank is not None and self.layers[name].rank + gained[name] >= cfg.max_rank
-            if gained[name] >= cfg.k or at_max:
-                continue
-            grow.append(entry)
-            gained[name] += 1
+            if self._may_grow(entry[1], gained):
+                grow.append(entry)
+                gained[entry[1]] += 1
         # Pair the i-th weakest pruned with the i-th strongest grower; move only while the grower's score is
         # higher (otherwise rank would flow to a less important matrix, which only a too-small pool can force).
         moved = next((i for i, (p, g) in enumerate(zip(prune, grow)) if g[0] <= p[0]), min(len(prune), len(grow)))
-        prune, grow = prune[:moved], grow[:moved]
+        return prune[:moved], grow[:moved]
+
+    def _select_by_params(self, pool: list[PoolEntry], b: int) -> tuple[list[PoolEntry], list[PoolEntry]]:
+        """Compare by score per parameter; keep 0 <= budget - adapter parameters < the largest component cost.
+
+        Prunes the (up to) b entries of lowest density (score / cost) while some allowed grower is denser; after
+        each prune, grows the densest allowed entries that beat it and fit in the parameters freed so far
+        (skipping a wide one that does not fit for a narrower one that does). Prunes whose parameters were not
+        spent are undone, last first, so the slack stays below one component's cost.
+        """
+        cost = self.component_costs()
+        density = {(e[1], e[2]): e[0] / cost[e[1]] for e in pool}
+        weakest = sorted((e for e in pool if e[3]), key=lambda e: density[e[1], e[2]])[:b]
+        chosen = {(e[1], e[2]) for e in weakest}
+        candidates = sorted((e for e in pool if (e[1], e[2]) not in chosen), key=lambda e: -density[e[1], e[2]])
+        available = self.param_budget() - self.adapter_params()
+        prune: list[PoolEntry] = []
+        grow: list[PoolEntry] = []
+        gained: Counter[str] = Counter()
+        for entry in weakest:
+            floor = density[entry[1], entry[2]]
+            if not any(density[g[1], g[2]] > floor and self._may_grow(g[1], gained) for g in candidates):
+                break
+            prune.append(entry)
+            available += cost[entry[1]]
+            for grower in list(candidates):
+                if density[grower[1], grower[2]] <= floor:
+                    break
+                if cost[grower[1]] <= available and self._may_grow(grower[1], gained):
+                    grow.append(grower)
+                    gained[grower[1]] += 1
+                    available -= cost[grower[1]]
+                    candidates.remove(grower)
+        while prune and available >= cost[prune[-1][1]]:
+            available -= cost[prune.pop()[1]]
+        return prune, grow
+
+    @torch.no_grad()
+    def run_round(self, step: int, optimizer: torch.optim.Optimizer | None) -> RoundRecord | None:
+        """Pool the weakest components, prune the weakest, grow the strongest (total rank or parameters constant)."""
+        cfg = self.config
+        b = self.budget(step)
+        if b <= 0:
+            return None
+        round_number = self.round_index + 1
+        pool = self._pool(round_number)
+        select = self._select_by_params if cfg.budget == "params" else self._select_by_rank
+        prune, grow = select(pool, b)
         gained = Counter(entry[1] for entry in grow)
         self.round_index = round_number
         dropped: dict[str, list[int]] = {}
@@ -177,9 +231,24 @@ class RankAllocator:
             "pruned": sorted([name, len(indices)] for name, indices in dropped.items()),
             "grown": sorted([name, count] for name, count in gained.items()),
             "total_rank": sum(layer.rank for layer in self.layers.values()),
+            "adapter_params": self.adapter_params(),
         }
         self.history.append(record)
         return record
+
+    def component_costs(self) -> dict[str, int]:
+        """Trainable parameters of one component of each matrix: a row of A, a column of B and one E."""
+        return {name: layer.in_features + layer.out_features + 1 for name, layer in self.layers.items()}
+
+    def adapter_params(self) -> int:
+        """Trainable adapter parameters now (sum over matrices of rank x component cost)."""
+        cost = self.component_costs()
+        return sum(layer.rank * cost[name] for name, layer in self.layers.items())
+
+    def param_budget(self) -> int:
+        """Adapter parameters at the initial ranks: what budget 'params' keeps (within one component's cost)."""
+        cost = self.component_costs()
+        return sum(rank * cost[name] for name, rank in self.initial_ranks.items())
 
     # ------------------------------------------------------------------ reporting and state
     def churn_stats(self) -> dict[str, int]:
@@ -195,18 +264,21 @@ class RankAllocator:
             "pool_short_rounds": sum(1 for record in self.history if record["pool_short"]),
         }
 
-    def state_dict(self) -> dict[str, Any]:
+    def tensor_state(self) -> dict[str, torch.Tensor]:
+        """Round index, last step (-1: none yet) and generator state as tensors, for the model's state_dict.
+
+        The generator is a CPU generator (a torch.Generator cannot move with the module); its state is a CPU
+        uint8 tensor. The round history is a log and stays out (save_checkpoint keeps it).
+        """
+        last = -1 if self.last_step is None else self.last_step
         return {
-            "initial_ranks": dict(self.initial_ranks),
-            "round_index": self.round_index,
-            "last_step": self.last_step,
-            "history": [dict(record) for record in self.history],
+            "round_index": torch.tensor(self.round_index),
+            "last_step": torch.tensor(last),
             "generator": self.generator.get_state(),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.initial_ranks = dict(state["initial_ranks"])
-        self.round_index = state["round_index"]
-        self.last_step = state["last_step"]
-        self.history = [dict(record) for record in state["history"]]
-        self.generator.set_state(state["generator"])
+    def load_tensor_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.round_index = int(state["round_index"])
+        last = int(state["last_step"])
+        self.last_step = None if last < 0 else last
+        self.generator.set_state(state["generator"].cpu().to(torch.uint8))

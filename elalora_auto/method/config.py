@@ -18,6 +18,10 @@ from torch import nn
 from elalora_auto.errors import ConfigError
 
 NEW_IMPORTANCE_CHOICES = ("zero", "matrix_mean")
+INIT_CHOICES = ("lora", "paper")
+BUDGET_CHOICES = ("rank", "params")
+# e_lr_scale when not given: the paper form needs a large one to learn in short runs, the LoRA-like form none.
+DEFAULT_E_LR_SCALE = {"paper": 300.0, "lora": 1.0}
 
 
 def _help(text: str) -> dict[str, str]:
@@ -59,12 +63,30 @@ class ElaLoraConfig:
     modules_to_save: list[str] = field(
         default_factory=list, metadata=_help("Modules trained in full and saved with the adapter, e.g. ['classifier'].")
     )
-    e_lr_scale: float = field(
-        default=300.0,
+    init: Literal["lora", "paper"] = field(
+        default="lora",
         metadata=_help(
-            "E_eff = e_lr_scale * E: under Adam an e_lr_scale-times larger learning rate for E only "
-            "(the SVD form otherwise learns much slower than LoRA). 1.0 = the paper; 300 measured best on "
-            "SST-2/MiniLM at lr 5e-4 (BENCHMARKS.md: 1-10 stay at chance, 300 beats LoRA r=4)."
+            "Initialisation; both start at Delta W = 0. 'lora' (default): B = 0, E_eff = 1, A with orthogonal "
+            "rows of LoRA's kaiming row norm, so B learns from step one at LoRA's speed for the same lr and "
+            "alpha/r; grown components get B = 0, E_eff = 1; the regulariser becomes ||AA^T/a^2 - I|| + "
+            "||offdiag(B^TB)|| (0 at init). 'paper': E = 0, A, B ~ N(0, 0.02), grown components get unit A/B "
+            "and E = 0; only E moves at first, so it learns slowly unless e_lr_scale is large."
+        ),
+    )
+    e_lr_scale: float | None = field(
+        default=None,
+        metadata=_help(
+            "E_eff = e_lr_scale * E: under Adam an e_lr_scale-times larger learning rate for E only. Unset: 300 "
+            "for init 'paper' (1-10 stay at chance on SST-2/MiniLM at lr 5e-4, 300 beats LoRA r=4, BENCHMARKS.md; "
+            "1.0 = the paper) and 1 for init 'lora' (E starts at 1 / e_lr_scale, so E_eff starts at 1)."
+        ),
+    )
+    budget: Literal["rank", "params"] = field(
+        default="rank",
+        metadata=_help(
+            "What a round keeps constant. 'rank' (the paper): total rank; components compete by score. "
+            "'params': total adapter parameters (within one component's cost); components compete by score per "
+            "parameter (a component of an in x out matrix costs in + out + 1), so wide matrices are not free."
         ),
     )
     grace_rounds: int = field(
@@ -87,6 +109,10 @@ class ElaLoraConfig:
         if isinstance(self.target_modules, tuple):
             self.target_modules = list(self.target_modules)
         self.modules_to_save = list(self.modules_to_save or [])
+        if self.init not in INIT_CHOICES:
+            raise ConfigError(f"init={self.init!r} must be one of {INIT_CHOICES}")
+        if self.e_lr_scale is None:
+            self.e_lr_scale = DEFAULT_E_LR_SCALE[self.init]
         self.validate()
 
     # ------------------------------------------------------------------ validation
@@ -126,8 +152,10 @@ class ElaLoraConfig:
             raise ConfigError(f"lora_dropout={self.lora_dropout} must be in [0, 1)")
         if self.orth_reg_weight < 0:
             raise ConfigError(f"orth_reg_weight={self.orth_reg_weight} must be >= 0")
-        if self.e_lr_scale <= 0:
+        if self.e_lr_scale is None or self.e_lr_scale <= 0:
             raise ConfigError(f"e_lr_scale={self.e_lr_scale} must be > 0 (1.0 reproduces the paper)")
+        if self.budget not in BUDGET_CHOICES:
+            raise ConfigError(f"budget={self.budget!r} must be one of {BUDGET_CHOICES}")
         if self.grace_rounds < 0:
             raise ConfigError(f"grace_rounds={self.grace_rounds} must be >= 0")
         if self.new_importance not in NEW_IMPORTANCE_CHOICES:

@@ -1,7 +1,9 @@
 """The elastic layer: a frozen Linear/Conv1D plus a rank-r triplet (A, E, B) whose rank changes physically.
 
 Delta W = B diag(E_eff) A * lora_alpha / r_init with E_eff = e_lr_scale * E. The scale uses the initial rank
-forever, so pruning or growing a component changes only that component's contribution.
+forever, so pruning or growing a component changes only that component's contribution. Two initialisations,
+both with Delta W = 0 at the start: "paper" (E = 0, A and B ~ N(0, 0.02): only E gets a gradient at first) and
+"lora" (B = 0, E_eff = 1, A with orthogonal rows of LoRA's kaiming row norm: B learns from step one as in LoRA).
 
 Resizing keeps the SAME nn.Parameter objects (the optimizer holds them) and swaps their storage with
 ``Tensor.set_`` under no_grad: unlike assigning ``.data`` (which leaves autograd's cached gradient
@@ -20,6 +22,10 @@ from torch import Tensor, nn
 PARTS = ("A", "E", "B")
 # Rank dimension of each part: A is (r, in), E is (r, 1), B is (out, r).
 RANK_DIM = {"A": 0, "E": 0, "B": 1}
+STATS = ("ipt_bar", "ipt_unc")
+# Row norm of A in the LoRA-like init: the expected row norm of PEFT LoRA's kaiming_uniform(a=sqrt(5)) A,
+# whose entries have variance 1 / (3 in_features), i.e. squared row norm 1/3 whatever the width.
+LORA_ROW_NORM = 3.0**-0.5
 
 
 def torch_optimizer(optimizer: object | None) -> torch.optim.Optimizer | None:
@@ -32,7 +38,13 @@ def torch_optimizer(optimizer: object | None) -> torch.optim.Optimizer | None:
 
 
 class ElaLoraLayer(nn.Module):
-    """A frozen base layer plus an elastic-rank adapter; base output + dropout(x) A^T diag(E_eff) B^T * scale."""
+    """A frozen base layer plus an elastic-rank adapter; base output + dropout(x) A^T diag(E_eff) B^T * scale.
+
+    Everything the layer owns is a parameter or a persistent buffer, so ``.to()``, ``.half()``, ``.cuda()`` and
+    ``state_dict()`` cover it: the importance statistics ``ipt_bar_{A,E,B}`` / ``ipt_unc_{A,E,B}`` (same shape
+    as their parameter) and ``born_round`` (round in which each component was born, 0 = initial). A state dict
+    of another rank loads: ``_load_from_state_dict`` first resizes the parameters and buffers to its shapes.
+    """
 
     def __init__(
         self,
@@ -42,6 +54,7 @@ class ElaLoraLayer(nn.Module):
         lora_dropout: float,
         e_lr_scale: float,
         generator: torch.Generator,
+        init: str = "paper",
     ) -> None:
         super().__init__()
         self.base_layer = base_layer
@@ -52,19 +65,24 @@ class ElaLoraLayer(nn.Module):
         )
         self.scaling = lora_alpha / r_init
         self.e_lr_scale = e_lr_scale
+        self.init = init
         self.dropout = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
         factory = {"device": weight.device, "dtype": torch.float32}
-
-        def normal(*shape: int) -> Tensor:
-            return (torch.randn(*shape, generator=generator) * 0.02).to(**factory)
-
-        self.lora_A = nn.Parameter(normal(r_init, self.in_features))
-        self.lora_E = nn.Parameter(torch.zeros(r_init, 1, **factory))
-        self.lora_B = nn.Parameter(normal(self.out_features, r_init))
-        # Importance statistics per element (Ibar, U) and the round in which each component was born.
-        self.ipt_bar = {part: torch.zeros_like(self.param(part)) for part in PARTS}
-        self.ipt_unc = {part: torch.zeros_like(self.param(part)) for part in PARTS}
-        self.born: list[int] = [0] * r_init
+        if init == "lora":
+            a = _orthogonal_extension(torch.zeros(self.in_features, 0), r_init, generator).T * LORA_ROW_NORM
+            e = torch.full((r_init, 1), 1.0 / e_lr_scale)
+            b = torch.zeros(self.out_features, r_init)
+        else:
+            a = torch.randn(r_init, self.in_features, generator=generator) * 0.02
+            e = torch.zeros(r_init, 1)
+            b = torch.randn(self.out_features, r_init, generator=generator) * 0.02
+        self.lora_A = nn.Parameter(a.to(**factory).contiguous())
+        self.lora_E = nn.Parameter(e.to(**factory))
+        self.lora_B = nn.Parameter(b.to(**factory))
+        for part in PARTS:
+            for kind in STATS:
+                self.register_buffer(f"{kind}_{part}", torch.zeros_like(self.param(part)))
+        self.register_buffer("born_round", torch.zeros(r_init, dtype=torch.long, device=weight.device))
 
     @property
     def rank(self) -> int:
@@ -72,6 +90,20 @@ class ElaLoraLayer(nn.Module):
 
     def param(self, part: str) -> nn.Parameter:
         return getattr(self, f"lora_{part}")
+
+    @property
+    def ipt_bar(self) -> dict[str, Tensor]:
+        """Smoothed sensitivity Ibar per part (the buffers themselves: in-place edits stick)."""
+        return {part: getattr(self, f"ipt_bar_{part}") for part in PARTS}
+
+    @property
+    def ipt_unc(self) -> dict[str, Tensor]:
+        """Uncertainty U per part (the buffers themselves)."""
+        return {part: getattr(self, f"ipt_unc_{part}") for part in PARTS}
+
+    @property
+    def born(self) -> list[int]:
+        return self.born_round.tolist()
 
     def forward(self, x: Tensor) -> Tensor:
         result = self.base_layer(x)
@@ -86,27 +118,40 @@ class ElaLoraLayer(nn.Module):
     # ------------------------------------------------------------------ scores and regulariser
     def component_scores(self) -> Tensor:
         """S_i = s(E_i) + mean_j s(A_ij) + mean_j s(B_ji) with s = Ibar * U."""
-        s = {part: self.ipt_bar[part] * self.ipt_unc[part] for part in PARTS}
+        bar, unc = self.ipt_bar, self.ipt_unc
+        s = {part: bar[part] * unc[part] for part in PARTS}
         return s["E"].view(-1) + s["A"].mean(dim=1) + s["B"].mean(dim=0)
 
     def orth_penalty(self) -> Tensor:
-        """||A A^T - I||_F + ||B^T B - I||_F."""
+        """Paper init: ||A A^T - I||_F + ||B^T B - I||_F.
+
+        LoRA init: ||A A^T / a^2 - I||_F + ||offdiag(B^T B)||_F with a the initial row norm of A. Both terms are
+        0 at the initialisation (B = 0), so the regulariser keeps components distinct without pulling B (which
+        carries the magnitude of Delta W in this form) away from zero.
+        """
         eye = torch.eye(self.rank, device=self.lora_A.device, dtype=self.lora_A.dtype)
         a, b = self.lora_A, self.lora_B
+        if self.init == "lora":
+            gram = b.T @ b
+            return torch.linalg.matrix_norm(a @ a.T / LORA_ROW_NORM**2 - eye) + torch.linalg.matrix_norm(
+                gram - torch.diag_embed(torch.diagonal(gram))
+            )
         return torch.linalg.matrix_norm(a @ a.T - eye) + torch.linalg.matrix_norm(b.T @ b - eye)
 
     # ------------------------------------------------------------------ physical resizing
     def prune(self, drop: list[int], optimizer: torch.optim.Optimizer | None) -> None:
         """Remove components ``drop`` (rows of A, entries of E, columns of B), their stats and optimizer state."""
         drop_set = set(drop)
-        keep_list = [i for i in range(self.rank) if i not in drop_set]
-        keep = torch.tensor(keep_list, dtype=torch.long, device=self.lora_A.device)
+        keep = torch.tensor(
+            [i for i in range(self.rank) if i not in drop_set], dtype=torch.long, device=self.lora_A.device
+        )
         for part in PARTS:
             dim = RANK_DIM[part]
             self._resize(part, lambda t, d=dim: t.index_select(d, keep), optimizer)
-            self.ipt_bar[part] = self.ipt_bar[part].index_select(dim, keep)
-            self.ipt_unc[part] = self.ipt_unc[part].index_select(dim, keep)
-        self.born = [self.born[i] for i in keep_list]
+            for kind in STATS:
+                name = f"{kind}_{part}"
+                setattr(self, name, getattr(self, name).index_select(dim, keep))
+        self.born_round = self.born_round.index_select(0, keep)
 
     def grow(
         self,
@@ -116,27 +161,67 @@ class ElaLoraLayer(nn.Module):
         born_round: int,
         stats_from_mean: bool,
     ) -> None:
-        """Append ``count`` components with E = 0 (output unchanged) and unit directions orthogonal to the rest."""
+        """Append ``count`` components that leave the output unchanged, with directions orthogonal to the rest.
+
+        Paper init: unit rows of A and columns of B, E = 0. LoRA init: rows of A of the initial norm, B = 0 and
+        E_eff = 1, so B gets a gradient at once. ``generator`` is a CPU generator (it cannot move with the
+        module); the directions are drawn on the CPU and then moved to the parameters' device and dtype.
+        """
         device = self.lora_A.device
-        new_rows = _orthogonal_extension(self.lora_A.detach().T, count, generator).T.to(device)
-        new_cols = _orthogonal_extension(self.lora_B.detach(), count, generator).to(device)
-        new_values = {"A": new_rows, "E": torch.zeros(count, 1, device=device), "B": new_cols}
+        new_rows = _orthogonal_extension(self.lora_A.detach().T, count, generator).T
+        if self.init == "lora":
+            new_values = {
+                "A": new_rows * LORA_ROW_NORM,
+                "E": torch.full((count, 1), 1.0 / self.e_lr_scale),
+                "B": torch.zeros(self.out_features, count),
+            }
+        else:
+            new_values = {
+                "A": new_rows,
+                "E": torch.zeros(count, 1),
+                "B": _orthogonal_extension(self.lora_B.detach(), count, generator),
+            }
         for part in PARTS:
-            dim, new = RANK_DIM[part], new_values[part]
+            dim, new = RANK_DIM[part], new_values[part].to(device)
             self._resize(
                 part,
                 lambda t, n=new, d=dim: torch.cat([t, n.to(t.dtype)], d),
                 optimizer,
                 state_transform=lambda t, n=new, d=dim: torch.cat([t, torch.zeros_like(n, dtype=t.dtype)], d),
             )
-            for stats in (self.ipt_bar, self.ipt_unc):
-                old = stats[part]
+            for kind in STATS:
+                name = f"{kind}_{part}"
+                old = getattr(self, name)
                 if stats_from_mean and old.shape[dim] > 0:
-                    fill = old.mean(dim=dim, keepdim=True).expand_as(new)
+                    fill = old.mean(dim=dim, keepdim=True).expand(new.shape)
                 else:
-                    fill = torch.zeros_like(new)
-                stats[part] = torch.cat([old, fill], dim)
-        self.born.extend([born_round] * count)
+                    fill = old.new_zeros(new.shape)
+                setattr(self, name, torch.cat([old, fill], dim))
+        born = torch.full((count,), born_round, dtype=torch.long, device=self.born_round.device)
+        self.born_round = torch.cat([self.born_round, born])
+
+    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: object) -> None:
+        """Resize to the saved rank first, so a state dict saved after rounds loads into a model built at r_init."""
+        saved = state_dict.get(prefix + "lora_E")
+        if saved is not None and saved.shape[0] != self.rank:
+            self.reshape(saved.shape[0])
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def reshape(self, rank: int) -> None:
+        """Give every parameter and buffer ``rank`` components of uninitialised (parameters) or zero (buffers) value.
+
+        Only for loading saved values right after; the Parameter objects stay the same (optimizers keep them).
+        """
+        for part in PARTS:
+            param = self.param(part)
+            shape = list(param.shape)
+            shape[RANK_DIM[part]] = rank
+            with torch.no_grad():
+                param.set_(param.new_empty(shape))
+            param.grad = None
+            for kind in STATS:
+                setattr(self, f"{kind}_{part}", getattr(self, f"{kind}_{part}").new_zeros(shape))
+        self.born_round = self.born_round.new_zeros(rank)
 
     def _resize(
         self,

@@ -7,6 +7,14 @@ Attribute layout (chosen so transformers.Trainer and PEFT-style code both work):
   model's transformers config (as Trainer expects), like PEFT's PeftModel does.
 - ``forward`` passes through to the base model and carries the base model's signature, also at class level
   (each wrapped model class gets a thin subclass), so the Trainer keeps dataset columns and finds ``labels``.
+
+State: ``state_dict()`` holds only tensors (safetensors, hence ``Trainer.save_model``, can write it): the
+parameters, every layer's importance statistics and birth rounds (buffers), and the allocator's round index,
+last step and generator state (``elalora_allocator.*``). A state dict saved after rounds loads into a model
+freshly built with the same config (each layer resizes itself first). Not in it: the round history (a log; kept by
+``save_checkpoint``) and optimizer state, which never is in a model's state dict: an optimizer built before
+``load_state_dict`` keeps the same Parameter objects and works as long as it has no state yet; to resume Adam
+moments use ``save_checkpoint(path, optimizer)`` / ``load_checkpoint(path, optimizer)``.
 """
 
 from __future__ import annotations
@@ -24,9 +32,11 @@ from torch import Tensor, nn
 from elalora_auto.errors import ConfigError
 from elalora_auto.method.allocator import RankAllocator, RoundRecord
 from elalora_auto.method.config import ElaLoraConfig, target_matches
-from elalora_auto.method.layer import PARTS, ElaLoraLayer, torch_optimizer
+from elalora_auto.method.layer import ElaLoraLayer, torch_optimizer
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
+# state_dict keys (under the wrapper's prefix) of the allocator's tensor state; see ElaLoraModel._save_to_state_dict.
+ALLOCATOR_PREFIX = "elalora_allocator."
 # transformers class-name suffix -> PEFT task type, so exported adapters load with the right PeftModel class.
 _TASK_TYPES = {
     "ForSequenceClassification": "SEQ_CLS",
@@ -61,6 +71,7 @@ class ElaLoraModel(nn.Module):
                 lora_dropout=config.lora_dropout,
                 e_lr_scale=config.e_lr_scale,
                 generator=generator,
+                init=config.init,
             )
             setattr(parent, child, layer)
             layers[name] = layer
@@ -168,50 +179,74 @@ class ElaLoraModel(nn.Module):
         peft_model.save_pretrained(str(path))
         return path
 
+    # ------------------------------------------------------------------ state dict
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for key, value in self.allocator.tensor_state().items():
+            destination[prefix + ALLOCATOR_PREFIX + key] = value
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        own = prefix + ALLOCATOR_PREFIX
+        unexpected_keys[:] = [key for key in unexpected_keys if not key.startswith(own)]
+        values = {key[len(own) :]: value for key, value in state_dict.items() if key.startswith(own)}
+        missing = [own + key for key in self.allocator.tensor_state() if key not in values]
+        if missing:
+            missing_keys.extend(missing)
+        else:
+            self.allocator.load_tensor_state(values)
+
+    def adapter_state_dict(self) -> dict[str, Tensor]:
+        """The state_dict entries ElaLoRA owns: trainable weights, statistics, birth rounds, allocator state."""
+        keys = {"base_model." + n for n, p in self.base_model.named_parameters() if p.requires_grad}
+        for name, layer in self.layers.items():
+            keys |= {f"base_model.{name}.{buffer}" for buffer, _ in layer.named_buffers(recurse=False)}
+        return {k: v for k, v in self.state_dict().items() if k in keys or k.startswith(ALLOCATOR_PREFIX)}
+
     # ------------------------------------------------------------------ native checkpoint
     def save_checkpoint(self, path: str | Path, optimizer: object | None = None) -> None:
-        """Everything needed to resume bit-exactly: ranks, trainable weights, statistics, allocator, optimizer."""
+        """Everything needed to resume bit-exactly: adapter_state_dict, round history and optimizer state."""
         optimizer = torch_optimizer(optimizer)
         state = {
             "format": CHECKPOINT_FORMAT,
             "config": self.elalora_config.to_dict(),
             "ranks": self.rank_map(),
-            "weights": {n: p.detach().clone() for n, p in self.base_model.named_parameters() if p.requires_grad},
-            "stats": {
-                name: {"bar": dict(layer.ipt_bar), "unc": dict(layer.ipt_unc), "born": list(layer.born)}
-                for name, layer in self.layers.items()
-            },
-            "allocator": self.allocator.state_dict(),
+            "state": {k: v.detach().clone() for k, v in self.adapter_state_dict().items()},
+            "history": [dict(record) for record in self.allocator.history],
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
         }
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         torch.save(state, path)
 
     def load_checkpoint(self, path: str | Path, optimizer: object | None = None) -> None:
-        """Restore a save_checkpoint file into this model (built with the same config) and optionally optimizer."""
+        """Restore a save_checkpoint file into this model (built with the same config) and optionally optimizer.
+
+        Ranks are restored by load_state_dict (the layers resize themselves), so the model may be fresh at r_init.
+        """
         optimizer = torch_optimizer(optimizer)
         state = torch.load(path, map_location="cpu", weights_only=False)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ConfigError(f"checkpoint {path} has format {state.get('format')}, expected {CHECKPOINT_FORMAT}; "
+                              "re-save it with this version")
         if set(state["ranks"]) != set(self.layers):
             raise ConfigError(f"checkpoint {path} adapts other modules than this model; rebuild with its config")
-        for name, layer in self.layers.items():
-            rank = state["ranks"][name]
-            for part in PARTS:
-                param = layer.param(part)
-                shape = list(param.shape)
-                shape[0 if part != "B" else 1] = rank
-                with torch.no_grad():
-                    param.set_(torch.empty(shape, dtype=param.dtype, device=param.device))
-                param.grad = None
-            stats = state["stats"][name]
-            device = layer.lora_A.device
-            layer.ipt_bar = {part: t.to(device) for part, t in stats["bar"].items()}
-            layer.ipt_unc = {part: t.to(device) for part, t in stats["unc"].items()}
-            layer.born = list(stats["born"])
-        params = dict(self.base_model.named_parameters())
-        with torch.no_grad():
-            for name, value in state["weights"].items():
-                params[name].copy_(value)
-        self.allocator.load_state_dict(state["allocator"])
+        result = self.load_state_dict(state["state"], strict=False)
+        missing = sorted(set(self.adapter_state_dict()) & set(result.missing_keys))
+        if result.unexpected_keys or missing:
+            raise ConfigError(f"checkpoint {path} does not fit this model (unexpected "
+                              f"{result.unexpected_keys[:3]}, missing {missing[:3]}); rebuild with its config")
+        self.allocator.history = [dict(record) for record in state["history"]]
         if optimizer is not None:
             if state["optimizer"] is None:
                 raise ConfigError(f"checkpoint {path} holds no optimizer state; load without an optimizer")
