@@ -8,7 +8,6 @@ without the load it was measured under is misleading).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import os
@@ -17,7 +16,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -57,27 +56,6 @@ def sst2_spec(method: str, params: dict[str, Any], seed: int, steps: int, glue: 
     spec.data.max_train_samples = max_train_samples
     spec.data.cache_dir = str(OUT / "cache")
     return spec
-
-
-@contextlib.contextmanager
-def captured_adapters() -> Iterator[list[Any]]:
-    """Collect the adapters run_trial builds, to read model state the TrialResult does not carry (|E_eff|,
-    churn_stats). The real build_adapter runs unchanged; run_trial imports it from the module at call time."""
-    from elalora_auto.method import baselines
-
-    original = baselines.build_adapter
-    built: list[Any] = []
-
-    def build_and_keep(*args: Any, **kwargs: Any) -> Any:
-        adapter = original(*args, **kwargs)
-        built.append(adapter)
-        return adapter
-
-    baselines.build_adapter = build_and_keep
-    try:
-        yield built
-    finally:
-        baselines.build_adapter = original
 
 
 def machine_note() -> str:
@@ -158,11 +136,17 @@ def run_sst2(label: str, method: str, params: dict[str, Any], seed: int, steps: 
              max_train_samples: int = 4000) -> dict[str, Any]:
     """One real fine-tune in the reference setting via run_trial; the row also carries the adapter's state that
     the benches report (mean |E_eff| and churn_stats for ElaLoRA)."""
+    from elalora_auto.adapters import build_adapter
     from elalora_auto.trial import run_trial
 
+    built: list[Any] = []  # the adapter run_trial builds, to read state the TrialResult does not carry
+
+    def build_and_keep(*args: Any) -> Any:
+        built.append(build_adapter(*args))
+        return built[-1]
+
     spec = sst2_spec(method, params, seed, steps, glue, max_train_samples)
-    with captured_adapters() as built:
-        result = run_trial(spec, progress=False)
+    result = run_trial(spec, progress=False, adapter_factory=build_and_keep)
     adapter = built[-1]
     losses = [entry["loss"] for entry in result.train_loss_history]
     half = len(losses) // 2

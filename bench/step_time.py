@@ -16,7 +16,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_common_args, machine_note, minilm_path, publish  # noqa: E402
@@ -25,10 +25,14 @@ import torch  # noqa: E402
 
 METHODS = ("lora", "elalora", "adalora")
 SCHEDULE_STEPS = 200  # the adapters' nominal run length: the timed steps sit early in the adjustment window
+# A round every 5 steps from step 7 on, so several rounds fall inside a few dozen timed steps.
+FAST_SCHEDULE = {"t_init": 2, "t_final": 50, "delta_t": 5}
 
 
-def method_params(r: int) -> dict[str, dict[str, Any]]:
-    schedule = {"t_init": 2, "t_final": 50, "delta_t": 5}
+def method_params(r: int, schedule: dict[str, int] | None = FAST_SCHEDULE) -> dict[str, dict[str, Any]]:
+    """Each method at initial rank r: LoRA and ElaLoRA keep an average rank of r (ElaLoRA moves rank, never
+    the total), AdaLoRA budgets down to r/2. `schedule` None: the run-length defaults of build_adapter."""
+    schedule = schedule or {}
     return {
         "lora": {"r_init": r, "lora_alpha": 2 * r},
         "elalora": {"r_init": r, "lora_alpha": 2 * r, "b": 4, "k": 2, **schedule},
@@ -49,43 +53,78 @@ def base_model(name: str) -> torch.nn.Module:
     raise SystemExit(f"error: unknown model {name!r}; choose tiny or minilm")
 
 
-def measure(model_name: str, steps: int, warmup: int, batch_size: int, length: int, r: int) -> list[dict[str, Any]]:
-    """Median s/step per method, the methods interleaved step by step with a rotating order."""
-    from elalora_auto.method.baselines import build_adapter
-
-    base = base_model(model_name)
+def random_batches(vocab_size: int, batch_size: int, length: int, count: int = 1,
+                   device: str | torch.device = "cpu") -> list[dict[str, torch.Tensor]]:
+    """`count` seeded random token batches (full attention, binary labels), the same for every method."""
     generator = torch.Generator().manual_seed(0)
-    batch = {
-        "input_ids": torch.randint(5, base.config.vocab_size, (batch_size, length), generator=generator),
-        "attention_mask": torch.ones(batch_size, length, dtype=torch.long),
-        "labels": torch.randint(0, 2, (batch_size,), generator=generator),
-    }
+    batches = []
+    for _ in range(count):
+        batch = {
+            "input_ids": torch.randint(5, vocab_size, (batch_size, length), generator=generator),
+            "attention_mask": torch.ones(batch_size, length, dtype=torch.long),
+            "labels": torch.randint(0, 2, (batch_size,), generator=generator),
+        }
+        batches.append({key: value.to(device) for key, value in batch.items()})
+    return batches
+
+
+def build_runs(base: torch.nn.Module, params: dict[str, dict[str, Any]], lr: float = 5e-4) -> dict[str, dict[str, Any]]:
+    """A fresh adapter (on a copy of `base`, on its device) and AdamW per method, fused on CUDA as in run_trial."""
+    from elalora_auto.adapters import build_adapter
+
     runs = {}
-    for method, params in method_params(r).items():
-        adapter = build_adapter(copy.deepcopy(base), method, params, SCHEDULE_STEPS, ["classifier"])
+    for method, method_kwargs in params.items():
+        adapter = build_adapter(copy.deepcopy(base), method, method_kwargs, SCHEDULE_STEPS, None)
         adapter.model.train()
-        optimizer = torch.optim.AdamW(adapter.param_groups(5e-4), lr=5e-4, foreach=True)
-        runs[method] = {"adapter": adapter, "optimizer": optimizer, "times": [], "rounds": 0,
-                        "params": adapter.num_trainable_parameters()}
+        fast = {"fused": True} if next(base.parameters()).device.type == "cuda" else {"foreach": True}
+        optimizer = torch.optim.AdamW(adapter.param_groups(lr), lr=lr, **fast)
+        runs[method] = {"adapter": adapter, "optimizer": optimizer, "params": adapter.num_trainable_parameters()}
+    return runs
 
-    def one_step(method: str, step: int) -> tuple[float, bool]:
-        run = runs[method]
-        start = time.perf_counter()
+
+def train_step(run: dict[str, Any], batch: dict[str, torch.Tensor], step: int,
+               dtype: torch.dtype | None = None) -> tuple[float, bool]:
+    """One timed step: forward (autocast to `dtype` if given) + backward + optimizer step + adapter hook +
+    zero_grad, CUDA synchronised at both ends. Returns (seconds, whether the hook moved a rank)."""
+    device = batch["input_ids"].device
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         loss = run["adapter"].model(**batch).loss
-        loss.backward()
-        run["optimizer"].step()
-        record = run["adapter"].after_optimizer_step(step, run["optimizer"])
-        run["optimizer"].zero_grad(set_to_none=True)
-        return time.perf_counter() - start, record is not None
+    loss.backward()
+    run["optimizer"].step()
+    record = run["adapter"].after_optimizer_step(step, run["optimizer"])
+    run["optimizer"].zero_grad(set_to_none=True)
+    sync()
+    return time.perf_counter() - start, record is not None
 
-    order = list(METHODS)
+
+def interleaved(methods: list[str], warmup: int, steps: int,
+                one_step: Callable[[str, int], tuple[float, bool]]) -> dict[str, dict[str, Any]]:
+    """`one_step(method, step)` for every method at every step, the order rotating each step so that a change
+    in machine load hits all methods alike. Per method: the timed seconds after `warmup` untimed steps and how
+    many timed steps moved a rank."""
+    timed: dict[str, dict[str, Any]] = {method: {"times": [], "rounds": 0} for method in methods}
+    order = list(methods)
     for step in range(1, warmup + steps + 1):
         order = order[1:] + order[:1]
         for method in order:
             elapsed, moved = one_step(method, step)
             if step > warmup:
-                runs[method]["times"].append(elapsed)
-                runs[method]["rounds"] += moved
+                timed[method]["times"].append(elapsed)
+                timed[method]["rounds"] += moved
+    return timed
+
+
+def measure(model_name: str, steps: int, warmup: int, batch_size: int, length: int, r: int) -> list[dict[str, Any]]:
+    """Median s/step per method, the methods interleaved step by step with a rotating order."""
+    base = base_model(model_name)
+    batch = random_batches(base.config.vocab_size, batch_size, length)[0]
+    runs = build_runs(base, method_params(r))
+    for method, timed in interleaved(list(METHODS), warmup, steps,
+                                     lambda method, step: train_step(runs[method], batch, step)).items():
+        runs[method].update(timed)
     lora = statistics.median(runs["lora"]["times"])
     rows = []
     for method in METHODS:

@@ -2,7 +2,7 @@
 and without the tracker, alternating, plus the time spent inside the tracker itself, per event kind.
 
 End-to-end times on a shared 2-core machine vary by more than the 2% target, so the overhead is measured
-directly: the tracker (the listener the search builds, `make_listeners`) is wrapped in a timer, and its time per
+directly: the tracker (the listener the CLI hands the search, `tracking.make_listeners`) is wrapped in a timer, and its time per
 trial is divided by the median trial time of the untracked searches. The end-to-end numbers are a cross-check.
 
     python bench/tracking_overhead.py --repeats 2 --trials 4 --steps 60 --profile --append-to BENCHMARKS.md
@@ -60,7 +60,8 @@ class TimedListener:
 def one_search(tracking: bool, trials: int, steps: int, profile: cProfile.Profile | None = None) -> dict[str, Any]:
     """A fresh demo study in a temp workdir (fresh SQLite stores); returns times and the tracker's own time."""
     from elalora_auto.demo import demo_settings
-    from elalora_auto.search import make_listeners, run_search
+    from elalora_auto.search import run_search
+    from elalora_auto.tracking import make_listeners
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = dataclasses.replace(demo_settings(Path(tmp), trials, tracking), max_steps=steps)

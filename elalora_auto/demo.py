@@ -75,11 +75,13 @@ def demo_settings(workdir: Path, trials: int | None = None, tracking: bool = Tru
 
 def run_demo(workdir: str | Path = "elalora_runs", trials: int | None = None, tracking: bool = True,
              echo: Callable[[str], None] = print) -> Any:
-    """Run the demo study, export its knee trial, and say what to open next. Returns the study."""
-    from elalora_auto.search import run_search
-    from elalora_auto.search.study import front_rows
-
+    """Run the demo study, print its front, export its knee trial, and say what to open next. Returns the study."""
     import torch
+
+    from elalora_auto.export import export_trial
+    from elalora_auto.results import knee_row, study_rows, summary_table
+    from elalora_auto.search import run_search
+    from elalora_auto.tracking import make_listeners
 
     # One intra-op thread: the tiny model gains nothing from two, and on a busy 2-core machine two threads
     # spin against other processes (measured under load: 4 s per trial with one thread, 119 s with two).
@@ -88,13 +90,14 @@ def run_demo(workdir: str | Path = "elalora_runs", trials: int | None = None, tr
     start = time.perf_counter()
     echo(f"elalora-auto demo: a tiny BERT (built locally) on a synthetic task, no network.\nTask: {TASK_TEXT}.")
     settings = demo_settings(workdir, trials, tracking)
-    study = run_search(settings, echo=echo, progress=False)
-    front = front_rows(study)
-    chosen = next((row for row in front if row["knee"]), None)
+    study = run_search(settings, make_listeners(settings), echo=echo, progress=False)
+    trials_dir = workdir / "trials" / study.study_name
+    rows = study_rows(study, trials_dir)
+    echo(summary_table(study, rows))
+    chosen = knee_row(rows)
     if chosen is not None:
-        exported = _export(study, chosen["number"], workdir / "export")
-        if exported:
-            echo(f"exported trial {chosen['number']} (the knee of the front) to {exported}")
+        exported = export_trial(study, chosen, trials_dir / str(chosen["number"]), workdir / "export")
+        echo(f"exported trial {chosen['number']} (the knee of the front) to {exported}")
     echo(f"done in {time.perf_counter() - start:.0f} s; everything is under {workdir}")
     echo("next:")
     if tracking:
@@ -103,14 +106,3 @@ def run_demo(workdir: str | Path = "elalora_runs", trials: int | None = None, tr
     echo(f"  elalora-auto report --study {study.study_name} --workdir {workdir}")
     echo(f"  elalora-auto export --study {study.study_name} --workdir {workdir} --pick knee --out DIR")
     return study
-
-
-def _export(study: Any, number: int, out: Path) -> Path | None:
-    """The export module's path for one trial (adapter, config, model card), when that module provides it."""
-    try:
-        from elalora_auto.export import export_trial, study_rows
-    except ImportError:
-        return None
-    trials_dir = Path(study.user_attrs["settings"]["workdir"]) / "trials" / study.study_name
-    row = next(row for row in study_rows(study, trials_dir) if row["number"] == number)
-    return Path(export_trial(study, row, trials_dir / str(number), out))

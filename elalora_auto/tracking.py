@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from elalora_auto.errors import UserError
-from elalora_auto.events import Event
+from elalora_auto.events import Event, Listener
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +70,15 @@ class _StudyRuns:
     experiment_id: str
     parent_run_id: str
     last_refresh: float = 0.0
+    backend: Any = None  # the study's Optuna storage (from study_start): the report draws its peer studies
+
+
+def make_listeners(settings: Any) -> list[Listener]:
+    """The MLflow tracker unless `settings.no_tracking` (a SearchSettings): what the CLI and the demo hand to
+    `search.run_search` / `join_study`."""
+    if settings.no_tracking:
+        return []
+    return [MlflowTracker(settings.tracking_uri, workdir=settings.workdir, refresh_every_s=5.0)]
 
 
 class MlflowTracker:
@@ -137,6 +145,7 @@ class MlflowTracker:
     # -- study events ---------------------------------------------------------------------------------
     def _on_study_start(self, event: Event) -> None:
         runs = self.study_runs(event.data["study_name"])
+        runs.backend = event.data.get("backend")
         settings = event.data.get("settings") or {}
         params = {f"study.{k}": v for k, v in _flatten(settings).items()}
         params["study.storage"] = event.data.get("storage")
@@ -336,7 +345,7 @@ class MlflowTracker:
             self.client.log_batch(run_id, params=new[i:i + 100])
 
     def _log_adapter_if_on_front(self, study: Any, name: str, number: int, run_id: str, output_dir: Path) -> None:
-        from elalora_auto.export import study_rows
+        from elalora_auto.results import study_rows
 
         adapter = output_dir / "adapter"
         rows = study_rows(study, self.workdir / "trials" / name)
@@ -350,11 +359,11 @@ class MlflowTracker:
 
     def refresh_study(self, study: Any, study_name: str) -> None:
         """Redraw the parent run's Pareto front, trial table and Optuna plots from the study's storage."""
-        from elalora_auto.export import write_study_report
+        from elalora_auto.results import write_study_report
 
         runs = self.study_runs(study_name)
         with tempfile.TemporaryDirectory() as tmp:
-            rows = write_study_report(study, Path(tmp), self.workdir / "trials" / study_name)
+            rows = write_study_report(study, Path(tmp), self.workdir / "trials" / study_name, runs.backend)
             self.client.log_artifacts(runs.parent_run_id, tmp)
         from mlflow.entities import Metric
 
@@ -389,66 +398,3 @@ def _safe_name(name: str) -> str:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def start_ui(tracking_uri: str, port: int = 5000) -> Any:
-    """Start `mlflow server` on 127.0.0.1 against the store, in its own process group.
-
-    The server forks workers; a group of its own lets `stop_ui` end all of them and nothing else.
-    """
-    import subprocess
-    import sys
-
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
-               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    root = artifact_root_for(tracking_uri)
-    if root:  # runs keep absolute artifact locations; this root only serves newly created experiments
-        command += ["--default-artifact-root", root]
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    return subprocess.Popen(command, start_new_session=True, env=env)
-
-
-def wait_ui_ready(process: Any, port: int, timeout_s: float = 120.0) -> None:
-    """Block until the server answers, then touch each of its stores once, one request at a time.
-
-    The server opens its SQLite stores lazily on first use; the UI's first page fires many requests at once,
-    and concurrent first opens race on schema creation ("table ... already exists"). One warm-up avoids it.
-    """
-    import urllib.error
-    import urllib.request
-
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if process.poll() is not None:
-            raise UserError(f"the MLflow server exited with code {process.returncode}; is port {port} free?")
-        try:
-            urllib.request.urlopen(f"{base}/health", timeout=2).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise UserError(f"the MLflow server did not answer on port {port} within {timeout_s:.0f} s") from None
-            time.sleep(0.5)
-    for path in ("/ajax-api/3.0/mlflow/server-info", "/ajax-api/2.0/mlflow/experiments/search?max_results=1",
-                 "/ajax-api/2.0/mlflow/registered-models/search?max_results=1"):
-        try:
-            urllib.request.urlopen(base + path, timeout=60).close()
-        except urllib.error.HTTPError as exc:
-            log.warning("MLflow UI warm-up %s answered %s", path, exc.code)
-
-
-def stop_ui(process: Any, timeout_s: float = 10.0) -> None:
-    """Stop the server's whole process group: SIGTERM, then SIGKILL for anything still alive."""
-    import signal
-    import subprocess
-
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=timeout_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue

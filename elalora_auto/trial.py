@@ -8,23 +8,23 @@ Trainer costs setup time per trial that a search pays hundreds of times (measure
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import math
-import random
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import numpy as np
 import torch
-import yaml
 from torch import nn
 
 from elalora_auto.errors import UserError
 from elalora_auto.events import Event, Listener, emit
+from elalora_auto.spec import DataSettings, TrainingSettings, TrialResult, TrialSpec, total_steps
+
+__all__ = ["DataSettings", "NonFiniteLossError", "TrainingSettings", "TrialResult", "TrialSpec", "run_trial",
+           "setup_trial", "train_loop", "evaluate_step", "write_trial_output", "total_steps", "load_base_model",
+           "load_tokenizer", "resolve_model"]
 
 Reporter = Callable[[int, float, int], None]  # (step, primary metric, current trainable parameters)
 
@@ -35,184 +35,6 @@ class NonFiniteLossError(RuntimeError):
     def __init__(self, step: int, loss: float) -> None:
         super().__init__(f"non-finite training loss {loss} at optimizer step {step} (learning rate too high?)")
         self.step = step
-
-
-@dataclass
-class TrainingSettings:
-    learning_rate: float = 5e-4
-    max_steps: int | None = 200
-    epochs: float | None = None  # used only when max_steps is None
-    batch_size: int = 16
-    eval_batch_size: int = 64
-    grad_accum: int = 1
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.0
-    eval_every: int = 0  # 0: evaluate only at the end
-    log_every: int = 10
-    max_length: int = 128
-    seed: int = 42
-    device: str = "auto"  # auto | cpu | cuda
-    bf16: Any = "auto"  # auto | true | false; auto = bf16 autocast on CUDA when supported
-
-
-@dataclass
-class DataSettings:
-    data_dir: str | None = None
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    validation_fraction: float = 0.0
-    seed: int = 0  # the sample is fixed across training seeds, so trials compare on the same data
-    cache_dir: str | None = None  # tokenisation cache (the search passes WORKDIR/cache)
-
-
-@dataclass
-class TrialSpec:
-    """Everything one trial needs; its YAML (`to_yaml`) is what `train --config` reads and `export` writes."""
-
-    task: str
-    model: str = "microsoft/deberta-v3-base"
-    method: str = "elalora"
-    params: dict[str, Any] = field(default_factory=dict)
-    training: TrainingSettings = field(default_factory=TrainingSettings)
-    data: DataSettings = field(default_factory=DataSettings)
-    custom: dict[str, Any] | None = None  # keyword arguments of tasks.custom_task for a user's own files
-
-    def __post_init__(self) -> None:
-        from elalora_auto.method.baselines import METHODS
-
-        if self.method not in METHODS:
-            raise UserError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrialSpec:
-        if not isinstance(data, dict):
-            raise UserError(f"a trial config must be a mapping, got {type(data).__name__}")
-        data = dict(data)
-        _reject_unknown(data, {f.name for f in dataclasses.fields(cls)}, "")
-        if "task" not in data:
-            raise UserError("the trial config has no 'task'; add e.g. task: sst2")
-        groups = {"training": TrainingSettings, "data": DataSettings}
-        for key, kind in groups.items():
-            section = data.get(key) or {}
-            if not isinstance(section, dict):
-                raise UserError(f"'{key}' must be a mapping in the trial config")
-            _reject_unknown(section, {f.name for f in dataclasses.fields(kind)}, f"{key}.")
-            data[key] = kind(**{k: _yaml_number(v) for k, v in section.items()})
-        data["params"] = {k: _yaml_number(v) for k, v in dict(data.get("params") or {}).items()}
-        return cls(**data)
-
-    def to_yaml(self, path: str | Path | None = None) -> str:
-        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
-        if path is not None:
-            Path(path).write_text(text)
-        return text
-
-    @classmethod
-    def from_yaml(cls, source: str | Path) -> TrialSpec:
-        """Read a YAML file (a path) or YAML text."""
-        is_file = isinstance(source, Path) or ("\n" not in source and Path(source).is_file())
-        text = Path(source).read_text() if is_file else str(source)
-        try:
-            return cls.from_dict(yaml.safe_load(text))
-        except yaml.YAMLError as exc:
-            where = getattr(exc, "problem_mark", None)
-            raise UserError(f"malformed YAML in {source}{f' at line {where.line + 1}' if where else ''}") from None
-
-    def apply_overrides(self, overrides: Iterable[str]) -> TrialSpec:
-        """A copy with "key=value" items applied (values parsed as YAML): task=.., params.r_init=8,
-        training.learning_rate=1e-3, or a bare training/data field name such as max_steps=50."""
-        data = self.to_dict()
-        valid = _valid_keys()
-        for item in overrides:
-            key, sep, raw = item.partition("=")
-            key = key.strip()
-            if not sep or not key:
-                raise UserError(f"override {item!r} is not key=value (e.g. training.learning_rate=1e-3)")
-            try:
-                value = yaml.safe_load(raw) if raw.strip() else None
-            except yaml.YAMLError:
-                raise UserError(f"override {item!r}: value is not valid YAML") from None
-            path = _resolve_key(key, valid)
-            node = data
-            for part in path[:-1]:
-                if not isinstance(node.get(part), dict):
-                    node[part] = {}
-                node = node[part]
-            node[path[-1]] = value
-        return TrialSpec.from_dict(data)
-
-
-_SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
-
-
-def _yaml_number(value: Any) -> Any:
-    """YAML 1.1 (PyYAML) reads '1e-3' as a string; every such value here is meant as a float."""
-    return float(value) if isinstance(value, str) and _SCIENTIFIC.match(value) else value
-
-
-def _valid_keys() -> dict[str, list[str]]:
-    top = [f.name for f in dataclasses.fields(TrialSpec)]
-    return {
-        "": top,
-        "training": [f.name for f in dataclasses.fields(TrainingSettings)],
-        "data": [f.name for f in dataclasses.fields(DataSettings)],
-    }
-
-
-def _resolve_key(key: str, valid: dict[str, list[str]]) -> list[str]:
-    """Map an override key to its path in the spec dict; UserError naming the valid keys."""
-    parts = key.split(".")
-    if parts[0] in ("params", "custom") and len(parts) >= 2:
-        return parts
-    if len(parts) == 1 and parts[0] in valid[""] and parts[0] not in ("training", "data"):
-        return parts
-    if len(parts) == 2 and parts[0] in ("training", "data") and parts[1] in valid[parts[0]]:
-        return parts
-    if len(parts) == 1:
-        for group in ("training", "data"):
-            if parts[0] in valid[group]:
-                return [group, parts[0]]
-    names = (
-        [k for k in valid[""] if k not in ("training", "data", "params", "custom")]
-        + ["params.<name>", "custom.<name>"]
-        + [f"training.{k}" for k in valid["training"]]
-        + [f"data.{k}" for k in valid["data"]]
-    )
-    raise UserError(f"unknown setting {key!r}; valid: {', '.join(names)}")
-
-
-def _reject_unknown(data: dict[str, Any], known: set[str], prefix: str) -> None:
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise UserError(
-            f"unknown setting {prefix}{unknown[0]!r} in the trial config; valid: "
-            + ", ".join(prefix + k for k in sorted(known))
-        )
-
-
-@dataclass
-class TrialResult:
-    metrics: dict[str, float]
-    primary: float
-    primary_metric: str
-    trainable_params: int
-    rank_map: dict[str, int]
-    rank_history: list[dict[str, Any]]
-    eval_history: list[dict[str, Any]]
-    train_loss_history: list[dict[str, float]]
-    wall_time_s: float
-    setup_time_s: float  # data, tokenizer, model copy and adapter: what base-model reuse shortens
-    train_time_s: float  # optimizer steps only
-    eval_time_s: float
-    examples_per_s: float
-    steps: int
-    status: str = "COMPLETE"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 # ---------------------------------------------------------------------------------------------- model loading
@@ -299,12 +121,6 @@ def _reset_fresh_head(model: nn.Module, missing: set[str], seed: int) -> None:
                 module.bias.zero_()
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def _device_and_dtype(training: TrainingSettings) -> tuple[torch.device, torch.dtype | None]:
     want = training.device
     if want not in ("auto", "cpu", "cuda"):
@@ -375,49 +191,53 @@ def _primary_key(task: Any, evals: dict[str, Any]) -> str:
     return f"{split}_{task.primary_metric}" if len(evals) > 1 else task.primary_metric
 
 
-def _resolve_task(spec: TrialSpec) -> Any:
-    from elalora_auto.tasks import custom_task, get_task
-
-    return custom_task(name=spec.task, **spec.custom) if spec.custom else get_task(spec.task)
+AdapterFactory = Callable[..., Any]  # build_adapter's signature: (model, method, params, total_steps, heads)
 
 
-def run_trial(
-    spec: TrialSpec,
-    reporter: Reporter | None = None,
-    listeners: Iterable[Listener] = (),
-    output_dir: str | Path | None = None,
-    progress: bool = True,
-) -> TrialResult:
-    """Fine-tune `spec.model` with a fresh adapter on a copy of the cached base model and evaluate it.
+@dataclass
+class TrialSetup:
+    """Everything the loop needs, built by `setup_trial` before the first step."""
 
-    `reporter(step, primary, trainable_params)` runs after each periodic eval and may raise optuna.TrialPruned
-    (propagated); the size lets a Pareto-mode pruning rule compare a trial only with trials no larger than it.
-    """
-    from tqdm.auto import tqdm
-    from transformers import get_linear_schedule_with_warmup
+    task: Any  # tasks.TaskSpec
+    data: Any  # tasks.TaskData, tokenised
+    collate: Any
+    adapter: Any  # adapters.Adapter
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    device: torch.device
+    dtype: torch.dtype | None
+    total_steps: int
+    primary_key: str
 
-    from elalora_auto.method.baselines import build_adapter
-    from elalora_auto.tasks import load_task_data, make_collator, tokenize_cached
 
-    listeners = list(listeners)
-    t_start = time.perf_counter()
+@dataclass
+class LoopOutcome:
+    """What the loop measured: the last metrics and the histories and timings for the TrialResult."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    eval_history: list[dict[str, Any]] = field(default_factory=list)
+    loss_history: list[dict[str, float]] = field(default_factory=list)
+    examples: int = 0
+    eval_time_s: float = 0.0
+
+
+def setup_trial(spec: TrialSpec, adapter_factory: AdapterFactory | None = None) -> TrialSetup:
+    """Seed, data (loaded, tokenised), a fresh copy of the cached base model wrapped by the adapter, optimizer."""
+    from transformers import get_linear_schedule_with_warmup, set_seed
+
+    from elalora_auto.adapters import build_adapter
+    from elalora_auto.tasks import load_task_data, make_collator, resolve_task, tokenize_cached
+
     tr, ds = spec.training, spec.data
-    _seed_everything(tr.seed)
+    set_seed(tr.seed)
     device, dtype = _device_and_dtype(tr)
-
-    task = _resolve_task(spec)
-    data = load_task_data(
-        task, data_dir=ds.data_dir, max_train_samples=ds.max_train_samples, max_eval_samples=ds.max_eval_samples,
-        validation_fraction=ds.validation_fraction, seed=ds.seed,
-    )
+    task = resolve_task(spec.task, spec.custom)
+    data = load_task_data(task, data_dir=ds.data_dir, max_train_samples=ds.max_train_samples,
+                          max_eval_samples=ds.max_eval_samples, validation_fraction=ds.validation_fraction,
+                          seed=ds.seed)
     tokenizer = load_tokenizer(spec.model)
     data = tokenize_cached(data, tokenizer, tr.max_length, ds.cache_dir)
-    collate = make_collator(tokenizer)
-
-    steps_per_epoch = max(1, math.ceil(len(data.train) / (tr.batch_size * tr.grad_accum)))
-    if tr.max_steps is None and tr.epochs is None:
-        raise UserError("set training.max_steps or training.epochs")
-    total_steps = int(tr.max_steps) if tr.max_steps is not None else max(1, round(tr.epochs * steps_per_epoch))
+    steps = total_steps(tr, len(data.train))
 
     base, missing = load_base_model(spec.model, task.num_labels, task.problem_type)
     model = copy.deepcopy(base)
@@ -426,82 +246,114 @@ def run_trial(
     heads = params.pop("modules_to_save", None)
     if spec.method == "elalora":
         params.setdefault("seed", tr.seed)
-    adapter = build_adapter(model, spec.method, params, total_steps, heads)
-    model = adapter.model.to(device)
-    model.train()
-
+    adapter = (adapter_factory or build_adapter)(model, spec.method, params, steps, heads)
+    adapter.model.to(device).train()
     optimizer = torch.optim.AdamW(
         adapter.param_groups(tr.learning_rate), lr=tr.learning_rate, weight_decay=tr.weight_decay,
         **({"fused": True} if device.type == "cuda" else {"foreach": True}),
     )
-    scheduler = get_linear_schedule_with_warmup(optimizer, round(tr.warmup_ratio * total_steps), total_steps)
-    trainable = adapter.num_trainable_parameters()
-    emit(listeners, Event("trial_start", 0, {"spec": spec.to_dict(), "trainable_params": trainable,
-                                            "rank_map": adapter.rank_map()}))
-    primary_key = _primary_key(task, data.evals)
-    eval_history: list[dict[str, Any]] = []
-    loss_history: list[dict[str, float]] = []
-    setup_time = time.perf_counter() - t_start
+    scheduler = get_linear_schedule_with_warmup(optimizer, round(tr.warmup_ratio * steps), steps)
+    return TrialSetup(task, data, make_collator(tokenizer), adapter, optimizer, scheduler, device, dtype, steps,
+                      _primary_key(task, data.evals))
 
-    batches = iter(_infinite(data.train, tr.batch_size, collate, tr.seed))
-    t_train = time.perf_counter()
-    examples = 0
-    eval_time = 0.0
-    metrics: dict[str, float] = {}
-    with tqdm(total=total_steps, disable=not progress, desc=f"{spec.method} {spec.task}", leave=False) as bar:
-        for step in range(1, total_steps + 1):
-            step_loss = torch.zeros((), device=device)
-            for _ in range(tr.grad_accum):
-                batch = {k: v.to(device) for k, v in next(batches).items()}
-                examples += len(batch["labels"])
-                with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                    loss = model(**batch).loss / tr.grad_accum
-                loss.backward()
-                step_loss += loss.detach()
-            loss_value = float(step_loss)
-            if not math.isfinite(loss_value):
-                raise NonFiniteLossError(step, loss_value)
-            optimizer.step()
-            record = adapter.after_optimizer_step(step, optimizer)
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+
+def _optimizer_step(setup: TrialSetup, batches: Any, grad_accum: int, step: int) -> tuple[float, int, Any]:
+    """One optimizer step over `grad_accum` batches: (loss, examples seen, the adapter's round record or None)."""
+    model, device, dtype = setup.adapter.model, setup.device, setup.dtype
+    step_loss, examples = torch.zeros((), device=device), 0
+    for _ in range(grad_accum):
+        batch = {k: v.to(device) for k, v in next(batches).items()}
+        examples += len(batch["labels"])
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = model(**batch).loss / grad_accum
+        loss.backward()
+        step_loss += loss.detach()
+    loss_value = float(step_loss)
+    if not math.isfinite(loss_value):
+        raise NonFiniteLossError(step, loss_value)
+    setup.optimizer.step()
+    record = setup.adapter.after_optimizer_step(step, setup.optimizer)
+    setup.scheduler.step()
+    setup.optimizer.zero_grad(set_to_none=True)
+    return loss_value, examples, record
+
+
+def evaluate_step(setup: TrialSetup, step: int, out: LoopOutcome, eval_batch_size: int,
+                  listeners: list[Listener]) -> float:
+    """Evaluate every split now, record it in `out`, emit `eval`; returns the primary metric."""
+    start = time.perf_counter()
+    out.metrics = _evaluate(setup.adapter.model, setup.task, setup.data.evals, setup.collate, eval_batch_size,
+                            setup.device, setup.dtype)
+    out.eval_time_s += time.perf_counter() - start
+    out.eval_history.append({"step": step, "metrics": out.metrics})
+    emit(listeners, Event("eval", step, {"metrics": out.metrics, "primary": out.metrics[setup.primary_key]}))
+    return out.metrics[setup.primary_key]
+
+
+def train_loop(spec: TrialSpec, setup: TrialSetup, reporter: Reporter | None, listeners: list[Listener],
+               progress: bool) -> LoopOutcome:
+    """The optimizer steps, with rank rounds, periodic logs and evaluations (the last step always evaluates)."""
+    from tqdm.auto import tqdm
+
+    tr, adapter, last = spec.training, setup.adapter, setup.total_steps
+    batches = iter(_infinite(setup.data.train, tr.batch_size, setup.collate, tr.seed))
+    out = LoopOutcome()
+    with tqdm(total=last, disable=not progress, desc=f"{spec.method} {spec.task}", leave=False) as bar:
+        for step in range(1, last + 1):
+            loss, examples, record = _optimizer_step(setup, batches, tr.grad_accum, step)
+            out.examples += examples
             bar.update(1)
             if record is not None:
                 emit(listeners, Event("round", step, {"record": record, "rank_map": adapter.rank_map()}))
-            if step % max(1, tr.log_every) == 0 or step == total_steps:
-                loss_history.append({"step": step, "loss": loss_value})
-                bar.set_postfix(loss=f"{loss_value:.4f}")
+            if step % max(1, tr.log_every) == 0 or step == last:
+                out.loss_history.append({"step": step, "loss": loss})
+                bar.set_postfix(loss=f"{loss:.4f}")
                 emit(listeners, Event("train_step", step, {
-                    "loss": loss_value, "lr": scheduler.get_last_lr()[0], "total_rank": sum(adapter.rank_map().values()),
+                    "loss": loss, "lr": setup.scheduler.get_last_lr()[0], "total_rank": sum(adapter.rank_map().values()),
                     "trainable_params": adapter.num_trainable_parameters()}))
-            if step == total_steps or (tr.eval_every and step % tr.eval_every == 0):
-                t_eval = time.perf_counter()
-                metrics = _evaluate(model, task, data.evals, collate, tr.eval_batch_size, device, dtype)
-                eval_time += time.perf_counter() - t_eval
-                eval_history.append({"step": step, "metrics": metrics})
-                emit(listeners, Event("eval", step, {"metrics": metrics, "primary": metrics[primary_key]}))
-                if reporter is not None and step < total_steps:
-                    reporter(step, metrics[primary_key], adapter.num_trainable_parameters())
-    train_time = time.perf_counter() - t_train - eval_time
+            if step == last or (tr.eval_every and step % tr.eval_every == 0):
+                primary = evaluate_step(setup, step, out, tr.eval_batch_size, listeners)
+                if reporter is not None and step < last:
+                    reporter(step, primary, adapter.num_trainable_parameters())
+    return out
+
+
+def run_trial(
+    spec: TrialSpec,
+    reporter: Reporter | None = None,
+    listeners: Iterable[Listener] = (),
+    output_dir: str | Path | None = None,
+    progress: bool = True,
+    adapter_factory: AdapterFactory | None = None,
+) -> TrialResult:
+    """Fine-tune `spec.model` with a fresh adapter on a copy of the cached base model and evaluate it:
+    `setup_trial`, `train_loop` (which evaluates), then the result and `write_trial_output`.
+
+    `reporter(step, primary, trainable_params)` runs after each periodic eval and may raise optuna.TrialPruned
+    (propagated); the size lets a Pareto-mode pruning rule compare a trial only with trials no larger than it.
+    `adapter_factory` replaces `adapters.build_adapter` (same arguments), e.g. to keep the adapter it builds.
+    """
+    listeners = list(listeners)
+    t_start = time.perf_counter()
+    setup = setup_trial(spec, adapter_factory)
+    adapter = setup.adapter
+    emit(listeners, Event("trial_start", 0, {"spec": spec.to_dict(), "trainable_params": adapter.num_trainable_parameters(),
+                                            "rank_map": adapter.rank_map()}))
+    setup_time = time.perf_counter() - t_start
+    t_train = time.perf_counter()
+    out = train_loop(spec, setup, reporter, listeners, progress)
+    train_time = time.perf_counter() - t_train - out.eval_time_s
     result = TrialResult(
-        metrics=metrics,
-        primary=metrics[primary_key],
-        primary_metric=primary_key,
-        trainable_params=adapter.num_trainable_parameters(),
-        rank_map=adapter.rank_map(),
-        rank_history=list(adapter.round_history),
-        eval_history=eval_history,
-        train_loss_history=loss_history,
-        wall_time_s=time.perf_counter() - t_start,
-        setup_time_s=setup_time,
-        train_time_s=train_time,
-        eval_time_s=eval_time,
-        examples_per_s=examples / train_time if train_time > 0 else 0.0,
-        steps=total_steps,
+        metrics=out.metrics, primary=out.metrics[setup.primary_key], primary_metric=setup.primary_key,
+        trainable_params=adapter.num_trainable_parameters(), rank_map=adapter.rank_map(),
+        rank_history=list(adapter.round_history), eval_history=out.eval_history,
+        train_loss_history=out.loss_history, wall_time_s=time.perf_counter() - t_start, setup_time_s=setup_time,
+        train_time_s=train_time, eval_time_s=out.eval_time_s,
+        examples_per_s=out.examples / train_time if train_time > 0 else 0.0, steps=setup.total_steps,
     )
     if output_dir is not None:
         write_trial_output(Path(output_dir), spec, result, adapter)
-    emit(listeners, Event("trial_end", total_steps, {"result": result.to_dict()}))
+    emit(listeners, Event("trial_end", setup.total_steps, {"result": result.to_dict()}))
     return result
 
 

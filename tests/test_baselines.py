@@ -8,7 +8,7 @@ from peft import PeftModel
 from transformers import AutoModelForSequenceClassification
 
 from elalora_auto.errors import ConfigError
-from elalora_auto.method.baselines import build_adapter, default_targets, native_params
+from elalora_auto.adapters import build_adapter, default_targets, native_params
 
 
 def _train(adapter, steps: int, seed: int = 0) -> torch.Tensor:

@@ -12,7 +12,7 @@ import optuna
 import pytest
 
 from elalora_auto.cli import main
-from elalora_auto.search.study import open_storage
+from elalora_auto.search.storage import open_storage
 from elalora_auto.trial import TrialSpec, run_trial
 
 POS = "great good fun fine".split()

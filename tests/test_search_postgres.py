@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from elalora_auto.cli import main
-from elalora_auto.search.study import open_storage
+from elalora_auto.search.storage import open_storage
 from test_search_study import _space, study_file  # noqa: F401 - the fixture is reused
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")

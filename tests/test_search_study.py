@@ -11,7 +11,9 @@ import pytest
 import yaml
 
 from elalora_auto.cli import main
-from elalora_auto.search.study import PruningRule, PruningSettings, open_storage
+from elalora_auto.search.pruning import PruningRule
+from elalora_auto.search.settings import PruningSettings
+from elalora_auto.search.storage import open_storage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 WORDS = ("good", "great", "fun", "bad", "awful", "boring")
@@ -134,15 +136,27 @@ def test_single_objective_uses_optunas_median_pruner_and_the_cap(study_file: Pat
                  "--objective", "metric", "--max-params", "10", "--trials", "1", "--quiet"]) == 0
     (trial,) = _study(tmp_path, "capped").get_trials()
     assert trial.constraints["max_params"] == trial.user_attrs["trainable_params"] - 10 > 0  # infeasible
-    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=2))
+    rule = PruningRule(PruningSettings(n_startup_trials=2, n_warmup_evals=1), multi=False, baseline=0.5, margin=0.05)
+    assert isinstance(rule.pruner(), optuna.pruners.BasePruner)
+    study = optuna.create_study(direction="maximize", pruner=rule.pruner())
     for value in (0.8, 0.9):
         study.add_trial(optuna.create_trial(value=value, intermediate_values={4: value},
                                             user_attrs={"intermediate": {"4": value}}))
-    rule = PruningRule(PruningSettings(n_startup_trials=2, n_warmup_evals=1), multi=False, baseline=0.5, margin=0.05)
     trial = study.ask()
     rule.check(trial, 2, 0.7, 100)
     with pytest.raises(optuna.TrialPruned, match="below the median"):
         rule.check(trial, 4, 0.6, 100)
+
+
+def test_single_objective_pruner_applies_the_baseline_rule_through_optuna() -> None:
+    rule = PruningRule(PruningSettings(n_startup_trials=5, baseline_patience=2), multi=False, baseline=0.5, margin=0.05)
+    study = optuna.create_study(direction="maximize", pruner=rule.pruner())
+    trial = study.ask()
+    rule.check(trial, 2, 0.52, 100)
+    with pytest.raises(optuna.TrialPruned, match="majority-class baseline 0.5000"):
+        rule.check(trial, 4, 0.51, 100)
+    assert trial.user_attrs["prune_reason"].startswith("stuck at the majority-class baseline")
+    assert study.trials[0].intermediate_values == {2: 0.52, 4: 0.51}
 
 
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(study_file: Path, tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 
@@ -81,13 +80,19 @@ def test_each_method_completes_with_sane_result(tiny_model_dir, sst2_dir, tmp_pa
 
 
 def test_trainable_params_match_the_adapter(tiny_model_dir, sst2_dir):
-    """LoRA's count must equal what the optimizer actually trains."""
-    from elalora_auto.method.baselines import build_adapter
+    """LoRA's count must equal what the optimizer actually trains, on the very adapter run_trial built (injected)."""
+    from elalora_auto.adapters import build_adapter
 
-    result = run_trial(tiny_spec(tiny_model_dir, sst2_dir, "lora", max_steps=2), progress=False)
-    model = copy.deepcopy(load_base_model(str(tiny_model_dir), 2, "single_label_classification")[0])
-    adapter = build_adapter(model, "lora", {"r_init": 2}, 2, None)
-    assert result.trainable_params == sum(p.numel() for p in adapter.model.parameters() if p.requires_grad)
+    built = []
+
+    def build_and_keep(*args):
+        built.append(build_adapter(*args))
+        return built[-1]
+
+    result = run_trial(tiny_spec(tiny_model_dir, sst2_dir, "lora", max_steps=2), progress=False,
+                       adapter_factory=build_and_keep)
+    (adapter,) = built
+    assert result.trainable_params == sum(p.numel() for p in adapter.model.parameters() if p.requires_grad) > 0
 
 
 def test_reporter_pruning_propagates_and_stops_events(tiny_model_dir, sst2_dir):

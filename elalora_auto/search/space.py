@@ -2,12 +2,13 @@
 
 A space file has the sections
   method:          elalora | adalora | lora (which adapter the suggested parameters are for)
-  method_params:   {name: PARAM}   passed to the adapter (`baselines.build_adapter(params=...)`)
+  method_params:   {name: PARAM}   passed to the adapter (`adapters.build_adapter(params=...)`)
   training_params: {name: PARAM}   overrides of the TrialSpec training settings (e.g. learning_rate)
   module_sets:     {set name: [logical module names]}   choices for a categorical `target_modules`; the
                    reserved choice `default` leaves the targets to the method's per-model defaults
-                   (baselines.default_targets: e.g. BERT's attention, FFN and pooler matrices)
-  module_aliases:  {model_type: {logical name: model's name}}   e.g. DeBERTa calls `query` `query_proj`
+                   (adapters.default_targets: e.g. BERT's attention, FFN and pooler matrices)
+  module_aliases:  {model_type: {logical name: model's name}}   optional additions to adapters.MODULE_ALIASES
+                   (e.g. DeBERTa calls `query` `query_proj`)
   constraints:     [expressions that must hold for a trial's resolved values]
 PARAM is {type: int|float|log|step|categorical, low, high, step, choices, of, min, default}.
 Ranges that depend on the run length are sampled as fractions: `of: EXPR` multiplies the sampled fraction by
@@ -28,10 +29,10 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-from elalora_auto.errors import ConfigError, UserError
+from elalora_auto.adapters import METHODS, model_module_names
+from elalora_auto.errors import ConfigError, UserError, reject_unknown
 
 TYPES = ("int", "float", "log", "step", "categorical")
-METHODS = ("elalora", "adalora", "lora")
 CONTEXT_NAMES = ("total_steps",)
 DEFAULT_MODULES = "default"
 _PARAM_KEYS = {"type", "low", "high", "step", "choices", "of", "min", "default"}
@@ -136,9 +137,7 @@ def _parse_param(name: str, section: str, raw: Any, known: set[str], module_sets
                  where: str) -> Param:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping like {{type: float, low: ..., high: ...}}, got {raw!r}")
-    unknown = set(raw) - _PARAM_KEYS
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} (allowed: {', '.join(sorted(_PARAM_KEYS))})")
+    reject_unknown(raw, _PARAM_KEYS, f"{where}: unknown key")
     if "type" not in raw:
         raise ConfigError(f"{where}: missing key 'type' (one of {', '.join(TYPES)})")
     kind = raw["type"]
@@ -199,9 +198,7 @@ class SearchSpace:
     def from_dict(cls, data: Any, source: str = "<space>") -> "SearchSpace":
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a mapping at the top level")
-        unknown = set(data) - _TOP_KEYS
-        if unknown:
-            raise ConfigError(f"{source}: unknown key {sorted(unknown)[0]!r} (allowed: {', '.join(sorted(_TOP_KEYS))})")
+        reject_unknown(data, _TOP_KEYS, f"{source}: unknown key")
         if "method" not in data:
             raise ConfigError(f"{source}: missing key 'method' (one of {', '.join(METHODS)})")
         if data["method"] not in METHODS:
@@ -237,9 +234,9 @@ class SearchSpace:
         return space
 
     def module_names(self, set_name: str, model_type: str | None) -> list[str]:
-        """The model's module names for a named set (logical names mapped through the model's aliases)."""
-        alias = self.module_aliases.get(model_type or "", {})
-        return [alias.get(name, name) for name in self.module_sets[set_name]]
+        """The model's module names for a named set (logical names mapped through adapters.MODULE_ALIASES and the
+        space's own `module_aliases`)."""
+        return model_module_names(self.module_sets[set_name], model_type, self.module_aliases.get(model_type or ""))
 
     def suggest(self, trial: Any, context: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """Draw one configuration: (method params for build_adapter, training overrides for the TrialSpec).
@@ -268,9 +265,8 @@ class SearchSpace:
         """Trial 0 in Optuna's coordinates: every `default`, then `overrides` (a study's `trial0`)."""
         params = {p.name: p.default for p in self.params if p.default is not None}
         by_name = {p.name: p for p in self.params}
+        reject_unknown(overrides or {}, by_name, "trial0: unknown parameter", UserError)
         for name, value in (overrides or {}).items():
-            if name not in by_name:
-                raise UserError(f"trial0: unknown parameter {name!r} (the space defines {', '.join(by_name)})")
             param = by_name[name]
             if param.choices and value not in param.choices:
                 raise UserError(f"trial0.{name}: {value!r} is not one of {list(param.choices)}")
@@ -278,9 +274,6 @@ class SearchSpace:
                 raise UserError(f"trial0.{name}: {value!r} is outside the space's range [{param.low}, {param.high}]")
             params[name] = value
         return params
-
-    def all_module_names(self, model_type: str | None) -> set[str]:
-        return {name for set_name in self.module_sets for name in self.module_names(set_name, model_type)}
 
 
 def read_yaml(path: Path) -> Any:

@@ -340,30 +340,27 @@ def custom_task(
             f"column {label_column!r} has empty labels in {', '.join(files.values())}; fill or drop those rows"
         )
 
-    if regression:
-        label_names: tuple[str, ...] = ()
-    elif all(isinstance(v, str) for v in labels):
-        label_names = tuple(sorted(set(labels)))
+    label_names = () if regression else _label_names(labels, label_column)
+    return TaskSpec(name=name, text_columns=text_columns, label_names=label_names, metrics=allowed,
+                    primary_metric=metric, files=files, source_label_column=label_column)
+
+
+def _label_names(labels: list, label_column: str) -> tuple[str, ...]:
+    """A classification task's classes: sorted strings, or integers already numbered 0..K-1."""
+    if all(isinstance(v, str) for v in labels):
+        names = tuple(sorted(set(labels)))
     elif all(isinstance(v, int) and not isinstance(v, bool) for v in labels):
         if min(labels) < 0:
             raise UserError(f"integer labels in {label_column!r} must be 0..K-1, found {min(labels)}")
-        label_names = tuple(str(i) for i in range(max(labels) + 1))
+        names = tuple(str(i) for i in range(max(labels) + 1))
     else:
         raise UserError(
             f"labels in {label_column!r} must be all strings or all integers for a classification task "
             "(use task_type='regression' for scores)"
         )
-    if not regression and len(label_names) < 2:
-        raise UserError(f"a classification task needs at least two labels; {label_column!r} has {list(label_names)}")
-    return TaskSpec(
-        name=name,
-        text_columns=text_columns,
-        label_names=label_names,
-        metrics=allowed,
-        primary_metric=metric,
-        files=files,
-        source_label_column=label_column,
-    )
+    if len(names) < 2:
+        raise UserError(f"a classification task needs at least two labels; {label_column!r} has {list(names)}")
+    return names
 
 
 def resolve_task(name: str, custom: Mapping[str, Any] | None = None) -> TaskSpec:

@@ -1,4 +1,5 @@
-"""PEFT LoRA, PEFT AdaLoRA and ElaLoRA behind one `Adapter` interface, so a trial trains any of them alike.
+"""The trial's view of a method: PEFT LoRA, PEFT AdaLoRA and ElaLoRA behind one `Adapter` interface, so a trial
+trains any of them alike (`build_adapter`). Light to import: torch and PEFT load when an adapter is built.
 
 One vocabulary for hyperparameters that mean the same thing in every method (the search space uses it):
 
@@ -36,29 +37,42 @@ from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+from elalora_auto.errors import ConfigError, reject_unknown
 
-from elalora_auto.errors import ConfigError
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 METHODS = ("elalora", "lora", "adalora")
 
 _ENCODER_TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
+# Logical (BERT) module names -> the model's own, per model type: the one table behind the default targets below and
+# the search spaces' module sets (a space's `module_aliases` may add to it).
+MODULE_ALIASES: dict[str, dict[str, str]] = {
+    "deberta-v2": {"query": "query_proj", "key": "key_proj", "value": "value_proj"},
+    "distilbert": {"query": "q_lin", "key": "k_lin", "value": "v_lin", "attention.output.dense": "out_lin",
+                   "intermediate.dense": "lin1", "output.dense": "lin2"},
+}
+
+
+def model_module_names(names: list[str], model_type: str | None, extra: dict[str, str] | None = None) -> list[str]:
+    """Logical module names in a model type's own spelling (`extra` aliases win over MODULE_ALIASES)."""
+    alias = {**MODULE_ALIASES.get(model_type or "", {}), **(extra or {})}
+    return [alias.get(name, name) for name in names]
+
+
 DEFAULT_TARGETS: dict[str, tuple[list[str], list[str]]] = {
     "bert": (_ENCODER_TARGETS + ["pooler.dense"], ["classifier"]),
     "roberta": (_ENCODER_TARGETS, ["classifier"]),
     "xlm-roberta": (_ENCODER_TARGETS, ["classifier"]),
     "electra": (_ENCODER_TARGETS, ["classifier"]),
-    "deberta-v2": (
-        ["query_proj", "key_proj", "value_proj", "attention.output.dense", "intermediate.dense", "output.dense"],
-        ["pooler", "classifier"],
-    ),
+    "deberta-v2": (model_module_names(_ENCODER_TARGETS, "deberta-v2"), ["pooler", "classifier"]),
     "deberta": (["in_proj", "attention.output.dense", "intermediate.dense", "output.dense"], ["pooler", "classifier"]),
-    "distilbert": (["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"], ["pre_classifier", "classifier"]),
+    "distilbert": (model_module_names(_ENCODER_TARGETS, "distilbert"), ["pre_classifier", "classifier"]),
     "gpt2": (["c_attn", "c_proj", "c_fc"], ["score"]),
 }
 
@@ -119,11 +133,9 @@ def native_params(method: str, params: dict[str, Any], total_steps: int) -> dict
 
 
 def _check_keys(method: str, native: dict[str, Any], allowed: tuple[str, ...]) -> None:
-    unknown = sorted(set(native) - set(allowed))
-    if unknown:
-        shared = {v: k for k, v in _ALIASES[method].items() if k != "gamma"}
-        names = sorted(shared.get(k, k) for k in allowed)
-        raise ConfigError(f"unknown {method} parameter(s) {', '.join(unknown)}; valid: {', '.join(names)}")
+    """Unknown keys named in the shared vocabulary (r_init, not PEFT's r)."""
+    shared = {v: k for k, v in _ALIASES[method].items() if k != "gamma"}
+    reject_unknown(native, allowed, f"unknown {method} parameter", valid=[shared.get(k, k) for k in allowed])
 
 
 @dataclass
@@ -213,6 +225,8 @@ class AdaLoraAdapter(Adapter):
 
     def _masks(self) -> dict[str, torch.Tensor]:
         """Per module: boolean mask of live components (all live before the first allocation)."""
+        import torch
+
         pattern = self._config().rank_pattern or {}
         masks = {}
         for name, param in self.model.named_parameters():
@@ -309,9 +323,8 @@ class ElaLoraAdapter(Adapter):
         record = self.model.update_and_allocate(step, optimizer)
         if record is None:
             return None
-        as_dict = asdict(record) if hasattr(record, "__dataclass_fields__") else dict(record)
-        self.round_history.append(as_dict)
-        return as_dict
+        self.round_history.append(dict(record))  # the method's RoundRecord, one shape for every method
+        return self.round_history[-1]
 
     def rank_map(self) -> dict[str, int]:
         return dict(self.model.rank_map())

@@ -1,0 +1,148 @@
+"""Every option of `search` as data: SearchSettings (flags and study YAML), pruning and heartbeat settings.
+
+The settings are stored in the study's user attrs at creation, so a `worker` needs only the study name and its
+storage (`settings_for_worker`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from elalora_auto.errors import ConfigError, UserError, reject_unknown
+from elalora_auto.search.space import read_yaml, resolve_resource
+
+OBJECTIVES = ("pareto", "metric")
+HEARTBEAT_INTERVAL_S = 60
+GRACE_PERIOD_S = 180
+
+
+@dataclass
+class PruningSettings:
+    n_startup_trials: int = 3
+    n_warmup_evals: int = 1
+    baseline_patience: int = 2
+
+
+@dataclass
+class HeartbeatSettings:
+    """RDBStorage heartbeat: each running trial records one every `interval_s`; a trial silent for `grace_s`
+    is failed and re-queued by the next worker that starts a trial. Unused by the journal file storage."""
+
+    interval_s: int = HEARTBEAT_INTERVAL_S
+    grace_s: int = GRACE_PERIOD_S
+
+    def validate(self) -> None:
+        for name in ("interval_s", "grace_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"heartbeat.{name}: expected a positive whole number of seconds, got {value!r}")
+        if self.grace_s <= self.interval_s:
+            raise ConfigError(f"heartbeat.grace_s ({self.grace_s}) must be larger than heartbeat.interval_s "
+                              f"({self.interval_s}), or live trials are failed between two heartbeats")
+
+
+@dataclass
+class SearchSettings:
+    """Every option of `search`; a study YAML (`--config`) holds any of them, flags override the file.
+
+    Stored in the study's user attrs at creation, so `worker` needs only the study name and storage.
+    """
+
+    task: str | None = None
+    model: str = "minilm"
+    method: str = "elalora"
+    space: str | None = None  # a built-in name or a .yaml path; default: the method's name
+    trials: int = 20
+    data_dir: str | None = None
+    custom: dict[str, Any] | None = None  # tasks.custom_task keyword arguments (but name: it is `task`)
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    max_steps: int | None = None
+    epochs: float | None = None
+    batch_size: int = 16
+    max_length: int = 128
+    eval_every: int | None = None  # default: a quarter of the run (three intermediate evaluations)
+    objective: str = "pareto"
+    max_params: int | None = None
+    timeout: float | None = None
+    seed: int = 42
+    device: str = "auto"
+    study: str | None = None
+    storage: str | None = None
+    workdir: str = "elalora_runs"
+    tracking_uri: str | None = None
+    no_tracking: bool = False
+    trial0: dict[str, Any] = field(default_factory=dict)  # overrides of the space defaults for trial 0
+    pruning: PruningSettings = field(default_factory=PruningSettings)
+    heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
+
+    @classmethod
+    def from_sources(cls, config: str | None, overrides: Mapping[str, Any]) -> "SearchSettings":
+        """The study file (a path or a built-in name like `demo`), then the non-None flags on top."""
+        data: dict[str, Any] = {}
+        if config is not None:
+            path = resolve_resource(config, "studies")
+            loaded = read_yaml(path)
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"{path.name}: expected a mapping of search options")
+            data = loaded
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SearchSettings":
+        reject_unknown(data, (f.name for f in dataclasses.fields(cls)), "unknown search option")
+        data = dict(data)
+        data["pruning"] = _section(data.get("pruning"), PruningSettings, "pruning")
+        data["heartbeat"] = _section(data.get("heartbeat"), HeartbeatSettings, "heartbeat")
+        data["heartbeat"].validate()
+        settings = cls(**data)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if not self.task:
+            raise UserError("no task: pass --task NAME (e.g. sst2) or set task: in the --config file")
+        if self.objective not in OBJECTIVES:
+            raise UserError(f"--objective {self.objective!r}: choose pareto or metric")
+        if self.trials < 1:
+            raise UserError(f"--trials must be at least 1, got {self.trials}")
+        if self.max_steps is not None and self.epochs is not None:
+            raise UserError("give --max-steps or --epochs, not both")
+        if self.max_params is not None and self.objective != "metric":
+            raise UserError("--max-params caps a single-objective search: add --objective metric "
+                            "(the Pareto front already shows every size)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def study_name(self) -> str:
+        model = "minilm" if self.model == "minilm" else Path(self.model.rstrip("/")).name
+        return self.study or f"{self.task}-{model}-{self.method}"
+
+
+def _section(value: Any, kind: type, name: str) -> Any:
+    """A nested settings section from a mapping (or already built); one-line errors for anything else."""
+    if isinstance(value, kind):
+        return value
+    if value is not None and not isinstance(value, dict):
+        raise ConfigError(f"{name}: expected a mapping with the keys {', '.join(f.name for f in dataclasses.fields(kind))}")
+    value = value or {}
+    reject_unknown(value, (f.name for f in dataclasses.fields(kind)), f"{name}: unknown key")
+    return kind(**value)
+
+
+def settings_for_worker(study: Any, overrides: Mapping[str, Any]) -> SearchSettings:
+    """The settings stored at creation, with this worker's local choices (device, workdir, tracking) on top."""
+    stored = dict(study.user_attrs.get("settings") or {})
+    if not stored:
+        raise UserError(f"study {study.study_name!r} has no stored settings; it was not created by elalora-auto search")
+    stored.pop("primary_metric", None)
+    stored.pop("baseline", None)
+    stored.update({k: v for k, v in overrides.items() if v is not None})
+    return SearchSettings.from_dict(stored)
+

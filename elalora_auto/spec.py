@@ -1,0 +1,199 @@
+"""The trial's contract as data: TrialSpec (the re-runnable YAML config), its training and data settings,
+`key=value` overrides, the run length, and the TrialResult a trial returns."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from elalora_auto.errors import UserError, reject_unknown
+
+
+@dataclass
+class TrainingSettings:
+    learning_rate: float = 5e-4
+    max_steps: int | None = 200
+    epochs: float | None = None  # used only when max_steps is None
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    grad_accum: int = 1
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    eval_every: int = 0  # 0: evaluate only at the end
+    log_every: int = 10
+    max_length: int = 128
+    seed: int = 42
+    device: str = "auto"  # auto | cpu | cuda
+    bf16: Any = "auto"  # auto | true | false; auto = bf16 autocast on CUDA when supported
+
+
+@dataclass
+class DataSettings:
+    data_dir: str | None = None
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    validation_fraction: float = 0.0
+    seed: int = 0  # the sample is fixed across training seeds, so trials compare on the same data
+    cache_dir: str | None = None  # tokenisation cache (the search passes WORKDIR/cache)
+
+
+@dataclass
+class TrialSpec:
+    """Everything one trial needs; its YAML (`to_yaml`) is what `train --config` reads and `export` writes."""
+
+    task: str
+    model: str = "microsoft/deberta-v3-base"
+    method: str = "elalora"
+    params: dict[str, Any] = field(default_factory=dict)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    custom: dict[str, Any] | None = None  # keyword arguments of tasks.custom_task for a user's own files
+
+    def __post_init__(self) -> None:
+        from elalora_auto.adapters import METHODS
+
+        if self.method not in METHODS:
+            raise UserError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrialSpec:
+        if not isinstance(data, dict):
+            raise UserError(f"a trial config must be a mapping, got {type(data).__name__}")
+        data = dict(data)
+        _reject_unknown(data, {f.name for f in dataclasses.fields(cls)}, "")
+        if "task" not in data:
+            raise UserError("the trial config has no 'task'; add e.g. task: sst2")
+        groups = {"training": TrainingSettings, "data": DataSettings}
+        for key, kind in groups.items():
+            section = data.get(key) or {}
+            if not isinstance(section, dict):
+                raise UserError(f"'{key}' must be a mapping in the trial config")
+            _reject_unknown(section, {f.name for f in dataclasses.fields(kind)}, f"{key}.")
+            data[key] = kind(**{k: _yaml_number(v) for k, v in section.items()})
+        data["params"] = {k: _yaml_number(v) for k, v in dict(data.get("params") or {}).items()}
+        return cls(**data)
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_yaml(cls, source: str | Path) -> TrialSpec:
+        """Read a YAML file (a path) or YAML text."""
+        is_file = isinstance(source, Path) or ("\n" not in source and Path(source).is_file())
+        text = Path(source).read_text() if is_file else str(source)
+        try:
+            return cls.from_dict(yaml.safe_load(text))
+        except yaml.YAMLError as exc:
+            where = getattr(exc, "problem_mark", None)
+            raise UserError(f"malformed YAML in {source}{f' at line {where.line + 1}' if where else ''}") from None
+
+    def apply_overrides(self, overrides: Iterable[str]) -> TrialSpec:
+        """A copy with "key=value" items applied (values parsed as YAML): task=.., params.r_init=8,
+        training.learning_rate=1e-3, or a bare training/data field name such as max_steps=50."""
+        data = self.to_dict()
+        valid = _valid_keys()
+        for item in overrides:
+            key, sep, raw = item.partition("=")
+            key = key.strip()
+            if not sep or not key:
+                raise UserError(f"override {item!r} is not key=value (e.g. training.learning_rate=1e-3)")
+            try:
+                value = yaml.safe_load(raw) if raw.strip() else None
+            except yaml.YAMLError:
+                raise UserError(f"override {item!r}: value is not valid YAML") from None
+            path = _resolve_key(key, valid)
+            node = data
+            for part in path[:-1]:
+                if not isinstance(node.get(part), dict):
+                    node[part] = {}
+                node = node[part]
+            node[path[-1]] = value
+        return TrialSpec.from_dict(data)
+
+
+_SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def _yaml_number(value: Any) -> Any:
+    """YAML 1.1 (PyYAML) reads '1e-3' as a string; every such value here is meant as a float."""
+    return float(value) if isinstance(value, str) and _SCIENTIFIC.match(value) else value
+
+
+def _valid_keys() -> dict[str, list[str]]:
+    top = [f.name for f in dataclasses.fields(TrialSpec)]
+    return {
+        "": top,
+        "training": [f.name for f in dataclasses.fields(TrainingSettings)],
+        "data": [f.name for f in dataclasses.fields(DataSettings)],
+    }
+
+
+def _resolve_key(key: str, valid: dict[str, list[str]]) -> list[str]:
+    """Map an override key to its path in the spec dict; UserError naming the valid keys."""
+    parts = key.split(".")
+    if parts[0] in ("params", "custom") and len(parts) >= 2:
+        return parts
+    if len(parts) == 1 and parts[0] in valid[""] and parts[0] not in ("training", "data"):
+        return parts
+    if len(parts) == 2 and parts[0] in ("training", "data") and parts[1] in valid[parts[0]]:
+        return parts
+    if len(parts) == 1:
+        for group in ("training", "data"):
+            if parts[0] in valid[group]:
+                return [group, parts[0]]
+    names = (
+        [k for k in valid[""] if k not in ("training", "data", "params", "custom")]
+        + ["params.<name>", "custom.<name>"]
+        + [f"training.{k}" for k in valid["training"]]
+        + [f"data.{k}" for k in valid["data"]]
+    )
+    raise UserError(f"unknown setting {key!r}; valid: {', '.join(names)}")
+
+
+def _reject_unknown(data: dict[str, Any], known: set[str], prefix: str) -> None:
+    reject_unknown((prefix + k for k in data), (prefix + k for k in known), "unknown trial-config setting", UserError)
+
+
+@dataclass
+class TrialResult:
+    metrics: dict[str, float]
+    primary: float
+    primary_metric: str
+    trainable_params: int
+    rank_map: dict[str, int]
+    rank_history: list[dict[str, Any]]
+    eval_history: list[dict[str, Any]]
+    train_loss_history: list[dict[str, float]]
+    wall_time_s: float
+    setup_time_s: float  # data, tokenizer, model copy and adapter: what base-model reuse shortens
+    train_time_s: float  # optimizer steps only
+    eval_time_s: float
+    examples_per_s: float
+    steps: int
+    status: str = "COMPLETE"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def total_steps(training: TrainingSettings, n_train: int) -> int:
+    """Optimizer steps of a run: `max_steps`, else `epochs` over `n_train` rows in batches of
+    batch_size x grad_accum (the one definition; the search sizes its trials with it too)."""
+    if training.max_steps is None and training.epochs is None:
+        raise UserError("set training.max_steps or training.epochs")
+    if training.max_steps is not None:
+        return int(training.max_steps)
+    steps_per_epoch = max(1, math.ceil(n_train / (training.batch_size * training.grad_accum)))
+    return max(1, round(training.epochs * steps_per_epoch))

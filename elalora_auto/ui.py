@@ -1,0 +1,76 @@
+"""The MLflow UI for a workdir's store: start `mlflow server` on 127.0.0.1, wait until it answers, stop it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+from elalora_auto.errors import UserError
+from elalora_auto.tracking import artifact_root_for
+
+log = logging.getLogger(__name__)
+
+
+def start_ui(tracking_uri: str, port: int = 5000) -> Any:
+    """Start `mlflow server` on 127.0.0.1 against the store, in its own process group.
+
+    The server forks workers; a group of its own lets `stop_ui` end all of them and nothing else.
+    """
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    root = artifact_root_for(tracking_uri)
+    if root:  # runs keep absolute artifact locations; this root only serves newly created experiments
+        command += ["--default-artifact-root", root]
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return subprocess.Popen(command, start_new_session=True, env=env)
+
+
+def wait_ui_ready(process: Any, port: int, timeout_s: float = 120.0) -> None:
+    """Block until the server answers, then touch each of its stores once, one request at a time.
+
+    The server opens its SQLite stores lazily on first use; the UI's first page fires many requests at once,
+    and concurrent first opens race on schema creation ("table ... already exists"). One warm-up avoids it.
+    """
+    import urllib.error
+    import urllib.request
+
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process.poll() is not None:
+            raise UserError(f"the MLflow server exited with code {process.returncode}; is port {port} free?")
+        try:
+            urllib.request.urlopen(f"{base}/health", timeout=2).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise UserError(f"the MLflow server did not answer on port {port} within {timeout_s:.0f} s") from None
+            time.sleep(0.5)
+    for path in ("/ajax-api/3.0/mlflow/server-info", "/ajax-api/2.0/mlflow/experiments/search?max_results=1",
+                 "/ajax-api/2.0/mlflow/registered-models/search?max_results=1"):
+        try:
+            urllib.request.urlopen(base + path, timeout=60).close()
+        except urllib.error.HTTPError as exc:
+            log.warning("MLflow UI warm-up %s answered %s", path, exc.code)
+
+
+def stop_ui(process: Any, timeout_s: float = 10.0) -> None:
+    """Stop the server's whole process group: SIGTERM, then SIGKILL for anything still alive."""
+    import signal
+    import subprocess
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=timeout_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
