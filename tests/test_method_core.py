@@ -445,9 +445,11 @@ def test_lora_init_learns_from_step_one_like_peft_lora_and_the_paper_form_does_n
     assert peft / 3 < lora_like < 3 * peft  # same lr and alpha/r: the same speed as PEFT LoRA
 
 
-def test_lora_init_defaults_and_paper_defaults():
+def test_init_and_e_lr_scale_defaults():
     assert ElaLoraConfig().init == "lora" and ElaLoraConfig().e_lr_scale == 1.0
     assert ElaLoraConfig(init="paper").e_lr_scale == 300.0
+    assert ElaLoraConfig(e_lr_scale=100.0).init == "paper"  # configs written for the paper form keep their meaning
+    assert ElaLoraConfig(init="lora", e_lr_scale=4.0).init == "lora"
     layer = elastic_bert(init="lora", e_lr_scale=4.0).layers["bert.pooler.dense"]
     assert torch.allclose(layer.lora_E * 4.0, torch.ones_like(layer.lora_E))  # E_eff starts at 1
     rows = layer.lora_A.detach() / LORA_ROW_NORM

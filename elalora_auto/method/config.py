@@ -63,14 +63,15 @@ class ElaLoraConfig:
     modules_to_save: list[str] = field(
         default_factory=list, metadata=_help("Modules trained in full and saved with the adapter, e.g. ['classifier'].")
     )
-    init: Literal["lora", "paper"] = field(
-        default="lora",
+    init: Literal["lora", "paper"] | None = field(
+        default=None,
         metadata=_help(
-            "Initialisation; both start at Delta W = 0. 'lora' (default): B = 0, E_eff = 1, A with orthogonal "
-            "rows of LoRA's kaiming row norm, so B learns from step one at LoRA's speed for the same lr and "
-            "alpha/r; grown components get B = 0, E_eff = 1; the regulariser becomes ||AA^T/a^2 - I|| + "
-            "||offdiag(B^TB)|| (0 at init). 'paper': E = 0, A, B ~ N(0, 0.02), grown components get unit A/B "
-            "and E = 0; only E moves at first, so it learns slowly unless e_lr_scale is large."
+            "Initialisation; both start at Delta W = 0. 'lora': B = 0, E_eff = 1, A with orthogonal rows of "
+            "LoRA's kaiming row norm, so B learns from step one at LoRA's speed for the same lr and alpha/r; grown "
+            "components get B = 0, E_eff = 1; the regulariser becomes ||AA^T/a^2 - I|| + ||offdiag(B^TB)|| (0 at "
+            "init). 'paper': E = 0, A, B ~ N(0, 0.02), grown components get unit A/B and E = 0; only E moves at "
+            "first, so it learns slowly unless e_lr_scale is large. Unset: 'lora', or 'paper' when e_lr_scale is "
+            "set (a knob of the paper form), so configs written for the paper form keep their meaning."
         ),
     )
     e_lr_scale: float | None = field(
@@ -109,6 +110,8 @@ class ElaLoraConfig:
         if isinstance(self.target_modules, tuple):
             self.target_modules = list(self.target_modules)
         self.modules_to_save = list(self.modules_to_save or [])
+        if self.init is None:
+            self.init = "lora" if self.e_lr_scale is None else "paper"
         if self.init not in INIT_CHOICES:
             raise ConfigError(f"init={self.init!r} must be one of {INIT_CHOICES}")
         if self.e_lr_scale is None:
