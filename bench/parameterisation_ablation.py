@@ -8,7 +8,7 @@ One JSON line per run is appended to bench/results/parameterisation_ablation.jso
 variant, lr, seed, steps and model) is skipped, so an interrupted ablation resumes where it stopped.
 
     python bench/parameterisation_ablation.py                  # the full ablation (18 runs, ~1-2 h on 2 CPU cores)
-    python bench/parameterisation_ablation.py --variants lora peft-lora --lrs 5e-4
+    python bench/parameterisation_ablation.py --variants lora peft-lora lora-params --lrs 5e-4   # optional extras
     python bench/parameterisation_ablation.py --smoke          # tiny local model and data, a few steps, seconds
 """
 
@@ -37,6 +37,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "paper-s1": ("elalora", {**SHAPE, "init": "paper", "e_lr_scale": 1.0}),
     "paper-s300": ("elalora", {**SHAPE, "init": "paper", "e_lr_scale": 300.0}),
     "lora": ("elalora", {**SHAPE, "init": "lora"}),
+    "lora-params": ("elalora", {**SHAPE, "init": "lora", "budget": "params"}),  # optional: the parameter budget
     "peft-lora": ("lora", dict(SHAPE)),  # reference: PEFT LoRA r=4, alpha 8
 }
 DEFAULT_VARIANTS = ["paper-s1", "paper-s300", "lora"]
