@@ -1,0 +1,480 @@
+"""GPU check (issue 8): ElaLoRA, PEFT LoRA and PEFT AdaLoRA on real hardware, as ONE prepared command.
+
+(a) Median step time and peak memory of the three methods on a DeBERTa-v3-base-sized model built from its
+    config (random weights, no download), bf16 autocast, batch 32 and 64 x sequence 128 and 256; rank rounds
+    inside the timed steps (ElaLoRA and AdaLoRA: t_init 2, delta_t 5), the same batches for every method, the
+    methods alternating step by step (bench/step_time.py's loop).
+(b) One real `run_trial` per method on MiniLM / SST-2 (`device: auto`, so CUDA with bf16 autocast), 100 steps:
+    accuracy and examples/s.
+(c) A 4-trial search on the GPU with two worker processes sharing it (`elalora-auto search --create-only`,
+    then two `elalora-auto worker` processes on its journal file), then the exact trial count and distinct
+    trial numbers.
+
+On a GPU machine (no network needed; sized for well under 5 minutes on one H200, not yet run on one; appends
+the tables with the command, device and date to BENCHMARKS.md, `--no-append` to only print them):
+
+    python bench/gpu_check.py --data-dir ../shared/data/glue
+
+In CI, on CPU with tiny sizes (a tiny DeBERTa-v2, the demo's tiny BERT and synthetic task; seconds; appends
+nothing unless --append-to is given; `--smoke --device cuda` is a quick pre-check on a GPU machine):
+
+    python bench/gpu_check.py --smoke
+
+Targets are printed beside the numbers, not asserted: ElaLoRA step <= 1.05x LoRA (equal average rank) and
+<= AdaLoRA; ElaLoRA peak memory <= 1.05x LoRA. The exit status is 1 when a part failed, the trial count is
+not exact, or the search lost MLflow events (one child run per trial, no tracking warning expected).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import GLUE, ROOT, add_common_args, append_section, sst2_spec, write_json  # noqa: E402
+from step_time import METHODS, build_runs, interleaved, method_params, random_batches, train_step  # noqa: E402
+
+import torch  # noqa: E402
+
+# microsoft/deberta-v3-base's config.json, minus the tokenizer-only fields.
+DEBERTA_V3_BASE: dict[str, Any] = {
+    "vocab_size": 128100, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+    "intermediate_size": 3072, "hidden_act": "gelu", "max_position_embeddings": 512, "type_vocab_size": 0,
+    "relative_attention": True, "max_relative_positions": -1, "position_buckets": 256,
+    "norm_rel_ebd": "layer_norm", "share_att_key": True, "pos_att_type": ["p2c", "c2p"],
+    "position_biased_input": False, "layer_norm_eps": 1e-7, "pooler_hidden_size": 768, "pooler_dropout": 0,
+    "pooler_hidden_act": "gelu", "num_labels": 2,
+}
+STUDY = "gpu-check"
+TRIALS = 4
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Everything that differs between the GPU run and the CPU smoke run."""
+
+    deberta: dict[str, Any]
+    batch_sizes: tuple[int, ...]
+    lengths: tuple[int, ...]
+    warmup: int
+    steps: int  # timed steps per method and shape
+    rank: int
+    trial_steps: int
+    search_steps: int
+    search_timeout_s: int
+    tiny_task: bool  # the demo's tiny BERT and synthetic task instead of MiniLM / SST-2
+    tracking: bool  # MLflow in the search (off in the smoke run: it about triples the workers' time on 2 cores)
+
+
+FULL = Sizes(DEBERTA_V3_BASE, (32, 64), (128, 256), warmup=3, steps=30, rank=8, trial_steps=100,
+             search_steps=100, search_timeout_s=300, tiny_task=False, tracking=True)
+SMOKE = Sizes({**DEBERTA_V3_BASE, "vocab_size": 1000, "hidden_size": 32, "num_hidden_layers": 2,
+               "num_attention_heads": 2, "intermediate_size": 64, "position_buckets": 8, "pooler_hidden_size": 32},
+              (2,), (8, 16), warmup=2, steps=6, rank=2, trial_steps=6, search_steps=4, search_timeout_s=120,
+              tiny_task=True, tracking=False)
+
+
+# ------------------------------------------------------------------------------------------- device helpers
+def cuda(device: torch.device) -> bool:
+    return device.type == "cuda"
+
+
+def allocated(device: torch.device) -> int:
+    return torch.cuda.memory_allocated(device) if cuda(device) else 0
+
+
+def device_note(device: torch.device) -> str:
+    """The accelerator (or CPU), the software and the host load, measured now."""
+    load = os.getloadavg()
+    host = (f"{os.cpu_count()} CPU cores, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}; "
+            f"torch {torch.__version__}, Python {platform.python_version()}")
+    if not cuda(device):
+        return f"CPU only ({platform.processor() or platform.machine()}); {host}"
+    props = torch.cuda.get_device_properties(device)
+    return f"{props.name} ({props.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}; {host}"
+
+
+def gib(n_bytes: float | None) -> str:
+    return "-" if n_bytes is None else f"{n_bytes / 2**30:.2f}"
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+# ------------------------------------------------------------------------------------- (a) step time, memory
+def step_time_rows(sizes: Sizes, device: torch.device) -> list[dict[str, Any]]:
+    """Per (batch, length): the three methods interleaved (rotating order); median time and peak memory.
+
+    Peak memory of a method = its own resident bytes (its copy of the model, adapter, optimizer state and
+    importance statistics, counted as the allocation growth of its build and its own steps) + the largest
+    transient of one of its steps above what was allocated before it (`reset_peak_memory_stats`, then
+    `max_memory_allocated`): what it would peak at alone on the device, although all three stay resident.
+    """
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        base = DebertaV2ForSequenceClassification(DebertaV2Config(**sizes.deberta))
+    dtype = torch.bfloat16
+    rows = []
+    for batch_size in sizes.batch_sizes:
+        for length in sizes.lengths:
+            batches = random_batches(base.config.vocab_size, batch_size, length, count=4, device=device)
+            runs: dict[str, dict[str, Any]] = {}
+            for method, params in method_params(sizes.rank).items():
+                before = allocated(device)
+                runs.update(build_runs(base, {method: params}))
+                runs[method].update(resident=allocated(device) - before, peak=None)
+
+            def one_step(method: str, step: int) -> tuple[float, bool]:
+                run = runs[method]
+                before = allocated(device)
+                if cuda(device):
+                    torch.cuda.reset_peak_memory_stats(device)
+                elapsed, moved = train_step(run, batches[step % len(batches)], step, dtype)
+                if cuda(device):
+                    peak = run["resident"] + torch.cuda.max_memory_allocated(device) - before
+                    run["peak"] = max(run["peak"] or 0, peak)
+                run["resident"] += allocated(device) - before
+                return elapsed, moved
+
+            for method, timed in interleaved(list(METHODS), sizes.warmup, sizes.steps, one_step).items():
+                runs[method].update(timed)
+            for method in METHODS:
+                times = runs[method]["times"]
+                quartiles = statistics.quantiles(times, n=4)
+                rows.append({"batch": batch_size, "length": length, "method": method,
+                             "median_s": statistics.median(times), "p25_s": quartiles[0], "p75_s": quartiles[2],
+                             "peak_bytes": runs[method]["peak"], "timed_steps": len(times),
+                             "rounds_in_timed_steps": runs[method]["rounds"],
+                             "trainable_params_start": runs[method]["params"]})
+                print(f"(a) batch {batch_size} length {length} {method}: {rows[-1]['median_s'] * 1e3:.1f} ms/step, "
+                      f"peak {gib(rows[-1]['peak_bytes'])} GiB, {runs[method]['rounds']} rounds moved rank",
+                      flush=True)
+            del runs, batches
+            gc.collect()
+            if cuda(device):
+                torch.cuda.empty_cache()
+    return rows
+
+
+def step_time_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| batch | length | method | median ms/step | IQR ms | vs LoRA | peak memory GiB | vs LoRA | "
+             "rounds that moved rank / timed steps | targets (ElaLoRA: step <= 1.05x LoRA, <= AdaLoRA; memory "
+             "<= 1.05x LoRA) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        same = {r["method"]: r for r in rows if (r["batch"], r["length"]) == (row["batch"], row["length"])}
+        lora, adalora = same["lora"], same["adalora"]
+        step_ratio = row["median_s"] / lora["median_s"]
+        memory_ratio = row["peak_bytes"] / lora["peak_bytes"] if row["peak_bytes"] and lora["peak_bytes"] else None
+        target = ""
+        if row["method"] == "elalora":
+            versus_adalora = verdict(row["median_s"] <= adalora["median_s"])
+            target = (f"step {verdict(step_ratio <= 1.05)}, vs AdaLoRA {versus_adalora}, "
+                      f"memory {'-' if memory_ratio is None else verdict(memory_ratio <= 1.05)}")
+        lines.append(f"| {row['batch']} | {row['length']} | {row['method']} | {row['median_s'] * 1e3:.1f} | "
+                     f"{row['p25_s'] * 1e3:.1f}-{row['p75_s'] * 1e3:.1f} | {step_ratio:.3f}x | "
+                     f"{gib(row['peak_bytes'])} | {'-' if memory_ratio is None else f'{memory_ratio:.3f}x'} | "
+                     f"{row['rounds_in_timed_steps']} / {row['timed_steps']} | {target} |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ (b) run_trial
+def trial_rows(sizes: Sizes, device: torch.device, data_dir: Path, workdir: Path,
+               demo: Any | None) -> list[dict[str, Any]]:
+    """One run_trial per method: MiniLM / SST-2 with `device: auto`, or the demo's tiny task with --smoke."""
+    from elalora_auto.trial import TrialSpec, run_trial
+
+    rows = []
+    for method, params in method_params(sizes.rank, schedule=None).items():
+        if demo is None:
+            spec = sst2_spec(method, params, seed=0, steps=sizes.trial_steps, glue=data_dir, lr=2e-3)
+            spec.training.device = "auto"
+        else:
+            spec = TrialSpec(task=demo.task, model=demo.model, method=method, params=params, custom=demo.custom)
+            spec.training.max_steps = sizes.trial_steps
+            spec.training.batch_size = 8
+            spec.training.max_length = 24
+            spec.training.learning_rate = 3e-3
+            spec.training.device = device.type
+            spec.data.cache_dir = str(workdir / "cache")
+        if cuda(device):
+            torch.cuda.reset_peak_memory_stats(device)
+        result = run_trial(spec, progress=False)
+        rows.append({"method": method, "params": params, "metric": result.primary_metric, "value": result.primary,
+                     "examples_per_s": result.examples_per_s, "train_time_s": result.train_time_s,
+                     "wall_time_s": result.wall_time_s, "steps": result.steps, "rounds": len(result.rank_history),
+                     "total_rank": sum(result.rank_map.values()), "trainable_params": result.trainable_params,
+                     "peak_bytes": torch.cuda.max_memory_allocated(device) if cuda(device) else None,
+                     "device": spec.training.device, "bf16": spec.training.bf16})
+        print(f"(b) {method}: {result.primary_metric} {result.primary:.4f}, {result.examples_per_s:.0f} examples/s, "
+              f"{len(result.rank_history)} rank rounds, {result.wall_time_s:.1f} s", flush=True)
+    return rows
+
+
+def trial_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| method | metric | value | examples/s (training) | train s | rank rounds | total rank at end | "
+             "trainable params | peak memory GiB |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['method']} | {row['metric']} | {row['value']:.4f} | {row['examples_per_s']:.0f} | "
+                     f"{row['train_time_s']:.1f} | {row['rounds']} | {row['total_rank']} | "
+                     f"{row['trainable_params']:,} | {gib(row['peak_bytes'])} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- (c) search
+def search_phases(search: list[str], worker: list[str]) -> list[list[list[str]]]:
+    """The processes that run the study, in phases: those of one phase side by side, phase after phase.
+
+    Today `search --create-only` makes the study, then two `worker` processes share it. Once
+    `search --workers N` exists this is the one line to change: `return [[search + ["--workers", "2"]]]`.
+    """
+    return [[search + ["--create-only"]], [worker, worker]]
+
+
+def run_phases(phases: list[list[list[str]]], logdir: Path, timeout_s: int) -> list[int]:
+    """Every process's exit code (-9: killed at the timeout), each logging to logdir/<n>.log; a phase with a
+    failed process ends the run."""
+    deadline = time.monotonic() + timeout_s
+    codes: list[int] = []
+    for phase in phases:
+        procs = []
+        for command in phase:
+            log = open(logdir / f"{len(codes) + len(procs)}.log", "w")
+            procs.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), log))
+        for proc, log in procs:
+            try:
+                codes.append(proc.wait(timeout=max(1.0, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes.append(proc.wait())
+            log.close()
+        if any(codes):
+            break
+    return codes
+
+
+def search_check(sizes: Sizes, device: torch.device, data_dir: Path, workdir: Path, demo: Any | None,
+                 smoke_config: Path | None) -> dict[str, Any]:
+    """The study through the CLI as a user runs it, then the exact count read back from its journal file."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    storage = workdir / "optuna-journal.log"
+    tracking_uri = f"sqlite:///{workdir / 'mlflow.db'}" if sizes.tracking else None
+    cli = [sys.executable, "-m", "elalora_auto.cli"]
+    where = ["--study", STUDY, "--storage", str(storage), "--workdir", str(workdir), "--device", device.type,
+             "--quiet", *(["--tracking-uri", tracking_uri] if tracking_uri else ["--no-tracking"])]
+    config = ["--config", str(smoke_config)] if smoke_config else ["--config", "sst2-minilm", "--data-dir",
+                                                                     str(data_dir)]
+    search = [*cli, "search", *config, "--trials", str(TRIALS), "--max-steps", str(sizes.search_steps), *where]
+    logs = workdir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    codes = run_phases(search_phases(search, [*cli, "worker", *where]), logs, sizes.search_timeout_s)
+    elapsed = time.perf_counter() - start
+    for n, code in enumerate(codes):
+        log = (logs / f"{n}.log").read_text()
+        if code:
+            print(f"(c) process {n} exited {code}; its log:\n{log[-3000:]}", flush=True)
+        for line in [line for line in log.splitlines() if "MLflow tracking skipped" in line][:3]:
+            print(f"(c) process {n}: {line}", flush=True)
+    study = optuna.load_study(study_name=STUDY, storage=JournalStorage(JournalFileBackend(str(storage))))
+    trials = study.get_trials(deepcopy=False)
+    numbers = sorted(t.number for t in trials)
+    workers = Counter(str(t.user_attrs.get("worker", "?")) for t in trials)
+    return {
+        "exit_codes": codes, "elapsed_s": elapsed, "numbers": numbers,
+        "exact": numbers == list(range(TRIALS)) and not any(codes),
+        "mlflow_trial_runs": None if tracking_uri is None else mlflow_trial_runs(tracking_uri),
+        # the tracker swallows its failures by design (a warning per lost event): count them in the logs
+        "tracking_skipped": sum(path.read_text().count("MLflow tracking skipped") for path in logs.glob("*.log")),
+        "states": dict(Counter(t.state.name for t in trials)), "workers": dict(workers),
+        "trials": [{"number": t.number, "state": t.state.name, "worker": t.user_attrs.get("worker"),
+                    "primary": t.user_attrs.get("primary"), "trainable_params": t.user_attrs.get("trainable_params"),
+                    "wall_time_s": t.user_attrs.get("wall_time_s"),
+                    "reason": t.user_attrs.get("fail_reason") or t.user_attrs.get("prune_reason")}
+                   for t in sorted(trials, key=lambda t: t.number)],
+    }
+
+
+def mlflow_trial_runs(tracking_uri: str) -> list[int]:
+    """The trial numbers of the study's MLflow child runs (one per trial expected), as the tracker tags them."""
+    from mlflow import MlflowClient
+
+    from elalora_auto.tracking import TAG_ROLE, TAG_STUDY, TAG_TRIAL
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(STUDY)
+    if experiment is None:
+        return []
+    runs = client.search_runs([experiment.experiment_id],
+                              filter_string=f"tags.`{TAG_STUDY}` = '{STUDY}' and tags.`{TAG_ROLE}` = 'trial'")
+    return sorted(int(run.data.tags[TAG_TRIAL]) for run in runs)
+
+
+def count_line(result: dict[str, Any]) -> str:
+    states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(result["states"].items()))
+    shares = ", ".join(f"{worker} ran {n}" for worker, n in sorted(result["workers"].items()))
+    head = (f"search: exactly {TRIALS} trials, numbers {result['numbers']} distinct" if result["exact"] else
+            f"search: WRONG trial count: numbers {result['numbers']}, expected 0..{TRIALS - 1}; exit codes "
+            f"{result['exit_codes']}")
+    runs, skipped = result["mlflow_trial_runs"], result["tracking_skipped"]
+    tracked = "MLflow off" if runs is None else (
+        f"MLflow child runs for trials {runs}"
+        + ("" if runs == list(range(TRIALS)) else f" (MISSED: expected one per trial 0..{TRIALS - 1})")
+        + (f", {skipped} tracking events skipped (MISSED; see the workers' warnings)" if skipped else ""))
+    return f"{head} ({states}; {len(result['workers'])} workers: {shares}; {tracked}; {result['elapsed_s']:.0f} s)"
+
+
+def search_table(result: dict[str, Any]) -> str:
+    lines = ["| trial | state | worker | metric | trainable params | wall s | reason |",
+             "|---|---|---|---|---|---|---|"]
+    for t in result["trials"]:
+        metric = "-" if t["primary"] is None else f"{t['primary']:.4f}"
+        params = "-" if t["trainable_params"] is None else f"{t['trainable_params']:,}"
+        lines.append(f"| {t['number']} | {t['state'].lower()} | {t['worker']} | {metric} | {params} | "
+                     f"{t['wall_time_s'] or '-'} | {t['reason'] or ''} |")
+    return "\n".join(lines + ["", count_line(result)])
+
+
+# -------------------------------------------------------------------------------------------------- main
+def data_problem(data_dir: Path) -> str | None:
+    """Why SST-2 cannot be read from `data_dir` (the library's own message), or None."""
+    from elalora_auto.errors import UserError
+    from elalora_auto.tasks import get_task, load_task_data
+
+    try:
+        load_task_data(get_task("sst2"), data_dir=data_dir, max_train_samples=1, max_eval_samples=1)
+    except UserError as exc:
+        return str(exc)
+    return None
+
+
+def smoke_study(workdir: Path) -> tuple[Any, Path]:
+    """The demo's tiny model and task (built under `workdir`) and a study file on them for the CLI."""
+    import yaml
+
+    from elalora_auto.demo import demo_settings
+
+    demo = demo_settings(workdir / "demo", trials=TRIALS, tracking=False)
+    config = workdir / "smoke-study.yaml"
+    config.write_text(yaml.safe_dump({**demo.to_dict(), "study": STUDY, "eval_every": 2, "batch_size": 8,
+                                      "max_length": 24}))
+    return demo, config
+
+
+def titles(sizes: Sizes, device: torch.device, tiny_task: bool) -> dict[str, str]:
+    """Each part's heading: what was measured, in enough detail to read the table alone."""
+    deberta = sizes.deberta
+    task = "the demo's tiny BERT on its synthetic task" if tiny_task else "MiniLM-L6 on SST-2"
+    bf16 = cuda(device) and torch.cuda.is_bf16_supported()  # what run_trial's bf16 "auto" picks
+    return {
+        "a": (f"(a) Step time and peak memory: DeBERTa-v3-base-sized model ({deberta['num_hidden_layers']} layers, "
+              f"hidden {deberta['hidden_size']}, vocab {deberta['vocab_size']}; random weights), bf16 autocast, "
+              f"AdamW, {sizes.warmup} untimed + {sizes.steps} timed steps per method and shape, methods "
+              f"alternating (rotating order) on the same 4 batches; LoRA and ElaLoRA rank {sizes.rank} (ElaLoRA "
+              f"b 4, k 2), AdaLoRA {sizes.rank} -> {max(1, sizes.rank // 2)}; t_init 2, delta_t 5 of a 200-step "
+              "schedule"),
+        "b": (f"(b) run_trial on {device.type} (training.device {device.type if tiny_task else 'auto'}, bf16 "
+              f"auto: {'bf16 autocast' if bf16 else 'float32'}): {task}, {sizes.trial_steps} steps, rank "
+              f"{sizes.rank}, schedule from the run length"),
+        "c": (f"(c) {TRIALS}-trial search, two worker processes sharing one {device.type} device: {task}, "
+              f"{sizes.search_steps} steps per trial"),
+    }
+
+
+def run_parts(args: argparse.Namespace, sizes: Sizes, device: torch.device, workdir: Path,
+              payload: dict[str, Any], failures: list[str]) -> str:
+    """The chosen parts as markdown sections; a crashed part is reported (traceback printed) and the next runs,
+    so one GPU session always yields the whole picture."""
+    needs_data = bool({"b", "c"} & set(args.parts))
+    demo, config = smoke_study(workdir) if sizes.tiny_task and needs_data else (None, None)
+    skip = data_problem(args.data_dir) if needs_data and demo is None else None
+
+    def step_time() -> str:
+        payload["step_time"] = step_time_rows(sizes, device)
+        return step_time_table(payload["step_time"])
+
+    def trials() -> str:
+        payload["trials"] = trial_rows(sizes, device, args.data_dir, workdir, demo)
+        return trial_table(payload["trials"])
+
+    def search() -> str:
+        result = payload["search"] = search_check(sizes, device, args.data_dir, workdir / "search", demo, config)
+        if not result["exact"]:
+            failures.append("(c) trial count")
+        if result["mlflow_trial_runs"] not in (None, list(range(TRIALS))) or result["tracking_skipped"]:
+            failures.append("(c) MLflow tracking")
+        return search_table(result)
+
+    parts: dict[str, Callable[[], str]] = {"a": step_time, "b": trials, "c": search}
+    sections = []
+    for key in args.parts:
+        if key in ("b", "c") and skip:
+            text = f"skipped: SST-2 not readable from {args.data_dir} ({skip}); pass --data-dir"
+        else:
+            start = time.perf_counter()
+            try:
+                text = parts[key]()
+            except Exception as exc:  # a benchmark reports a crash as its result and goes on with the next part
+                traceback.print_exc()
+                failures.append(f"({key}) {parts[key].__name__}")
+                text = f"FAILED: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            print(f"({key}) took {time.perf_counter() - start:.0f} s", flush=True)
+        sections.append(f"### {titles(sizes, device, demo is not None)[key]}\n\n{text}")
+    return "\n\n".join(sections)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="CPU-sized: tiny models, a few steps (CI)")
+    parser.add_argument("--device", choices=["cuda", "cpu"], default=None,
+                        help="default cuda (refused without CUDA); cpu with --smoke")
+    parser.add_argument("--data-dir", type=Path, default=GLUE, help="GLUE folder holding SST-2/ (parts b and c)")
+    parser.add_argument("--parts", nargs="+", choices=["a", "b", "c"], default=["a", "b", "c"])
+    parser.add_argument("--no-append", action="store_true", help="full run: print only, do not append")
+    add_common_args(parser)
+    args = parser.parse_args()
+    device = torch.device(args.device or ("cpu" if args.smoke else "cuda"))
+    if cuda(device) and not torch.cuda.is_available():
+        raise SystemExit("error: CUDA is not available here; run on a GPU machine, or add --smoke (CPU, tiny sizes)")
+    if args.append_to is None and not args.smoke and not args.no_append:
+        args.append_to = ROOT / "BENCHMARKS.md"
+    torch.set_num_threads(args.threads)
+    sizes = SMOKE if args.smoke else FULL
+    before = device_note(device)
+    print(f"gpu_check{' --smoke' if args.smoke else ''} on {before}", flush=True)
+
+    payload: dict[str, Any] = {}
+    failures: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
+        text = run_parts(args, sizes, device, Path(tmp), payload, failures)
+    after = device_note(device)
+    write_json("gpu_check_smoke" if args.smoke else "gpu_check",
+               {"args": vars(args), "machine_before": before, "machine_after": after, **payload})
+    print("\n" + text)
+    if failures:
+        print(f"\nfailed: {', '.join(failures)}")
+    append_section(args.append_to, f"GPU check (bench/gpu_check.py{' --smoke' if args.smoke else ''}): "
+                   f"{before.split(';')[0]}", text, before, after)
+    if args.append_to is not None:
+        print(f"appended to {args.append_to}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
