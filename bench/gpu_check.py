@@ -31,7 +31,6 @@ import argparse
 import gc
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,7 +43,8 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import GLUE, ROOT, add_common_args, append_section, sst2_spec, write_json  # noqa: E402
-from step_time import METHODS, build_runs, interleaved, method_params, random_batches, train_step  # noqa: E402
+from step_time import (  # noqa: E402
+    METHODS, build_runs, interleaved, method_params, random_batches, spread, train_step)
 
 import torch  # noqa: E402
 
@@ -155,9 +155,7 @@ def step_time_rows(sizes: Sizes, device: torch.device) -> list[dict[str, Any]]:
                 runs[method].update(timed)
             for method in METHODS:
                 times = runs[method]["times"]
-                quartiles = statistics.quantiles(times, n=4)
-                rows.append({"batch": batch_size, "length": length, "method": method,
-                             "median_s": statistics.median(times), "p25_s": quartiles[0], "p75_s": quartiles[2],
+                rows.append({"batch": batch_size, "length": length, "method": method, **spread(times),
                              "peak_bytes": runs[method]["peak"], "timed_steps": len(times),
                              "rounds_in_timed_steps": runs[method]["rounds"],
                              "trainable_params_start": runs[method]["params"]})

@@ -117,6 +117,12 @@ def interleaved(methods: list[str], warmup: int, steps: int,
     return timed
 
 
+def spread(times: list[float]) -> dict[str, float]:
+    """Median and quartiles of the step times (the IQR shows how noisy the machine was)."""
+    quartiles = statistics.quantiles(times, n=4)
+    return {"median_s": statistics.median(times), "p25_s": quartiles[0], "p75_s": quartiles[2]}
+
+
 def measure(model_name: str, steps: int, warmup: int, batch_size: int, length: int, r: int) -> list[dict[str, Any]]:
     """Median s/step per method, the methods interleaved step by step with a rotating order."""
     base = base_model(model_name)
@@ -130,8 +136,7 @@ def measure(model_name: str, steps: int, warmup: int, batch_size: int, length: i
     for method in METHODS:
         times = runs[method]["times"]
         median = statistics.median(times)
-        rows.append({"model": model_name, "method": method, "median_s": median, "ratio_to_lora": median / lora,
-                     "p25_s": statistics.quantiles(times, n=4)[0], "p75_s": statistics.quantiles(times, n=4)[2],
+        rows.append({"model": model_name, "method": method, **spread(times), "ratio_to_lora": median / lora,
                      "timed_steps": len(times), "rounds_in_timed_steps": runs[method]["rounds"],
                      "trainable_params_start": runs[method]["params"],
                      "matrices": len(runs[method]["adapter"].rank_map())})
