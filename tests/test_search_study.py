@@ -226,7 +226,12 @@ def test_a_killed_search_resumes_with_its_running_trial_requeued(study_file: Pat
     proc = subprocess.Popen([sys.executable, "-m", "elalora_auto.cli", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
     journal, deadline = tmp_path / "runs" / "optuna-journal.log", time.monotonic() + 120
-    while time.monotonic() < deadline and b'"worker"' not in (journal.read_bytes() if journal.exists() else b""):
+    cache = tmp_path / "runs" / "cache"  # written by the trial's setup: its parameters are all in the journal by then
+
+    def training() -> bool:
+        return b'"worker"' in (journal.read_bytes() if journal.exists() else b"") and any(cache.glob("tok-*"))
+
+    while time.monotonic() < deadline and not training():
         time.sleep(0.5)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

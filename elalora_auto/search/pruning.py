@@ -1,16 +1,18 @@
-"""Pruning (`PruningRule`). Optuna cannot prune multi-objective studies (`report`/`should_prune` raise), so the
-default Pareto mode uses this rule over the primary metric at each periodic evaluation, stored per trial as
-the user attr "intermediate" ({step: value}):
+"""Pruning: the baseline rule and the median rule, in both objective modes.
+
+Optuna cannot prune multi-objective studies (`report`/`should_prune` raise), so the default Pareto mode runs
+the rules here (`PruningRule`) over the primary metric at each periodic evaluation, stored per trial as the user
+attr "intermediate" ({step: value}); the single-objective mode runs them as an Optuna pruner.
 1. Baseline rule (both modes): a trial whose metric stays within two standard errors of the majority-class
    baseline (the metric of always predicting the most frequent eval label; 0.02 for non-accuracy metrics)
    for `baseline_patience` consecutive evaluations has learned nothing and is stopped.
 2. Median rule: after `n_warmup_evals` evaluations of the trial, and once `n_startup_trials` comparable complete
-   trials have a value at the same step, a trial below their median is stopped. In single-objective mode both rules are
-   one Optuna pruner (`BaselineMedianPruner`, reached through trial.report / should_prune; its median part is
-   Optuna's MedianPruner), every complete trial being comparable. In Pareto mode the same rule runs here over the stored intermediate values, and only complete
-   trials that are NO LARGER (trainable parameters) than this one are comparable: a trial is stopped only when
-   smaller trials already do better at this point, i.e. when it is on its way to being dominated. A small trial
-   that is weaker than bigger ones may still land on the front's low-cost end, so it is never stopped for that.
+   trials have a value at the same step, a trial below their median is stopped. In single-objective mode both
+   rules are one Optuna pruner (`BaselineMedianPruner`, reached through trial.report / should_prune; its median
+   part is Optuna's MedianPruner), every complete trial being comparable. In Pareto mode only complete trials
+   that are NO LARGER (trainable parameters) than this one are comparable: a trial is stopped only when smaller
+   trials already do better at this point, i.e. when it is on its way to being dominated. A small trial that is
+   weaker than bigger ones may still land on the front's low-cost end, so it is never stopped for that.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 Trial budget: `--trials N` means the study ends with N trials in it (complete, pruned or failed; a trial
 re-queued after its worker died counts once, one stopped by Ctrl-C not at all). Optuna's MaxTrialsCallback
-counts only finished trials after each one, which lets parallel workers overshoot; hence the count below. Every worker counts the study's trials, running and waiting ones
-included, before it starts another, so resuming, or adding workers, never runs more than N.
+counts only finished trials after each one, which lets parallel workers overshoot; hence `counted_trials`:
+every worker counts the study's trials, running and waiting ones included, before it starts another, so
+resuming, or adding workers, never runs more than N.
 """
 
 from __future__ import annotations
