@@ -168,10 +168,14 @@ def _reject_unknown(data: dict[str, Any], known: set[str], prefix: str) -> None:
 
 @dataclass
 class TrialResult:
+    """What a trial ended with, whatever the ending: `state` COMPLETE, PRUNED or FAIL and, unless complete, the
+    `reason`. A pruned or failed trial keeps what it had reached (ranks, size, evaluations, timings); fields it
+    never reached are None (a trial that failed before its adapter was built has no size)."""
+
     metrics: dict[str, float]
-    primary: float
-    primary_metric: str
-    trainable_params: int
+    primary: float | None  # the last evaluation's primary metric; None before the first evaluation
+    primary_metric: str | None
+    trainable_params: int | None
     rank_map: dict[str, int]
     rank_history: list[dict[str, Any]]
     eval_history: list[dict[str, Any]]
@@ -181,8 +185,20 @@ class TrialResult:
     train_time_s: float  # optimizer steps only
     eval_time_s: float
     examples_per_s: float
-    steps: int
-    status: str = "COMPLETE"
+    steps: int  # planned optimizer steps (0 when the trial failed before sizing its run)
+    steps_done: int = 0  # optimizer steps taken: fewer than `steps` when pruned or failed
+    intermediate_values: dict[int, float] = field(default_factory=dict)  # step -> primary, what the pruner saw
+    device: str | None = None  # "cpu" or the CUDA device name (torch.cuda.get_device_name)
+    # torch.cuda.max_memory_allocated during the trial, in MiB; None on CPU, where the only cheap figure (the
+    # process's max RSS) also counts every earlier trial of the same worker process
+    peak_memory_mb: float | None = None
+    state: str = "COMPLETE"
+    reason: str | None = None
+
+    @property
+    def status(self) -> str:
+        """The older name of `state` (bench scripts read it)."""
+        return self.state
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -8,7 +8,6 @@ Trainer costs setup time per trial that a search pays hundreds of times (measure
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from torch import nn
 from elalora_auto.errors import UserError
 from elalora_auto.events import Event, Listener, emit
 from elalora_auto.spec import DataSettings, TrainingSettings, TrialResult, TrialSpec, total_steps
+from elalora_auto.trial_output import device_name, ending_of, finish_trial, peak_memory_mb, write_trial_output
 
 __all__ = ["DataSettings", "NonFiniteLossError", "TrainingSettings", "TrialResult", "TrialSpec", "run_trial",
            "setup_trial", "train_loop", "evaluate_step", "write_trial_output", "total_steps", "load_base_model",
@@ -212,13 +212,19 @@ class TrialSetup:
 
 @dataclass
 class LoopOutcome:
-    """What the loop measured: the last metrics and the histories and timings for the TrialResult."""
+    """What the loop measured so far: the last metrics, the histories and timings for the TrialResult.
+
+    The caller owns it, so what a pruned or failed loop had reached is still there for the trial's ending.
+    """
 
     metrics: dict[str, float] = field(default_factory=dict)
     eval_history: list[dict[str, Any]] = field(default_factory=list)
     loss_history: list[dict[str, float]] = field(default_factory=list)
     examples: int = 0
     eval_time_s: float = 0.0
+    steps_done: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    setup_time_s: float = 0.0
 
 
 def setup_trial(spec: TrialSpec, adapter_factory: AdapterFactory | None = None) -> TrialSetup:
@@ -231,6 +237,8 @@ def setup_trial(spec: TrialSpec, adapter_factory: AdapterFactory | None = None) 
     tr, ds = spec.training, spec.data
     set_seed(tr.seed)
     device, dtype = _device_and_dtype(tr)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # the trial's own peak (TrialResult.peak_memory_mb)
     task = resolve_task(spec.task, spec.custom)
     data = load_task_data(task, data_dir=ds.data_dir, max_train_samples=ds.max_train_samples,
                           max_eval_samples=ds.max_eval_samples, validation_fraction=ds.validation_fraction,
@@ -291,17 +299,21 @@ def evaluate_step(setup: TrialSetup, step: int, out: LoopOutcome, eval_batch_siz
 
 
 def train_loop(spec: TrialSpec, setup: TrialSetup, reporter: Reporter | None, listeners: list[Listener],
-               progress: bool) -> LoopOutcome:
-    """The optimizer steps, with rank rounds, periodic logs and evaluations (the last step always evaluates)."""
+               progress: bool, out: LoopOutcome | None = None) -> LoopOutcome:
+    """The optimizer steps, with rank rounds, periodic logs and evaluations (the last step always evaluates).
+
+    Measurements go into `out` (a fresh LoopOutcome when None) as they happen, so they survive an exception.
+    """
     from tqdm.auto import tqdm
 
     tr, adapter, last = spec.training, setup.adapter, setup.total_steps
     batches = iter(_infinite(setup.data.train, tr.batch_size, setup.collate, tr.seed))
-    out = LoopOutcome()
+    out = LoopOutcome() if out is None else out
     with tqdm(total=last, disable=not progress, desc=f"{spec.method} {spec.task}", leave=False) as bar:
         for step in range(1, last + 1):
             loss, examples, record = _optimizer_step(setup, batches, tr.grad_accum, step)
             out.examples += examples
+            out.steps_done = step
             bar.update(1)
             if record is not None:
                 emit(listeners, Event("round", step, {"record": record, "rank_map": adapter.rank_map()}))
@@ -327,39 +339,49 @@ def run_trial(
     adapter_factory: AdapterFactory | None = None,
 ) -> TrialResult:
     """Fine-tune `spec.model` with a fresh adapter on a copy of the cached base model and evaluate it:
-    `setup_trial`, `train_loop` (which evaluates), then the result and `write_trial_output`.
+    `setup_trial`, `train_loop` (which evaluates), then the ending (`trial_output.finish_trial`).
 
-    `reporter(step, primary, trainable_params)` runs after each periodic eval and may raise optuna.TrialPruned
-    (propagated); the size lets a Pareto-mode pruning rule compare a trial only with trials no larger than it.
+    Every ending is written and emitted (`trial_end`) before the trial returns or re-raises: complete, pruned
+    (`reporter(step, primary, trainable_params)` runs after each periodic eval and may raise optuna.TrialPruned,
+    which propagates) and failed (the exception propagates). A KeyboardInterrupt is not an ending: nothing is
+    written. The size lets a Pareto-mode pruning rule compare a trial only with trials no larger than it.
     `adapter_factory` replaces `adapters.build_adapter` (same arguments), e.g. to keep the adapter it builds.
     """
     listeners = list(listeners)
-    t_start = time.perf_counter()
-    setup = setup_trial(spec, adapter_factory)
-    adapter = setup.adapter
-    emit(listeners, Event("trial_start", 0, {"spec": spec.to_dict(), "trainable_params": adapter.num_trainable_parameters(),
-                                            "rank_map": adapter.rank_map()}))
-    setup_time = time.perf_counter() - t_start
-    t_train = time.perf_counter()
-    out = train_loop(spec, setup, reporter, listeners, progress)
-    train_time = time.perf_counter() - t_train - out.eval_time_s
-    result = TrialResult(
-        metrics=out.metrics, primary=out.metrics[setup.primary_key], primary_metric=setup.primary_key,
-        trainable_params=adapter.num_trainable_parameters(), rank_map=adapter.rank_map(),
-        rank_history=list(adapter.round_history), eval_history=out.eval_history,
-        train_loss_history=out.loss_history, wall_time_s=time.perf_counter() - t_start, setup_time_s=setup_time,
-        train_time_s=train_time, eval_time_s=out.eval_time_s,
-        examples_per_s=out.examples / train_time if train_time > 0 else 0.0, steps=setup.total_steps,
-    )
-    if output_dir is not None:
-        write_trial_output(Path(output_dir), spec, result, adapter)
-    emit(listeners, Event("trial_end", setup.total_steps, {"result": result.to_dict()}))
+    out, setup = LoopOutcome(), None
+    try:
+        setup = setup_trial(spec, adapter_factory)
+        emit(listeners, Event("trial_start", 0, {"spec": spec.to_dict(),
+                                                "trainable_params": setup.adapter.num_trainable_parameters(),
+                                                "rank_map": setup.adapter.rank_map()}))
+        out.setup_time_s = time.perf_counter() - out.started
+        train_loop(spec, setup, reporter, listeners, progress, out)
+    except Exception as exc:
+        result = _result(setup, out, *ending_of(exc))
+        finish_trial(spec, result, setup and setup.adapter, output_dir, listeners, failing=exc)
+        raise
+    result = _result(setup, out, "COMPLETE", None)
+    finish_trial(spec, result, setup.adapter, output_dir, listeners)
     return result
 
 
-def write_trial_output(out: Path, spec: TrialSpec, result: TrialResult, adapter: Any) -> None:
-    """output_dir/adapter/ (stock PEFT LoRA), config.yaml (re-runnable spec) and result.json."""
-    out.mkdir(parents=True, exist_ok=True)
-    adapter.export_lora(out / "adapter", base_model_name_or_path=spec.model)
-    spec.to_yaml(out / "config.yaml")
-    (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
+def _result(setup: TrialSetup | None, out: LoopOutcome, state: str, reason: str | None) -> TrialResult:
+    """The TrialResult of whatever the trial reached; `setup` is None when it failed while setting up."""
+    wall = time.perf_counter() - out.started
+    if setup is None:
+        return TrialResult(metrics={}, primary=None, primary_metric=None, trainable_params=None, rank_map={},
+                           rank_history=[], eval_history=[], train_loss_history=[], wall_time_s=wall,
+                           setup_time_s=wall, train_time_s=0.0, eval_time_s=0.0, examples_per_s=0.0, steps=0,
+                           state=state, reason=reason)
+    adapter, key = setup.adapter, setup.primary_key
+    train_time = wall - out.setup_time_s - out.eval_time_s
+    return TrialResult(
+        metrics=out.metrics, primary=out.metrics.get(key), primary_metric=key,
+        trainable_params=adapter.num_trainable_parameters(), rank_map=adapter.rank_map(),
+        rank_history=list(adapter.round_history), eval_history=out.eval_history,
+        train_loss_history=out.loss_history, wall_time_s=wall, setup_time_s=out.setup_time_s,
+        train_time_s=train_time, eval_time_s=out.eval_time_s,
+        examples_per_s=out.examples / train_time if train_time > 0 else 0.0, steps=setup.total_steps,
+        steps_done=out.steps_done, intermediate_values={e["step"]: e["metrics"][key] for e in out.eval_history},
+        device=device_name(setup.device), peak_memory_mb=peak_memory_mb(setup.device), state=state, reason=reason,
+    )

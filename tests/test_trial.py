@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -61,7 +62,9 @@ def test_each_method_completes_with_sane_result(tiny_model_dir, sst2_dir, tmp_pa
     spec = tiny_spec(tiny_model_dir, sst2_dir, method, eval_every=6)
     result = run_trial(spec, listeners=[events.append], output_dir=tmp_path / "out", progress=False)
 
-    assert result.status == "COMPLETE" and result.steps == 12
+    assert result.state == "COMPLETE" and result.reason is None and result.steps == result.steps_done == 12
+    assert result.device == "cpu" and result.peak_memory_mb is None and result.examples_per_s > 0
+    assert result.intermediate_values == {e["step"]: e["metrics"]["accuracy"] for e in result.eval_history}
     assert result.metrics and all(0.0 <= v <= 1.0 and math.isfinite(v) for v in result.metrics.values())
     assert result.primary == result.metrics["accuracy"]
     assert result.trainable_params > 0
@@ -70,6 +73,8 @@ def test_each_method_completes_with_sane_result(tiny_model_dir, sst2_dir, tmp_pa
     assert kinds[0] == "trial_start" and kinds[-1] == "trial_end" and kinds.count("eval") == 2
     assert events[-1].data["result"]["trainable_params"] == result.trainable_params
     assert (tmp_path / "out" / "adapter" / "adapter_config.json").is_file()
+    assert (tmp_path / "out" / "rank_heatmap.png").is_file()
+    assert json.loads((tmp_path / "out" / "result.json").read_text())["state"] == "COMPLETE"
     assert TrialSpec.from_yaml(tmp_path / "out" / "config.yaml") == spec
     if method == "elalora":
         # ElaLoRA prunes and grows in equal numbers: the total rank stays r_init x number of matrices.
@@ -95,25 +100,60 @@ def test_trainable_params_match_the_adapter(tiny_model_dir, sst2_dir):
     assert result.trainable_params == sum(p.numel() for p in adapter.model.parameters() if p.requires_grad) > 0
 
 
-def test_reporter_pruning_propagates_and_stops_events(tiny_model_dir, sst2_dir):
+def _folder(out: Path) -> dict:
+    return json.loads((out / "result.json").read_text())
+
+
+def test_pruned_trial_propagates_and_still_writes_its_ending(tiny_model_dir, sst2_dir, tmp_path):
+    """Pruning stops the loop, yet the folder and the trial_end event carry what the trial had reached."""
     events: list[Event] = []
     calls = []
 
     def reporter(step: int, value: float, size: int) -> None:
         calls.append((step, value))
-        raise optuna.TrialPruned()
+        if step == 8:
+            raise optuna.TrialPruned("below the median at step 8")
 
-    with pytest.raises(optuna.TrialPruned):
-        run_trial(tiny_spec(tiny_model_dir, sst2_dir, "lora", eval_every=4), reporter=reporter,
-                  listeners=[events.append], progress=False)
-    assert calls[0][0] == 4 and 0.0 <= calls[0][1] <= 1.0
-    assert [e.kind for e in events].count("trial_end") == 0 and events[-1].kind == "eval"
+    out = tmp_path / "pruned"
+    spec = tiny_spec(tiny_model_dir, sst2_dir, "elalora", eval_every=4)
+    with pytest.raises(optuna.TrialPruned, match="median"):
+        run_trial(spec, reporter=reporter, listeners=[events.append], output_dir=out, progress=False)
+    assert [step for step, _ in calls] == [4, 8]
+    assert [e.kind for e in events][-2:] == ["eval", "trial_end"]
+    sent = events[-1].data
+    assert sent["output_dir"] == str(out) and events[-1].step == 8
+    written = _folder(out)
+    for result in (written, sent["result"]):
+        assert result["state"] == "PRUNED" and result["reason"] == "below the median at step 8"
+        assert result["steps_done"] == 8 and result["steps"] == 12 and result["trainable_params"] > 0
+        assert result["rank_map"] and result["device"] == "cpu" and result["peak_memory_mb"] is None
+        assert result["primary"] == calls[-1][1]
+    assert written["intermediate_values"] == {"4": calls[0][1], "8": calls[1][1]}
+    assert json.loads((out / "rank_map.json").read_text()) == written["rank_map"]
+    assert (out / "rank_heatmap.png").stat().st_size > 1000 and TrialSpec.from_yaml(out / "config.yaml") == spec
+    assert not (out / "adapter").exists()  # adapters are kept for complete trials only
 
 
-def test_nan_loss_raises_non_finite_error(tiny_model_dir, sst2_dir):
+def test_failed_trials_write_their_ending_at_any_point(tiny_model_dir, sst2_dir, tmp_path):
+    """Divergence mid-run keeps the ranks and size; a bad config fails before any adapter: result.json only."""
+    events: list[Event] = []
+    diverged = tmp_path / "nan"
     with pytest.raises(NonFiniteLossError, match="step"):
         run_trial(tiny_spec(tiny_model_dir, sst2_dir, "lora", learning_rate=1e30, warmup_ratio=0.0),
-                  progress=False)
+                  listeners=[events.append], output_dir=diverged, progress=False)
+    result = _folder(diverged)
+    assert result["state"] == "FAIL" and result["reason"].startswith("NonFiniteLossError: non-finite")
+    assert result["trainable_params"] > 0 and result["rank_map"] and result["primary"] is None
+    assert events[-1].kind == "trial_end" and events[-1].data["result"]["state"] == "FAIL"
+    assert (diverged / "rank_heatmap.png").is_file() and not (diverged / "adapter").exists()
+
+    early = tmp_path / "bad"
+    with pytest.raises(UserError, match="device"):
+        run_trial(tiny_spec(tiny_model_dir, sst2_dir, "lora", device="tpu"), output_dir=early, progress=False)
+    result = _folder(early)
+    assert result["state"] == "FAIL" and "training.device='tpu'" in result["reason"]
+    assert result["trainable_params"] is None and result["rank_map"] == {} and result["device"] is None
+    assert sorted(p.name for p in early.iterdir()) == ["config.yaml", "result.json"]
 
 
 def test_cached_base_model_stays_bit_identical(tiny_model_dir, sst2_dir):
