@@ -188,6 +188,8 @@ class TrialResult:
     steps: int  # planned optimizer steps (0 when the trial failed before sizing its run)
     steps_done: int = 0  # optimizer steps taken: fewer than `steps` when pruned or failed
     intermediate_values: dict[int, float] = field(default_factory=dict)  # step -> primary, what the pruner saw
+    # [{step, rank_map}]: the ranks at the start (step 0) and after each round that moved one
+    rank_evolution: list[dict[str, Any]] = field(default_factory=list)
     device: str | None = None  # "cpu" or the CUDA device name (torch.cuda.get_device_name)
     # torch.cuda.max_memory_allocated during the trial, in MiB; None on CPU, where the only cheap figure (the
     # process's max RSS) also counts every earlier trial of the same worker process

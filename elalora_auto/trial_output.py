@@ -8,6 +8,7 @@ ending leaves the same record, so a pruned trial is as visible as a complete one
                      trainable_params, rank_map, rank_history, timings, device, memory
   rank_map.json      the ranks when the trial ended (the final ones, or where a       once the adapter exists
   rank_heatmap.png   pruned/failed trial stopped)
+  rank_evolution.png each matrix's rank against the step                            once a round moved a rank
   adapter/           stock PEFT LoRA (the adapter's export_lora)                      COMPLETE only
 
 Adapters are kept for complete trials only: a pruned or failed one was stopped before its schedule ended (its
@@ -52,6 +53,14 @@ def peak_memory_mb(device: Any) -> float | None:
     return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
 
 
+def evolution_points(result: dict[str, Any]) -> list[tuple[int, dict[str, int]]]:
+    """[(step, rank_map)] of a result dict (as in result.json), extended to the last step taken."""
+    points = [(int(e["step"]), dict(e["rank_map"])) for e in result.get("rank_evolution") or []]
+    if points and result.get("rank_map") and points[-1][0] < int(result.get("steps_done") or 0):
+        points.append((int(result["steps_done"]), dict(result["rank_map"])))
+    return points
+
+
 def write_trial_output(out: Path, spec: TrialSpec, result: TrialResult, adapter: Any | None) -> None:
     """The trial folder for `result.state` (the table in the module docstring)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -63,6 +72,8 @@ def write_trial_output(out: Path, spec: TrialSpec, result: TrialResult, adapter:
         when = ("final rank per matrix" if result.state == "COMPLETE"
                 else f"rank per matrix, {result.state.lower()} at step {result.steps_done}")
         plots.rank_heatmap(result.rank_map, out / "rank_heatmap.png", when)
+        if len(result.rank_evolution) > 1:
+            plots.rank_evolution(evolution_points(result.to_dict()), out / "rank_evolution.png")
     if result.state == "COMPLETE" and adapter is not None:
         adapter.export_lora(out / "adapter", base_model_name_or_path=spec.model)
     # Last: a result.json means the folder is whole (readers take its presence as "this trial ended").

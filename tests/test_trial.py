@@ -79,7 +79,9 @@ def test_each_method_completes_with_sane_result(tiny_model_dir, sst2_dir, tmp_pa
     if method == "elalora":
         # ElaLoRA prunes and grows in equal numbers: the total rank stays r_init x number of matrices.
         assert sum(result.rank_map.values()) == 2 * len(result.rank_map)
-        assert kinds.count("round") == len(result.rank_history)
+        assert kinds.count("round") == len(result.rank_history) == len(result.rank_evolution) - 1
+        assert result.rank_evolution[-1]["rank_map"] == result.rank_map
+        assert (tmp_path / "out" / "rank_evolution.png").is_file()
     if method == "lora":
         assert set(result.rank_map.values()) == {2}
 
@@ -131,6 +133,7 @@ def test_pruned_trial_propagates_and_still_writes_its_ending(tiny_model_dir, sst
     assert written["intermediate_values"] == {"4": calls[0][1], "8": calls[1][1]}
     assert json.loads((out / "rank_map.json").read_text()) == written["rank_map"]
     assert (out / "rank_heatmap.png").stat().st_size > 1000 and TrialSpec.from_yaml(out / "config.yaml") == spec
+    assert written["rank_evolution"][0]["step"] == 0 and (out / "rank_evolution.png").is_file()
     assert not (out / "adapter").exists()  # adapters are kept for complete trials only
 
 
