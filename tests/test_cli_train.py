@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -63,3 +66,63 @@ def test_bad_input_is_one_line_and_exit_2(tiny_model_dir, tmp_path, capsys, extr
     assert main(["train", *args, "--max-steps", "1", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and message in err
+
+
+def write_jsonl_task(root: Path, folder: str, columns: tuple[str, str], splits: tuple[str, ...],
+                     label: Callable[[int], float | int], n: int = 24) -> Path:
+    """DIR/<folder>/<split>.jsonl in the Hugging Face schema (a sentence pair and a label)."""
+    words = ("the", "movie", "was", "good", "bad", "a", "plot")
+    (root / folder).mkdir(parents=True, exist_ok=True)
+    for split in splits:
+        rows = [{columns[0]: " ".join(words[(i + j) % 7] for j in range(4)),
+                 columns[1]: " ".join(words[(i * 3 + j) % 7] for j in range(3)), "label": label(i)} for i in range(n)]
+        (root / folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+MISMATCHED_TASKS = {
+    "stsb": ("STS-B", ("sentence1", "sentence2"), ("train", "validation"), lambda i: (i % 6) * 1.0),
+    "mnli": ("MNLI", ("premise", "hypothesis"), ("train", "validation_matched", "validation_mismatched"),
+             lambda i: i % 3),
+}
+
+
+@pytest.mark.parametrize("task", sorted(MISMATCHED_TASKS))
+def test_a_checkpoint_with_another_head_size_trains_with_a_fresh_head(task, tmp_path, capsys, caplog):
+    """A 2-label fine-tune used for STS-B (1 output) or MNLI (3): the head is re-drawn, said in one line."""
+    from elalora_auto.tiny import build_tiny_bert
+
+    model = build_tiny_bert(tmp_path / "two-labels", ("the", "movie", "was", "good", "bad", "a", "plot"))
+    data = write_jsonl_task(tmp_path / "glue", *MISMATCHED_TASKS[task])
+    out = tmp_path / "result.json"
+    code = main(["train", "--task", task, "--data-dir", str(data), "--model", str(model), "--max-steps", "4",
+                 "--set", "training.batch_size=8", "--set", "max_length=16", "--quiet", "--output", str(out)])
+    assert code == 0, capsys.readouterr().err
+    notices = [r.getMessage() for r in caplog.records if "re-initialised" in r.getMessage()]
+    assert len(notices) == 1 and "another number of labels" in notices[0], notices
+    assert all(math.isfinite(v) for v in json.loads(out.read_text())["metrics"].values())
+
+
+@pytest.mark.parametrize("task", sorted(MISMATCHED_TASKS))
+def test_a_search_from_a_checkpoint_with_another_head_size_says_so_once(task, tmp_path):
+    """Two trials in one `search` process: both train (none fails), and the re-initialised head is reported once."""
+    import subprocess
+    import sys
+
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    from elalora_auto.tiny import build_tiny_bert
+
+    model = build_tiny_bert(tmp_path / "two-labels", ("the", "movie", "was", "good", "bad", "a", "plot"))
+    data = write_jsonl_task(tmp_path / "glue", *MISMATCHED_TASKS[task])
+    run = subprocess.run(
+        [sys.executable, "-m", "elalora_auto.cli", "search", "--task", task, "--model", str(model), "--data-dir",
+         str(data), "--method", "lora", "--trials", "2", "--max-steps", "4", "--no-tracking", "--quiet",
+         "--workdir", str(tmp_path / "runs"), "--study", "s"],
+        capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert sum("re-initialised" in line for line in run.stderr.splitlines()) == 1, run.stderr
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "runs" / "optuna-journal.log")))
+    states = [t.state.name for t in optuna.load_study(study_name="s", storage=storage).trials]
+    assert len(states) == 2 and set(states) <= {"COMPLETE", "PRUNED"}, run.stderr  # trained, none failed
