@@ -30,3 +30,10 @@ def test_demo_learns_moves_ranks_tracks_and_says_what_next(tmp_path: Path, capsy
     ranks = set(result["rank_map"].values())
     assert ranks != {10}, "ranks never left r_init"
     assert (workdir / "mlflow.db").is_file()
+    for folder in (workdir / "trials" / "demo").iterdir():  # every trial, pruned ones too, leaves its record
+        ended = json.loads((folder / "result.json").read_text())
+        assert ended["state"] in ("COMPLETE", "PRUNED") and ended["trainable_params"] and ended["rank_map"]
+        assert (folder / "rank_heatmap.png").is_file() and (folder / "adapter").is_dir() == (ended["state"] == "COMPLETE")
+    export = workdir / "export"  # the knee, standing alone: tokenizer beside the adapter, the base model copied
+    assert (export / "adapter" / "tokenizer_config.json").is_file() and (export / "base-model" / "config.json").is_file()
+    assert str(workdir) not in (export / "README.md").read_text() + (export / "adapter" / "adapter_config.json").read_text()

@@ -46,3 +46,45 @@ def test_the_front_applies_constraints_and_every_reader_agrees() -> None:
 def test_an_empty_study_says_so() -> None:
     study = optuna.create_study(study_name="empty", directions=["maximize", "minimize"])
     assert summary_table(study).endswith("no complete trial yet")
+
+
+def _ended(folder, state: str, size: int, t_init_steps: int) -> None:
+    """A trial folder as run_trial writes it for `state` (no adapter: none is needed to read a study)."""
+    from elalora_auto.spec import TrialResult, TrialSpec
+    from elalora_auto.trial_output import write_trial_output
+
+    spec = TrialSpec(task="sst2", model="m", method="elalora", params={"t_init": t_init_steps, "r_init": 4})
+    result = TrialResult(
+        metrics={"accuracy": 0.6}, primary=0.6, primary_metric="accuracy", trainable_params=size,
+        rank_map={"bert.encoder.layer.0.attention.self.query": 3, "bert.encoder.layer.1.attention.self.query": 5},
+        rank_history=[], eval_history=[], train_loss_history=[], wall_time_s=1.0, setup_time_s=0.1,
+        train_time_s=0.8, eval_time_s=0.1, examples_per_s=100.0, steps=150, steps_done=60,
+        intermediate_values={30: 0.55, 60: 0.6}, device="cpu", state=state,
+        reason=None if state == "COMPLETE" else "below the median at step 60")
+    write_trial_output(folder, spec, result, None)
+
+
+def test_pruned_trials_keep_what_they_reached_and_schedules_read_in_steps(tmp_path) -> None:
+    from elalora_auto.results import csv_row, params_line
+
+    study = optuna.create_study(study_name="p", directions=["maximize", "minimize"])
+    study.set_user_attr("settings", {"task": "sst2", "method": "elalora"})
+    for number, (t_init, state) in enumerate(((0.08, "COMPLETE"), (0.1, "PRUNED"))):
+        study.enqueue_trial({"t_init": t_init})
+        trial = study.ask()
+        trial.suggest_float("t_init", 0.02, 0.3)
+        _ended(tmp_path / str(number), state, 1000 * (number + 1), round(t_init * 150))
+        if state == "COMPLETE":
+            study.tell(trial, [0.6, 1000])
+        else:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    done, pruned = study_rows(study, tmp_path)
+    assert pruned["state"] == "PRUNED" and pruned["trainable_params"] == 2000  # from its folder: no values
+    assert pruned["rank_summary"]["total"] == 8 and pruned["intermediate_values"] == {30: 0.55, 60: 0.6}
+    assert pruned["reason"] == "below the median at step 60" and pruned["steps_done"] == 60
+    assert done["schedule_steps"] == {"t_init": 12} and pruned["schedule_steps"] == {"t_init": 15}
+    assert params_line(done["params"], steps=done["schedule_steps"]) == "t_init=12 (fraction 0.08)"
+    flat = csv_row(pruned)
+    assert flat["t_init"] == 15 and flat["t_init_fraction"] == 0.1 and flat["ranks_total"] == 8
+    assert summary_table(study, [done, pruned]).endswith(
+        "ran on cpu: 2 trials, median 100 examples/s, peak memory not measured on CPU")

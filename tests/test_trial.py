@@ -74,6 +74,8 @@ def test_each_method_completes_with_sane_result(tiny_model_dir, sst2_dir, tmp_pa
     assert events[-1].data["result"]["trainable_params"] == result.trainable_params
     assert (tmp_path / "out" / "adapter" / "adapter_config.json").is_file()
     assert (tmp_path / "out" / "rank_heatmap.png").is_file()
+    saved = json.loads((tmp_path / "out" / "adapter" / "adapter_config.json").read_text())["modules_to_save"]
+    assert "classifier" in saved and len(saved) == len(set(saved))  # PEFT appends its head names: once each
     assert json.loads((tmp_path / "out" / "result.json").read_text())["state"] == "COMPLETE"
     assert TrialSpec.from_yaml(tmp_path / "out" / "config.yaml") == spec
     if method == "elalora":
