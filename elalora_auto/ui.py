@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from elalora_auto.errors import UserError
-from elalora_auto.tracking import artifact_root_for
+from elalora_auto.tracking import artifact_root_for, prepare_store
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +21,7 @@ def start_ui(tracking_uri: str, port: int = 5000) -> Any:
     import subprocess
     import sys
 
+    prepare_store(tracking_uri)  # migrated once here, not raced by the server's workers on their first requests
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     root = artifact_root_for(tracking_uri)

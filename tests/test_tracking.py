@@ -70,7 +70,7 @@ def tracked(tmp_path_factory):
     tracker = MlflowTracker(workdir=workdir)
     study = optuna.create_study(study_name="s1", directions=["maximize", "minimize"],
                                 sampler=optuna.samplers.RandomSampler(seed=0))
-    study.set_user_attr("settings", {"task": "sst2", "method": "elalora"})
+    study.set_user_attr("settings", {"task": "sst2", "method": "elalora", "trials": 5})
     tracker(Event("study_start", 0, {"study": study, "study_name": "s1", "storage": "memory",
                                      "settings": {"task": "sst2", "trials": 5}}))
     trials = [_run_trial(tracker, study, workdir, outcome)
@@ -101,32 +101,71 @@ def test_every_trial_has_one_run_with_its_state_values_and_reason(tracked):
     assert [m.step for m in history] == list(range(1, 21))
 
 
-def test_trial_artifacts_and_adapters_of_front_trials(tracked):
+def test_every_trial_state_carries_its_rank_artifacts_and_size(tracked):
     workdir, tracker, study, trials = tracked
     runs = {int(run.data.tags["elalora.trial"]): run for run in _children(tracker.client, "s1")}
     front = {t.number for t in study.best_trials}
-    for trial in trials:
-        paths = {a.path for a in tracker.client.list_artifacts(runs[trial.number].info.run_id, "ranks")}
-        if trial.state.name == "COMPLETE":
-            assert paths == {"ranks/rank_map.json", "ranks/rank_heatmap.png", "ranks/rank_evolution.png",
-                             "ranks/rank_rounds.csv"}
-        adapter = tracker.client.list_artifacts(runs[trial.number].info.run_id, "adapter")
+    for trial in trials:  # complete, pruned and failed alike
+        run = runs[trial.number]
+        paths = {a.path for a in tracker.client.list_artifacts(run.info.run_id, "ranks")}
+        assert paths == {"ranks/rank_map.json", "ranks/rank_heatmap.png", "ranks/rank_evolution.png",
+                         "ranks/rank_rounds.csv"}, trial.state
+        assert int(run.data.params["trainable_params"]) == 100 * trial.params["r_init"]
+        adapter = tracker.client.list_artifacts(run.info.run_id, "adapter")
         # A trial's adapter is logged when it is on the front at the time it finishes.
         if trial.number in front:
             assert [a.path for a in adapter] == ["adapter/adapter_config.json"]
-    artifacts = Path(tracker.client.get_run(runs[0].info.run_id).info.artifact_uri.removeprefix("file://"))
+    artifacts = Path(tracker.client.get_run(runs[1].info.run_id).info.artifact_uri.removeprefix("file://"))
     assert artifacts.is_relative_to(workdir / "mlartifacts")
-    assert json.loads((artifacts / "ranks" / "rank_map.json").read_text())[NAMES[0]] == trials[0].params["r_init"] + 1
+    assert json.loads((artifacts / "ranks" / "rank_map.json").read_text())[NAMES[0]] == trials[1].params["r_init"] + 1
 
 
-def test_parent_run_has_study_plots(tracked):
+def test_parent_run_has_study_plots_steps_by_trial_and_a_final_state(tracked):
     workdir, tracker, study, trials = tracked
     parent = tracker.client.get_run(tracker.study_runs("s1").parent_run_id)
-    assert parent.info.status == "FINISHED"
+    assert parent.info.status == "FINISHED" and parent.data.tags["elalora.outcome"].startswith("complete")
     assert parent.data.params["study.task"] == "sst2"
     names = {a.path for a in tracker.client.list_artifacts(parent.info.run_id)}
-    assert {"pareto_front.png", "pareto_front.html", "trials.csv", "optuna_history.html", "index.html"} <= names
-    assert parent.data.metrics["trials_complete"] == 3 and parent.data.metrics["pareto_size"] == len(study.best_trials)
+    assert names == {"pareto_front.png", "trials.csv", "study_plots.html"}
+    metrics = parent.data.metrics
+    assert metrics["trials_complete"] == 3 and metrics["trials_running"] == 0
+    assert metrics["pareto_size"] == len(study.best_trials)
+    history = tracker.client.get_metric_history(parent.info.run_id, "trial_trainable_params")
+    assert sorted(m.step for m in history) == [t.number for t in trials]
+    page = (Path(parent.info.artifact_uri.removeprefix("file://")) / "study_plots.html").read_text()
+    assert page.count('class="plotly-graph-div"') >= 2
+    assert 'src="plotly' not in page and page.count("plotly.js v") == 1  # the bundle inlined exactly once
+    experiment = tracker.client.get_experiment_by_name("s1")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "pareto_front.png" in experiment.tags["mlflow.note.content"]
+
+
+def test_a_trial_left_running_by_a_dead_process_is_reconciled_on_the_next_start(tmp_path):
+    study = optuna.create_study(study_name="s2", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.set_user_attr("settings", {"trials": 3})
+    first = MlflowTracker(workdir=tmp_path)
+    first(Event("study_start", 0, {"study": study, "study_name": "s2", "storage": "memory", "settings": {}}))
+    asked = [study.ask() for _ in range(2)]  # two trials start; their process dies before either finishes
+    for trial in asked:
+        first(Event("trial_start", 0, {"study_name": "s2", "trial_number": trial.number, "spec": {},
+                                       "rank_map": {NAMES[0]: 4}}))
+    assert first.flush()
+    asked[0].set_user_attr("fail_reason", "interrupted (Ctrl-C)")  # what Ctrl-C leaves in Optuna
+    study.tell(asked[0], state=optuna.trial.TrialState.FAIL)
+    again = MlflowTracker(workdir=tmp_path)
+    again(Event("study_start", 0, {"study": study, "study_name": "s2", "storage": "memory", "settings": {}}))
+    assert again.flush()
+    runs = {int(r.data.tags["elalora.trial"]): r for r in _children(again.client, "s2")}
+    assert runs[0].info.status == "KILLED" and runs[0].data.tags["elalora.reason"] == "interrupted (Ctrl-C)"
+    assert runs[1].info.status == "RUNNING"  # Optuna still runs it (another worker, as far as we know)
+    again(Event("study_end", 0, {"study": study, "study_name": "s2"}))
+    parent = again.client.get_run(again.study_runs("s2").parent_run_id)
+    assert parent.info.status == "RUNNING"  # trial 1 is still running somewhere
+    study.tell(asked[1], state=optuna.trial.TrialState.FAIL)  # its worker died: no reason recorded
+    again(Event("study_end", 0, {"study": study, "study_name": "s2"}))
+    parent = again.client.get_run(again.study_runs("s2").parent_run_id)
+    assert parent.info.status == "KILLED" and "stopped at 1 of 3" in parent.data.tags["elalora.outcome"]
+    assert again.client.get_run(runs[1].info.run_id).info.status == "KILLED"
 
 
 def test_resuming_reuses_the_parent_and_child_runs(tracked):
@@ -157,10 +196,13 @@ def test_concurrent_workers_agree_on_one_parent(tracked):
     assert len(trackers[0].client.search_runs([experiment.experiment_id], "tags.`elalora.role` = 'parent'")) == 1
 
 
-def test_tracking_failures_never_reach_the_trial(tmp_path, caplog):
+def test_a_store_that_cannot_open_keeps_the_events_and_never_reaches_the_trial(tmp_path, caplog):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the store's folder should be")
     tracker = MlflowTracker(tracking_uri=f"sqlite:///{blocker}/mlflow.db", workdir=tmp_path)
     with caplog.at_level(logging.WARNING, logger="elalora_auto.tracking"):
         tracker(Event("trial_start", 0, {"study_name": "x", "trial_number": 0, "spec": {}}))
-    assert "MLflow tracking skipped a trial_start event" in caplog.text
+        assert not tracker.flush(timeout_s=60)
+    assert "the MLflow store is not answering" in caplog.text
+    spooled = [json.loads(line) for line in tracker.spool.path.read_text().splitlines()]
+    assert [r["kind"] for r in spooled] == ["trial_start"]
