@@ -301,7 +301,7 @@ def _result(setup: TrialSetup | None, out: LoopOutcome, state: str, reason: str 
         rank_history=list(adapter.round_history), rank_evolution=out.rank_maps, eval_history=out.eval_history,
         train_loss_history=out.loss_history, wall_time_s=wall, setup_time_s=out.setup_time_s,
         train_time_s=train_time, eval_time_s=out.eval_time_s,
-        examples_per_s=out.examples / train_time if train_time > 0 else 0.0, steps=setup.total_steps,
+        examples_per_s=round(out.examples / train_time, 1) if train_time > 0 else 0.0, steps=setup.total_steps,
         steps_done=out.steps_done, intermediate_values={e["step"]: e["metrics"][key] for e in out.eval_history},
         device=device_name(setup.device), peak_memory_mb=peak_memory_mb(setup.device), state=state, reason=reason,
     )
