@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from typing import Any, Iterable
 
 
 class UserError(ValueError):
@@ -28,3 +33,64 @@ def reject_unknown(given: Iterable[str], known: Iterable[str], what: str, error:
     if unknown:
         names = sorted(valid if valid is not None else known)
         raise error(f"{what} {unknown[0]!r} (valid: {', '.join(names)})")
+
+
+def close_hint(name: str, names: Iterable[str]) -> str:
+    """" did you mean 'x'?" for the closest of `names` (difflib), or "" when none is close."""
+    close = difflib.get_close_matches(str(name), list(names), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def check_fields(settings: Any, where: str = "", positive: Iterable[str] = (), non_negative: Iterable[str] = (),
+                 error: type[UserError] = ConfigError) -> None:
+    """Every field of a settings dataclass has its annotated type (int, float, str, bool, X | None, ...), and the
+    named numeric fields are > 0 (`positive`) or >= 0 (`non_negative`); nested dataclasses are checked too.
+
+    One check for every settings object, so `trials: "many"`, `batch_size: 0` or `learning_rate=abc` fail before
+    anything runs, with the field's name (`where` is its prefix, e.g. "training.").
+    """
+    hints = typing.get_type_hints(type(settings))
+    positive, non_negative = set(positive), set(non_negative)
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if dataclasses.is_dataclass(value):
+            check_fields(value, f"{where}{f.name}.", error=error)
+            continue
+        if not _has_type(value, hints[f.name]):
+            raise error(f"{where}{f.name}: expected {_type_name(hints[f.name])}, got {value!r}")
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if f.name in positive and not value > 0:
+            raise error(f"{where}{f.name}: must be > 0, got {value!r}")
+        if f.name in non_negative and not value >= 0:
+            raise error(f"{where}{f.name}: must be >= 0, got {value!r}")
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, arm) for arm in typing.get_args(hint))
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, origin or hint)
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(arm) for arm in typing.get_args(hint))
+    if hint is type(None):
+        return "nothing (null)"
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(hint)))
+    names = {int: "a whole number", float: "a number", str: "text", bool: "true or false", dict: "a mapping",
+             list: "a list"}
+    origin = typing.get_origin(hint) or hint
+    return names.get(origin, getattr(origin, "__name__", str(origin)))

@@ -7,14 +7,19 @@ storage (`settings_for_worker`).
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from elalora_auto.errors import ConfigError, UserError, reject_unknown
+from elalora_auto.errors import ConfigError, UserError, check_fields, reject_unknown
 from elalora_auto.search.space import read_yaml, resolve_resource
 
 OBJECTIVES = ("pareto", "metric")
+DEVICES = ("auto", "cpu", "cuda")
+# Options that must be > 0 when given (seed may be 0).
+_POSITIVE = ("trials", "max_train_samples", "max_eval_samples", "max_steps", "epochs", "batch_size", "max_length",
+             "eval_every", "max_params", "timeout")
 HEARTBEAT_INTERVAL_S = 60
 GRACE_PERIOD_S = 180
 
@@ -83,6 +88,9 @@ class SearchSettings:
     def from_sources(cls, config: str | None, overrides: Mapping[str, Any]) -> "SearchSettings":
         """The study file (a path or a built-in name like `demo`), then the non-None flags on top."""
         data: dict[str, Any] = {}
+        if config == "demo" and not overrides.get("task"):
+            raise UserError("the built-in study 'demo' runs on the demo's own tiny model and synthetic data: run "
+                            "`elalora-auto demo` (or give --task and --model)")
         if config is not None:
             path = resolve_resource(config, "studies")
             loaded = read_yaml(path)
@@ -104,12 +112,18 @@ class SearchSettings:
         return settings
 
     def validate(self) -> None:
+        """Types and ranges of every option, then the rules between options (one line each, naming the fix)."""
+        check_fields(self, positive=_POSITIVE, non_negative=("seed",))
         if not self.task:
             raise UserError("no task: pass --task NAME (e.g. sst2) or set task: in the --config file")
         if self.objective not in OBJECTIVES:
             raise UserError(f"--objective {self.objective!r}: choose pareto or metric")
-        if self.trials < 1:
-            raise UserError(f"--trials must be at least 1, got {self.trials}")
+        if self.device not in DEVICES:
+            raise UserError(f"--device {self.device!r}: choose one of {', '.join(DEVICES)}")
+        if self.storage is not None:
+            check_storage_url(self.storage)
+        if Path(self.workdir).exists() and not Path(self.workdir).is_dir():
+            raise UserError(f"--workdir {self.workdir} is a file; pass a folder (it is created when missing)")
         if self.max_steps is not None and self.epochs is not None:
             raise UserError("give --max-steps or --epochs, not both")
         if self.max_params is not None and self.objective != "metric":
@@ -123,6 +137,28 @@ class SearchSettings:
     def study_name(self) -> str:
         model = "minilm" if self.model == "minilm" else Path(self.model.rstrip("/")).name
         return self.study or f"{self.task}-{model}-{self.method}"
+
+
+def check_storage_url(uri: str) -> str:
+    """A storage is a journal file path or a full SQLAlchemy URL; `sqlite:x.db` (or `sqlite://x.db`) would
+    silently become a journal file of that name (or an in-memory database), so it is refused here."""
+    if "://" not in uri:
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", uri) and not re.match(r"^[A-Za-z]:[\\/]", uri):
+            scheme, _, rest = uri.partition(":")
+            raise UserError(f"--storage {uri!r} is not a URL: write {scheme}:///{rest.lstrip('/')} (a database "
+                            "URL needs '://'), or a journal file path such as runs/optuna-journal.log")
+        return uri
+    from sqlalchemy.engine import make_url
+
+    try:
+        url = make_url(uri)
+    except Exception:  # noqa: BLE001 - sqlalchemy's ArgumentError and ValueError alike mean "malformed"
+        raise UserError(f"--storage {uri.partition('://')[0]}://...: malformed URL; e.g. sqlite:///study.db or "
+                        "postgresql://user:password@host/db") from None
+    if url.get_backend_name() == "sqlite" and not url.database:
+        raise UserError(f"--storage {uri!r} names no database file (an in-memory study would be lost): write "
+                        f"sqlite:///{url.host or 'study.db'}")
+    return uri
 
 
 def _section(value: Any, kind: type, name: str) -> Any:

@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from elalora_auto.adapters import METHODS, model_module_names
-from elalora_auto.errors import ConfigError, UserError, reject_unknown
+from elalora_auto.errors import ConfigError, UserError, close_hint, reject_unknown
 
 TYPES = ("int", "float", "log", "step", "categorical")
 CONTEXT_NAMES = ("total_steps",)
@@ -299,14 +299,19 @@ def resolve_resource(name_or_path: str | Path, kind: str) -> Path:
     symlinks to them, so a checkout and an installed wheel see the same files.
     """
     path = Path(name_or_path)
+    what = {"studies": "study", "search_spaces": "search space"}.get(kind, kind)
     if path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
         if not path.is_file():
-            raise UserError(f"{kind[:-1].replace('_', ' ')} file not found: {path}")
+            siblings = [str(p) for p in path.parent.glob("*.y*ml")] if path.parent.is_dir() else []
+            raise UserError(f"{what} file not found: {path}{close_hint(str(path), siblings)}")
+        if path.is_dir():
+            raise UserError(f"{what} {path} is a folder; pass a .yaml file")
         return path
     packaged = resources.files("elalora_auto") / "resources" / kind / f"{name_or_path}.yaml"
     if not packaged.is_file():
-        raise UserError(f"unknown {kind[:-1].replace('_', ' ')} {str(name_or_path)!r} "
-                        f"(built in: {', '.join(builtin_names(kind))}; or give a .yaml path)")
+        names = builtin_names(kind)
+        raise UserError(f"unknown {what} {str(name_or_path)!r}{close_hint(str(name_or_path), names)} "
+                        f"(built in: {', '.join(names)}; or give a .yaml path)")
     return Path(str(packaged))
 
 

@@ -77,6 +77,26 @@ def layout_hint(spec: TaskSpec, root: str = "DIR") -> str:
     )
 
 
+def require_utf8(path: Path) -> None:
+    """A DataError naming the first byte that is not UTF-8 (and how to convert the file): pyarrow would read such
+    a column as bytes and the model would train on their repr."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line = 1
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                bad = min(max(exc.start, 0), len(chunk) - 1)
+                line += chunk[:bad].count(b"\n")
+                raise DataError(f"{path} is not UTF-8 text (byte 0x{chunk[bad]:02x} on line {line}); re-save it as "
+                                f"UTF-8, e.g. iconv -f latin1 -t utf-8 {path} > {path.with_suffix('.utf8' + path.suffix)}"
+                                ) from None
+            line += chunk.count(b"\n")
+
+
 def read_table(path: Path) -> pa.Table:
     """A csv/tsv/jsonl/json/parquet file as an Arrow table, read in memory (no cache files, no progress bars).
 
@@ -91,6 +111,8 @@ def read_table(path: Path) -> pa.Table:
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     suffix = path.suffix.lower().lstrip(".")
+    if suffix != "parquet":
+        require_utf8(path)
     convert = pa_csv.ConvertOptions(strings_can_be_null=False)
     try:
         if suffix == "jsonl":
@@ -157,6 +179,7 @@ def _read_glue_tsv(spec: TaskSpec, path: Path) -> datasets.Dataset:
     drops them, so row counts match the hub copy.
     """
     layout = _GLUE_TSV[spec.name]
+    require_utf8(path)
     with path.open(encoding="utf-8-sig", newline="") as f:
         rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = list(layout.header or next(rows, []))
