@@ -8,7 +8,7 @@ anything, so a row says what the measured code does.
 
     .venv/bin/python bench/chaos.py --quick                  # a fast check, small N
     .venv/bin/python bench/chaos.py --kills 20               # the issue's goal: 20 kills per storage
-    .venv/bin/python bench/chaos.py --code /tmp/snap DIR     # measure another checkout (a snapshot worktree)
+    .venv/bin/python bench/chaos.py --code /tmp/snap-chaos   # measure another checkout (a snapshot worktree)
     .venv/bin/python bench/chaos.py --table                  # markdown tables of the last bench run
 
 Results: one JSON line per scenario run in bench/results/chaos.jsonl (code commit, date, scenario, storage,
@@ -323,6 +323,12 @@ def first_line(text: str) -> str:
     return (text.strip().splitlines() or [""])[0][:300]
 
 
+def last_error(text: str) -> str:
+    """The exception line of the last traceback in `text`, else its last line."""
+    lines = text.split("Traceback")[-1].splitlines()[1:] if "Traceback" in text else text.strip().splitlines()[-1:]
+    return next((line for line in lines if line and not line.startswith((" ", "\t"))), "")[:300]
+
+
 def error_lines(outputs: list[str], needle: str) -> int:
     """How many processes' output contains `needle` (e.g. 'Traceback', '_alembic_tmp')."""
     return sum(needle in text for text in outputs)
@@ -359,10 +365,12 @@ def scenario_kills(bench: Bench, storage_kind: str, kills: int, trials: int, win
             "storage_read_errors_between_kills": read_errors, **mlflow_counts(bench, workdir),
             "exit_codes": dict(collections.Counter(str(o.rc) for o in outcomes[:-1])),
             "final_exit_code": final.rc, "final_timed_out": final.timed_out,
-            "final_error": first_line(final.output.split("Traceback")[-1]) if final.rc else None,
+            "final_error": last_error(final.output) if final.rc else None,
             "outputs_with_traceback": error_lines(outputs, "Traceback"),
             "sigint_ignored": sum(o.sigint_ignored for o in outcomes),
             "children_left": sum(o.children_left for o in outcomes),
+            "other_exits": [{"rc": o.rc, "signal": o.signal_sent, "error": last_error(o.output)}
+                            for o in outcomes if o.rc not in (0, 130, -signal.SIGKILL, -signal.SIGINT)],
             "signal_without_effect": [{"signal": o.signal_sent, "rc": o.rc, "wall_s": o.wall_s,
                                        "sigint_ignored": o.sigint_ignored, "tail": o.output.strip()[-400:]}
                                       for o in outcomes if o.signal_sent and (o.rc == 0 or o.sigint_ignored)],
@@ -436,16 +444,16 @@ def scenario_journal_repair(bench: Bench, trials: int) -> dict[str, Any]:
     """A journal ending in an unterminated line (what a kill during a write leaves), then resume and `status`."""
     workdir = bench.workdir("journal-repair")
     first = run_cli(bench, bench.search_args(workdir, None, trials), timeout_s=400)
+    before = study_counts(None, workdir, trials).get("finished")
     journal = workdir / "optuna-journal.log"
     with journal.open("ab") as handle:
         handle.write(b'{"op_code": 5, "worker_id": "chaos-torn-write", "trial_id": 0, "param_na')
     resumed = run_cli(bench, bench.search_args(workdir, None, trials + 2), timeout_s=400)
     status = run_cli(bench, ["status", "--workdir", str(workdir)], timeout_s=120)
-    return {"first_exit_code": first.rc, "resume_exit_code": resumed.rc,
-            "resume_error": first_line(resumed.output.split("Traceback")[-1]) if resumed.rc else None,
+    return {"first_exit_code": first.rc, "finished_before_tear": before, "resume_exit_code": resumed.rc,
+            "resume_error": last_error(resumed.output) if resumed.rc else None,
             **study_counts(None, workdir, trials + 2), "status_exit_code": status.rc,
-            "status_error": first_line(status.output.strip().splitlines()[-1] if status.output.strip() else "")
-            if status.rc else None}
+            "status_error": last_error(status.output) if status.rc else None}
 
 
 # ------------------------------------------------------------------------------------------ results
@@ -573,6 +581,9 @@ def main(argv: list[str] | None = None) -> int:
     params = {"kills": kills, "kill_trials": kill_trials, "workers": args.workers,
               "parallel_trials": parallel_trials, "stall_trials": stall_trials, "stall_timeout_s": stall_timeout,
               "seed": args.seed, "kill_window_s": args.kill_window}
+    # Started in the background by a shell, this process (and so every CLI it starts) would ignore SIGINT and
+    # the Ctrl-C runs would measure nothing; a Python handler is reset to the default in each child.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     code = args.code.resolve()
     commit, dirty = code_commit(code)
     run_id = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
