@@ -1,5 +1,6 @@
-"""Many workers on one PostgreSQL: a real server started here (once for the module), `elalora-auto worker`
-processes sharing a study, and a killed worker's trial failed by its heartbeat and retried by another."""
+"""Many workers on one PostgreSQL: a real server started here (once for the module) with a password-protected
+role, `elalora-auto worker` processes sharing a study, a killed worker's trial failed by its heartbeat and
+retried by another, and the password never leaving the processes."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from elalora_auto.search.storage import open_storage
 from test_search_study import _space, study_file  # noqa: F401 - the fixture is reused
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
+PASSWORD = "Pw-7c1e9-NeverShown"
 
 
 def _free_port() -> int:
@@ -32,7 +34,10 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def postgres_url():
-    """A throw-away PostgreSQL on 127.0.0.1 (initdb in a temp dir), stopped and removed at teardown."""
+    """A throw-away PostgreSQL on 127.0.0.1 (initdb in a temp dir), stopped and removed at teardown.
+
+    TCP connections need a password (scram-sha-256): the URL is that of a role `elalora` owning its database,
+    created over the server's Unix socket (trusted)."""
     if not (PG_BIN / "initdb").exists():
         pytest.skip(f"PostgreSQL server binaries not found in {PG_BIN}")
     root = Path(tempfile.mkdtemp(prefix="elalora-pg-"))
@@ -41,17 +46,29 @@ def postgres_url():
         as_user = ["runuser", "-u", "postgres", "--"]
         shutil.chown(root, "postgres")
     data, port = root / "data", _free_port()
-    subprocess.run([*as_user, str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-                    "-E", "UTF8"], check=True, capture_output=True)
+    subprocess.run([*as_user, str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth-local=trust",
+                    "--auth-host=scram-sha-256", "-E", "UTF8"], check=True, capture_output=True)
     subprocess.run([*as_user, str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-o",
                     f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "-w", "start"], check=True,
                    capture_output=True)
     try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        _create_role(root, port)
+        yield f"postgresql://elalora:{PASSWORD}@127.0.0.1:{port}/elalora"
     finally:
         subprocess.run([*as_user, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
                        capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _create_role(socket_dir: Path, port: int) -> None:
+    import psycopg2
+
+    connection = psycopg2.connect(host=str(socket_dir), port=port, user="postgres", dbname="postgres")
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE ROLE elalora LOGIN PASSWORD '{PASSWORD}'")
+        cursor.execute("CREATE DATABASE elalora OWNER elalora")
+    connection.close()
 
 
 def test_three_workers_share_one_study_without_duplicates(study_file: Path, tmp_path: Path,  # noqa: F811
@@ -131,3 +148,44 @@ def test_a_killed_workers_trial_is_failed_by_heartbeat_and_retried_by_another(
     finished = [line.split(":")[0] for line in worker_b.stdout.splitlines() if line.startswith("trial ")]
     assert sorted(finished) == sorted(f"trial {t.number}" for t in live), worker_b.stdout
     assert time.monotonic() - start < 90
+
+
+def test_the_password_never_leaves_the_processes(study_file: Path, tmp_path: Path,  # noqa: F811
+                                                 postgres_url: str) -> None:
+    """`search`, `search --create-only`, `worker` (URL from ELALORA_STORAGE) and `status`, MLflow tracking on:
+    no output, MLflow file (store or artifact) or stored study or trial attribute holds the password."""
+    import json
+
+    assert PASSWORD in postgres_url
+    config = yaml.safe_load(study_file.read_text())
+    config["no_tracking"] = False
+    study_file.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("ELALORA_STORAGE", None)
+    base = [sys.executable, "-m", "elalora_auto.cli"]
+    search = [*base, "search", "--config", str(study_file), "--space", str(_space(tmp_path)), "--study", "secret",
+              "--storage", postgres_url, "--quiet"]
+    runs = [subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+            for command, environment in (
+                ([*search, "--trials", "2"], env),
+                ([*search, "--trials", "3", "--create-only"], env),
+                ([*base, "worker", "--study", "secret", "--workdir", str(tmp_path / "runs"), "--quiet"],
+                 {**env, "ELALORA_STORAGE": postgres_url}),
+                ([*base, "status", "--study", "secret", "--storage", postgres_url], env))]
+    for run in runs:
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert PASSWORD not in run.stdout + run.stderr
+    assert "elalora:***@127.0.0.1" in runs[0].stdout  # the storage is still named, without its secret
+    assert "trial 2:" in runs[2].stdout and "study secret: 3 trials" in runs[3].stdout, runs[2].stdout
+
+    storage = open_storage(postgres_url, tmp_path)
+    study = optuna.load_study(study_name="secret", storage=storage)
+    assert len(study.trials) == 3 and all(t.state.is_finished() for t in study.trials)
+    system_attrs = storage.get_study_system_attrs(storage.get_study_id_from_name("secret"))
+    stored = json.dumps([study.user_attrs, system_attrs,
+                         [(t.user_attrs, t.system_attrs, t.params) for t in study.trials]], default=str)
+    assert "elalora:***@" in stored and PASSWORD not in stored
+    files = [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]
+    assert any(p.name == "mlflow.db" for p in files) and any("mlartifacts" in p.parts for p in files)
+    leaked = [str(p) for p in files if PASSWORD.encode() in p.read_bytes()]
+    assert not leaked

@@ -11,6 +11,9 @@ import pytest
 import yaml
 
 from elalora_auto.cli import main
+from elalora_auto.errors import UserError
+from elalora_auto.events import Event
+from elalora_auto.search.study import counted_trials
 from elalora_auto.search.pruning import PruningRule
 from elalora_auto.search.settings import PruningSettings
 from elalora_auto.search.storage import open_storage
@@ -107,24 +110,27 @@ def test_hopeless_trials_are_pruned_early_in_both_modes(study_file: Path, tmp_pa
                  "--objective", objective, "--trials", "2", "--quiet"]) == 0
     trials = _study(tmp_path, objective).get_trials()
     assert [t.state.name for t in trials] == ["PRUNED", "PRUNED"]
-    for t in trials:
+    for t in trials:  # Optuna's own intermediate values in both modes (optuna-dashboard's curves read them)
         assert "majority-class baseline" in t.user_attrs["prune_reason"]
-        assert list(t.user_attrs["intermediate"]) == ["3", "6"]  # stopped at step 6 of 12
+        assert sorted(t.intermediate_values) == [3, 6]  # stopped at step 6 of 12
+        assert all(0.0 <= v <= 1.0 for v in t.intermediate_values.values())
 
 
 def test_median_rule_stops_a_trial_below_complete_peers_no_larger_than_it() -> None:
-    study = optuna.create_study(directions=["maximize", "minimize"])
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, directions=["maximize", "minimize"])
     for value in (0.8, 0.9, 0.85):
-        study.add_trial(optuna.create_trial(values=[value, 100], user_attrs={"intermediate": {"4": value},
-                                                                             "trainable_params": 100}))
-    rule = PruningRule(PruningSettings(n_startup_trials=3, n_warmup_evals=1), multi=True, baseline=0.5, margin=0.05)
+        study.add_trial(optuna.create_trial(values=[value, 100], intermediate_values={4: value},
+                                            user_attrs={"trainable_params": 100}))
+    rule = PruningRule(PruningSettings(n_startup_trials=3, n_warmup_evals=1), multi=True, baseline=0.5, margin=0.05,
+                       storage=storage)
     good, bad, small = study.ask(), study.ask(), study.ask()
     rule.check(good, 2, 0.7, 100)  # within warm-up: never pruned on the median
     rule.check(good, 4, 0.86, 100)
     rule.check(bad, 2, 0.7, 100)
     with pytest.raises(optuna.TrialPruned, match="below the median 0.85"):
         rule.check(bad, 4, 0.6, 100)
-    assert bad.user_attrs["intermediate"] == {"2": 0.7, "4": 0.6}
+    assert study.trials[bad.number].intermediate_values == {2: 0.7, 4: 0.6}
     # Pareto mode: a smaller trial is not compared with bigger ones (it may still land on the front's cheap end).
     rule.check(small, 2, 0.7, 50)
     rule.check(small, 4, 0.6, 50)
@@ -140,8 +146,7 @@ def test_single_objective_uses_optunas_median_pruner_and_the_cap(study_file: Pat
     assert isinstance(rule.pruner(), optuna.pruners.BasePruner)
     study = optuna.create_study(direction="maximize", pruner=rule.pruner())
     for value in (0.8, 0.9):
-        study.add_trial(optuna.create_trial(value=value, intermediate_values={4: value},
-                                            user_attrs={"intermediate": {"4": value}}))
+        study.add_trial(optuna.create_trial(value=value, intermediate_values={4: value}))
     trial = study.ask()
     rule.check(trial, 2, 0.7, 100)
     with pytest.raises(optuna.TrialPruned, match="below the median"):
@@ -159,13 +164,47 @@ def test_single_objective_pruner_applies_the_baseline_rule_through_optuna() -> N
     assert study.trials[0].intermediate_values == {2: 0.52, 4: 0.51}
 
 
-def test_a_failing_trial_is_recorded_and_the_study_goes_on(study_file: Path, tmp_path: Path) -> None:
-    space = _space(tmp_path, b={"type": "categorical", "choices": [500], "default": 500})
-    assert main(["search", "--config", str(study_file), "--space", str(space), "--study", "f", "--trials", "2",
-                 "--quiet"]) == 0
+def test_trials_failed_by_the_users_config_leave_the_budget_for_the_corrected_resume(
+        study_file: Path, tmp_path: Path, capsys) -> None:
+    """A space value the method rejects at trial time: each trial fails with its reason, three in a row stop
+    the study with exit 2, and none of them counts, so the corrected resume runs the whole budget."""
+    bad = _space(tmp_path, b={"type": "int", "low": 500, "high": 500, "default": 500})
+    args = ["search", "--config", str(study_file), "--study", "f", "--trials", "2", "--quiet"]
+    assert main([*args, "--space", str(bad)]) == 2
+    assert "3 trials in a row failed with: ConfigError: b=500" in capsys.readouterr().err
     trials = _study(tmp_path, "f").get_trials()
-    assert [t.state.name for t in trials] == ["FAIL", "FAIL"]
-    assert all("b=500" in t.user_attrs["fail_reason"] for t in trials)
+    assert [t.state.name for t in trials] == ["FAIL"] * 3
+    assert all(t.user_attrs["fail_reason"].startswith("ConfigError: b=500") for t in trials)
+    assert counted_trials(_study(tmp_path, "f")) == 0
+    assert main([*args, "--space", str(_space(tmp_path))]) == 0
+    trials = _study(tmp_path, "f").get_trials()
+    assert len(trials) == 5 and [t.state.name for t in trials[3:]] != ["FAIL", "FAIL"]
+    assert all("fail_reason" not in t.user_attrs for t in trials[3:]) and counted_trials(_study(tmp_path, "f")) == 2
+
+
+def test_data_removed_mid_study_fails_trials_without_using_the_budget(study_file: Path, tmp_path: Path) -> None:
+    """The training file disappears after trial 0 (a real listener removes it): the next trials fail with a
+    DataError that names the file, the study stops, and once the file is back the resume runs to the budget."""
+    from elalora_auto.search import SearchSettings, run_search
+
+    train = tmp_path / "train.csv"
+    kept = train.read_bytes()
+
+    def remove_after_first(event: Event) -> None:
+        if event.kind == "trial_finished" and event.data["trial_number"] == 0:
+            train.unlink()
+
+    settings = SearchSettings.from_sources(str(study_file), {"space": str(_space(tmp_path)), "study": "d",
+                                                             "trials": 2})
+    with pytest.raises(UserError, match="3 trials in a row failed with: DataError: data file not found"):
+        run_search(settings, [remove_after_first], echo=lambda line: None, progress=False)
+    study = _study(tmp_path, "d")
+    assert [t.state.name for t in study.trials[1:]] == ["FAIL"] * 3 and counted_trials(study) == 1
+    train.write_bytes(kept)
+    assert main(["search", "--config", str(study_file), "--space", str(_space(tmp_path)), "--study", "d",
+                 "--trials", "2", "--quiet"]) == 0
+    study = _study(tmp_path, "d")
+    assert len(study.trials) == 5 and counted_trials(study) == 2 and study.trials[4].state.name != "FAIL"
 
 
 def _bad_inputs(tmp_path: Path, study_file: Path) -> dict[str, list[str]]:

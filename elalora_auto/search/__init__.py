@@ -10,7 +10,7 @@ touched), study (creation, budget, orphans), pruning, worker (the trial loop), p
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from elalora_auto.events import Listener
 from elalora_auto.search.settings import SearchSettings, settings_for_worker
@@ -19,17 +19,22 @@ __all__ = ["SearchSettings", "ListenerFactory", "run_search", "join_study"]
 
 Print = Callable[[str], None]
 ListenerFactory = Callable[[SearchSettings], Iterable[Listener]]
+Slot = tuple[str, Mapping[str, str]]  # a worker process: its label and its extra environment (launcher)
 
 
 def run_search(settings: SearchSettings, listeners: Iterable[Listener] = (), echo: Print = print,
-               progress: bool = True, create_only: bool = False) -> Any:
+               progress: bool = True, create_only: bool = False, slots: Sequence[Slot] = (),
+               before_launch: Callable[[], None] | None = None) -> Any:
     """Validate, create (or resume) the study and run this process's trials. Returns the study.
 
     `create_only` stops after creating the study: the first step of a many-worker run, so that the workers
-    (`join_study`) only ever load it.
+    (`join_study`) only ever load it. With `slots` (`launcher.worker_slots`), this process runs no trial: it
+    starts one `worker` process per slot on the study and waits for them (`listeners` are then unused: each
+    worker builds its own); `before_launch` runs first, once the study exists (the CLI creates the workers'
+    MLflow store there, so that they never race on creating it).
     """
     from elalora_auto.search.plan import plan_study
-    from elalora_auto.search.storage import open_storage, storage_uri
+    from elalora_auto.search.storage import open_storage, resolve_storage, storage_uri
     from elalora_auto.search.study import create_or_load_study
     from elalora_auto.search.worker import Worker
 
@@ -42,9 +47,16 @@ def run_search(settings: SearchSettings, listeners: Iterable[Listener] = (), ech
          f"{settings.method}, {plan.total_steps} steps per trial, {settings.trials} trials ({objective})")
     if create_only:
         echo(f"start workers with: elalora-auto worker --study {study.study_name}"
-             f"{' --storage URL' if settings.storage else ' --workdir ' + str(settings.workdir)}")
+             f"{' --storage URL' if resolve_storage(settings.storage) else ' --workdir ' + str(settings.workdir)}")
         return study
-    Worker(plan, study, storage, label, listeners, progress=progress, seed=settings.seed, echo=echo).run()
+    if slots:
+        from elalora_auto.search.launcher import launch_workers
+
+        if before_launch is not None:
+            before_launch()
+        launch_workers(study.study_name, settings, slots, echo)
+        return study
+    Worker(plan, study, storage, label, listeners, progress=progress, echo=echo).run()
     return study
 
 
@@ -56,10 +68,10 @@ def join_study(study_name: str, storage: str | None, overrides: Mapping[str, Any
     caller builds its listeners from its own settings.
     """
     from elalora_auto.search.plan import plan_study
-    from elalora_auto.search.storage import load_study, open_storage, storage_uri
+    from elalora_auto.search.storage import load_study, open_storage, resolve_storage, storage_uri
     from elalora_auto.search.worker import Worker
 
-    workdir = overrides.get("workdir") or "elalora_runs"
+    workdir, storage = overrides.get("workdir") or "elalora_runs", resolve_storage(storage)
     backend = open_storage(storage, workdir, create=False)
     study = load_study(study_name, backend)
     settings = settings_for_worker(study, {**overrides, "storage": storage})

@@ -1,8 +1,10 @@
 """Pruning: the baseline rule and the median rule, in both objective modes.
 
-Optuna cannot prune multi-objective studies (`report`/`should_prune` raise), so the default Pareto mode runs
-the rules here (`PruningRule`) over the primary metric at each periodic evaluation, stored per trial as the user
-attr "intermediate" ({step: value}); the single-objective mode runs them as an Optuna pruner.
+Every periodic evaluation of the primary metric is an Optuna intermediate value of its trial in both modes
+(optuna-dashboard's intermediate-value and learning-curve plots read them): single-objective through
+`trial.report`; Pareto mode through the storage's public `set_trial_intermediate_value`, because Optuna's
+`report`/`should_prune` raise for multi-objective studies. So the Pareto mode runs the rules here
+(`PruningRule`) over those values; the single-objective mode runs them as an Optuna pruner.
 1. Baseline rule (both modes): a trial whose metric stays within two standard errors of the majority-class
    baseline (the metric of always predicting the most frequent eval label; 0.02 for non-accuracy metrics)
    for `baseline_patience` consecutive evaluations has learned nothing and is stopped.
@@ -20,7 +22,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -67,15 +69,16 @@ class BaselineMedianPruner(optuna.pruners.BasePruner):
 class PruningRule:
     """What the worker calls at each evaluation; `check` records the value and raises optuna.TrialPruned.
 
-    Single objective: reports to Optuna, whose pruner (`pruner()`, set on the study) decides. Pareto: Optuna
-    cannot prune multi-objective studies, so the baseline rule and the size-aware median rule run here over the
-    user attr "intermediate" ({step: value}), which both modes store.
+    Single objective: reports to Optuna, whose pruner (`pruner()`, set on the study) decides. Pareto: the value
+    goes to `storage` (the backend the study was opened with; ids from its public lookups), and the baseline
+    rule and the size-aware median rule run here over the trials' intermediate values.
     """
 
     settings: PruningSettings
     multi: bool
     baseline: float | None
     margin: float
+    storage: Any = None  # needed in Pareto mode only
     _pruner: BaselineMedianPruner | None = field(default=None, init=False, repr=False)
 
     def pruner(self) -> optuna.pruners.BasePruner:
@@ -88,10 +91,12 @@ class PruningRule:
 
     def check(self, trial: optuna.Trial, step: int, value: float, size: int) -> None:
         """`value` is the primary metric at `step`; `size` the trial's current trainable-parameter count."""
-        history = {**trial.user_attrs.get("intermediate", {}), str(step): value}
-        trial.set_user_attr("intermediate", history)
         if self.multi:
-            reason = self._pareto_reason(trial, step, list(history.values()), size)
+            trial_id = self.storage.get_trial_id_from_study_id_trial_number(
+                self.storage.get_study_id_from_name(trial.study.study_name), trial.number)
+            self.storage.set_trial_intermediate_value(trial_id, step, value)
+            history = self.storage.get_trial(trial_id).intermediate_values
+            reason = self._pareto_reason(trial, step, [history[s] for s in sorted(history)], size)
         else:
             trial.report(value, step)
             reason = self.pruner().reasons.pop(trial.number, None) if trial.should_prune() else None
@@ -103,10 +108,9 @@ class PruningRule:
         reason = baseline_reason(values, step, self.settings, self.baseline, self.margin)
         if reason is not None or len(values) <= self.settings.n_warmup_evals:
             return reason
-        peers = [t.user_attrs["intermediate"][str(step)]
+        peers = [t.intermediate_values[step]
                  for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                 if str(step) in t.user_attrs.get("intermediate", {})
-                 and t.user_attrs.get("trainable_params", math.inf) <= size]
+                 if step in t.intermediate_values and t.user_attrs.get("trainable_params", math.inf) <= size]
         if len(peers) < self.settings.n_startup_trials or values[-1] >= statistics.median(peers):
             return None
         return (f"{values[-1]:.4f} at step {step} is below the median {statistics.median(peers):.4f} "

@@ -14,23 +14,46 @@ Storage (`open_storage`):
   values (a worker whose grace period were shorter than another's heartbeat interval would fail live trials).
   The `search` command creates the study (several workers creating one study at once on a fresh database
   collide); `worker` only loads it.
+
+Secrets: a URL's password never leaves the process. Messages, events and the settings stored in the study
+carry `redact(uri)`; every process gets the full URL from its own `--storage` flag or from the environment
+variable ELALORA_STORAGE (`resolve_storage`), so a password need not appear on a command line either.
+
+A journal whose last line is unterminated (what a kill during a write leaves) is repaired on open, under the
+journal's own lock: the torn line is dropped (it was never acknowledged to anyone) and a one-line notice says so.
+Left in place, Optuna would skip it on replay and append the next record onto it, corrupting the file for good.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from elalora_auto.errors import UserError
 from elalora_auto.search.settings import HeartbeatSettings
 
 JOURNAL_FILE = "optuna-journal.log"
+STORAGE_ENV = "ELALORA_STORAGE"
+
+
+def resolve_storage(uri: str | None) -> str | None:
+    """The storage a process uses: its `--storage` value, else $ELALORA_STORAGE, else None (the journal)."""
+    return uri or os.environ.get(STORAGE_ENV) or None
 
 
 def storage_uri(settings_storage: str | None, workdir: str | Path) -> str:
-    """The storage as a URI for messages and events (the journal file as its path)."""
-    return settings_storage or str((Path(workdir) / JOURNAL_FILE).resolve())
+    """The storage for messages and events, password hidden (the journal file as its path)."""
+    uri = resolve_storage(settings_storage)
+    return redact(uri) if uri and "://" in uri else uri or str((Path(workdir) / JOURNAL_FILE).resolve())
+
+
+def redacted_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings as they may be stored or shown: the storage URL without its password."""
+    storage = settings.get("storage")
+    return {**settings, "storage": redact(storage) if storage and "://" in storage else storage}
 
 
 def open_storage(uri: str | None, workdir: str | Path, create: bool = True,
@@ -39,15 +62,17 @@ def open_storage(uri: str | None, workdir: str | Path, create: bool = True,
     `heartbeat`'s timing (default 60 s / 180 s; pass the study's own to run trials)."""
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
+    from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
 
-    heartbeat = heartbeat or HeartbeatSettings()
+    heartbeat, uri = heartbeat or HeartbeatSettings(), resolve_storage(uri)
     if uri is None or "://" not in uri:
         path = Path(uri) if uri else Path(workdir) / JOURNAL_FILE
         if not path.exists() and not create:
             raise UserError(f"no study storage at {path}; run `elalora-auto search` first or pass --storage/--workdir")
         path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        lock = JournalFileSymlinkLock(str(path))
+        repair_journal(path, lock)
+        return JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat, retry
@@ -62,6 +87,42 @@ def open_storage(uri: str | None, workdir: str | Path, create: bool = True,
     except Exception as exc:  # sqlalchemy's OperationalError, ArgumentError, ...; optuna wraps none of them
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot open storage {redact(uri)}: {first}") from None
+
+
+def repair_journal(path: Path, lock: Any) -> int:
+    """Drop an unterminated last line (a write cut short by a crash) under `lock`; returns the bytes dropped.
+
+    Checked without the lock first (the common case costs one read of the last byte); Optuna writes each batch
+    of records under the same lock, so with the lock held an unterminated tail is never a write in progress.
+    """
+    if not _torn(path):
+        return 0
+    lock.acquire()
+    try:
+        if not _torn(path):
+            return 0
+        data = path.read_bytes()
+        keep = data.rfind(b"\n") + 1
+        with path.open("r+b") as handle:
+            handle.truncate(keep)
+            handle.flush()
+            os.fsync(handle.fileno())
+    finally:
+        lock.release()
+    print(f"note: repaired {path}: dropped an unterminated last line ({len(data) - keep} bytes) left by an "
+          "interrupted write", file=sys.stderr)
+    return len(data) - keep
+
+
+def _torn(path: Path) -> bool:
+    """Whether the file exists, is non-empty and does not end with a newline."""
+    if not path.is_file():
+        return False
+    with path.open("rb") as handle:
+        if handle.seek(0, os.SEEK_END) == 0:
+            return False
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) != b"\n"
 
 
 def _with_installed_driver(uri: str) -> str:

@@ -1,7 +1,9 @@
 """The study itself: created once with its settings and trial 0, the trial budget, and orphan recovery.
 
 Trial budget: `--trials N` means the study ends with N trials in it (complete, pruned or failed; a trial
-re-queued after its worker died counts once, one stopped by Ctrl-C not at all). Optuna's MaxTrialsCallback
+re-queued after its worker died counts once; one stopped by Ctrl-C, or failed by the user's input
+(UserError, ConfigError, DataError: a bad space value, data removed mid-study), not at all, so the corrected
+resume still runs the full budget). Optuna's MaxTrialsCallback
 counts only finished trials after each one, which lets parallel workers overshoot; hence `counted_trials`:
 every worker counts the study's trials, running and waiting ones included, before it starts another, so
 resuming, or adding workers, never runs more than N.
@@ -18,8 +20,10 @@ from typing import Any
 from elalora_auto.errors import UserError
 from elalora_auto.search.plan import StudyPlan
 from elalora_auto.search.settings import HeartbeatSettings
+from elalora_auto.search.storage import redacted_settings
 
 INTERRUPTED = "interrupted (Ctrl-C)"
+USER_ERRORS = ("UserError", "ConfigError", "DataError")  # how a fail_reason caused by bad input starts
 
 
 def create_or_load_study(plan: StudyPlan, storage: Any) -> tuple[Any, bool]:
@@ -52,18 +56,23 @@ def create_or_load_study(plan: StudyPlan, storage: Any) -> tuple[Any, bool]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([plan.primary_metric, "trainable_params"][: len(directions)])
-    study.set_user_attr("settings", {**settings.to_dict(), "primary_metric": plan.primary_metric,
+    study.set_user_attr("settings", {**redacted_settings(settings.to_dict()), "primary_metric": plan.primary_metric,
                                      "baseline": plan.baseline})
     study.enqueue_trial(default, user_attrs={"origin": "default (authors' configuration)"})
     return study, True
 
 
 def counted_trials(study: Any) -> int:
-    """Trials toward the budget: all states, running and waiting included; a re-queued trial counts once and
-    a trial stopped by Ctrl-C not at all (the resumed run replaces it)."""
+    """Trials toward the budget: all states, running and waiting included; a re-queued trial counts once, and
+    trials stopped by Ctrl-C or failed by the user's input not at all (the resumed run replaces them)."""
     trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    return sum(t.number not in retried and t.user_attrs.get("fail_reason") != INTERRUPTED for t in trials)
+    return sum(t.number not in retried and not not_counted(t.user_attrs.get("fail_reason")) for t in trials)
+
+
+def not_counted(fail_reason: Any) -> bool:
+    """Whether a trial that failed for this reason leaves the budget alone (Ctrl-C, or the user's input)."""
+    return isinstance(fail_reason, str) and (fail_reason == INTERRUPTED or fail_reason.startswith(USER_ERRORS))
 
 
 def recover_orphans(study: Any, storage: Any) -> list[int]:

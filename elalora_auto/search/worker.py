@@ -8,8 +8,12 @@ MLflow tracker) are handed in by the caller; the search builds none of its own.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import signal
 import socket
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -20,10 +24,10 @@ from elalora_auto.errors import UserError
 from elalora_auto.events import Event, Listener, emit, with_context
 from elalora_auto.search.plan import StudyPlan
 from elalora_auto.search.pruning import PruningRule
-from elalora_auto.search.study import INTERRUPTED, counted_trials, recover_orphans
+from elalora_auto.search.storage import redacted_settings
+from elalora_auto.search.study import INTERRUPTED, USER_ERRORS, counted_trials, recover_orphans
 
-MAX_CONSECUTIVE_USER_ERRORS = 3
-USER_ERRORS = ("UserError", "ConfigError", "DataError")
+MAX_CONSECUTIVE_USER_ERRORS = 3  # then the study stops with the error: its trials would all fail the same way
 
 
 def _rank_summary(rank_map: Mapping[str, int]) -> dict[str, float]:
@@ -40,26 +44,73 @@ def _failure_types() -> tuple[type[BaseException], ...]:
     return NonFiniteLossError, torch.OutOfMemoryError, UserError
 
 
+def sampler_seed(seed: int, n_trials: int, salt: int) -> int:
+    """A sampler seed from the study's seed, its size and a per-process salt (the pid).
+
+    A fixed seed would replay the same random draws on every start: a resumed study re-proposed the
+    configurations it had already run, and parallel workers proposed each other's.
+    """
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed % 2**32, n_trials, salt]).generate_state(1)[0])
+
+
 def _has_waiting(study: optuna.Study) -> bool:
     return bool(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the loop; `trials` are the numbers of the trials it stopped (each re-queued as it was)."""
+
+    def __init__(self, trials: Iterable[int | None]) -> None:
+        self.trials = sorted(t for t in trials if t is not None)
+        super().__init__(self.trials)
+
+
+class _TrialFailureLines(logging.Filter):
+    """Drops Optuna's "Trial N failed ..." warnings (with their tracebacks): `finished` prints one line per
+    failed trial with its reason, and a Ctrl-C'd trial is named by the interrupted line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Trial ") and " failed with " in message)
+
+
+def _quiet_trial_failures() -> None:
+    logger = logging.getLogger("optuna.study._optimize")  # Optuna's logger of trial outcomes
+    if not any(isinstance(f, _TrialFailureLines) for f in logger.filters):
+        logger.addFilter(_TrialFailureLines())
+
+
+def _exit_on_second_interrupt() -> None:
+    """After the first Ctrl-C the loop cleans up (events, the re-queue); a second one exits at once."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def now(signum: int, frame: Any) -> None:
+        print("interrupted again: exiting now", file=sys.stderr, flush=True)
+        os._exit(130)
+
+    signal.signal(signal.SIGINT, now)
 
 
 class Worker:
     """Runs trials until the study holds its budget of them (or the timeout passes).
 
-    `storage` is the backend the study was opened with (orphan recovery uses its public methods). `seed` seeds
-    the sampler (the `search` process; extra workers leave it None so they do not propose the same
-    configurations as each other).
+    `storage` is the backend the study was opened with (orphan recovery uses its public methods). The sampler's
+    seed is `sampler_seed(settings.seed, trials already in the study, pid)`: a resumed study and parallel
+    workers each draw fresh configurations, not the ones the same seed drew before.
     """
 
     def __init__(self, plan: StudyPlan, study: optuna.Study, storage: Any, storage_label: str,
-                 listeners: Iterable[Listener] = (), progress: bool = False, seed: int | None = None,
+                 listeners: Iterable[Listener] = (), progress: bool = False,
                  echo: Callable[[str], None] = print) -> None:
         self.plan, self.study, self.storage, self.storage_label = plan, study, storage, storage_label
         self.listeners, self.progress, self.echo = list(listeners), progress, echo
         settings = plan.settings
-        self.rule = PruningRule(settings.pruning, plan.multi, plan.baseline, plan.baseline_margin)
+        self.rule = PruningRule(settings.pruning, plan.multi, plan.baseline, plan.baseline_margin, storage)
         study.pruner = self.rule.pruner()
+        seed = sampler_seed(settings.seed, len(study.get_trials(deepcopy=False)), os.getpid())
         study.sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
         self.budget = int(study.user_attrs.get("settings", {}).get("trials", settings.trials))
         self.trials_dir = Path(settings.workdir) / "trials" / study.study_name
@@ -67,22 +118,30 @@ class Worker:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.results: dict[int, dict[str, Any]] = {}  # this process's finished trials, until `finished` reports them
         self.user_errors: list[str] = []  # consecutive trials failed by bad input
+        self.running: int | None = None  # the trial this process runs now (named when Ctrl-C stops it)
 
     def run(self) -> None:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial comes from `finished` instead
+        """The loop; Ctrl-C ends it with `Interrupted(trial number)` once the study's end is emitted."""
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        _quiet_trial_failures()  # one line per trial comes from `finished` instead
         study, settings = self.study, self.plan.settings
         recover_orphans(study, self.storage)
         emit(self.listeners, Event("study_start", 0, {"study": study, "study_name": study.study_name,
                                                       "storage": self.storage_label, "backend": self.storage,
-                                                      "settings": settings.to_dict()}))
+                                                      "settings": redacted_settings(settings.to_dict())}))
         deadline = None if settings.timeout is None else time.monotonic() + settings.timeout
         try:
             while _has_waiting(study) or counted_trials(study) < self.budget:
                 if deadline is not None and time.monotonic() >= deadline:
                     break
+                self.running = None
                 study.optimize(self.objective, n_trials=1, catch=self.failures, callbacks=[self.finished])
                 if len(self.user_errors) >= MAX_CONSECUTIVE_USER_ERRORS:
-                    raise UserError(f"{len(self.user_errors)} trials in a row failed with: {self.user_errors[-1]}")
+                    raise UserError(f"{len(self.user_errors)} trials in a row failed with: {self.user_errors[-1]}; "
+                                    "fix it and run the same command again (these trials leave the budget alone)")
+        except KeyboardInterrupt:
+            _exit_on_second_interrupt()
+            raise Interrupted([self.running]) from None
         finally:
             emit(self.listeners, Event("study_end", 0, {"study": study, "study_name": study.study_name}))
 
@@ -108,10 +167,11 @@ class Worker:
     def objective(self, trial: optuna.Trial) -> Any:
         from elalora_auto.trial import run_trial
 
+        self.running = trial.number
         trial.set_user_attr("worker", self.worker_id)
-        spec = self.trial_spec(trial)
         out = self.trials_dir / str(trial.number)
         try:
+            spec = self.trial_spec(trial)
             result = run_trial(spec, reporter=lambda step, value, size: self.rule.check(trial, step, value, size),
                                listeners=with_context(self.listeners, trial_number=trial.number,
                                                       study_name=self.study.study_name),
@@ -120,7 +180,10 @@ class Worker:
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}".splitlines()[0])
             raise
         except KeyboardInterrupt:
+            _exit_on_second_interrupt()
             trial.set_user_attr("fail_reason", INTERRUPTED)
+            rerun = {k: v for k, v in trial.user_attrs.items() if k == "origin"}
+            self.study.enqueue_trial(trial.params, user_attrs={**rerun, "rerun_of": trial.number})
             raise
         self.results[trial.number] = {**result.to_dict(), "output_dir": str(out)}
         for key, value in (("primary", result.primary), ("trainable_params", result.trainable_params),
@@ -135,6 +198,7 @@ class Worker:
 
     def finished(self, study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
         """Optuna's callback after each trial: the `trial_finished` event, one line, the user-error count."""
+        self.running = None
         reason = frozen.user_attrs.get("fail_reason") or frozen.user_attrs.get("prune_reason")
         result = self.results.pop(frozen.number, None)
         emit(self.listeners, Event("trial_finished", frozen.number, {
