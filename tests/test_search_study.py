@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import csv
+import json
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -248,30 +254,32 @@ def test_bad_input_leaves_an_existing_study_untouched(study_file: Path, tmp_path
     assert len(_study(tmp_path, "s").get_trials()) == 1
 
 
+def start_and_wait_until_evaluated(args: list[str], journal: Path, trials: int = 1,
+                                   **popen: object) -> subprocess.Popen:
+    """`elalora-auto ARGS` in a subprocess, returned once `trials` distinct trials have stored an intermediate
+    value in the journal: each has all its parameters, is training, and has evaluated at least once. A fixed
+    point to kill at, unlike "a worker attr appeared" (the trial might still be sampling)."""
+    proc = subprocess.Popen([sys.executable, "-m", "elalora_auto.cli", *args],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, **popen)
+    deadline, evaluated = time.monotonic() + 240, set()
+    while time.monotonic() < deadline and len(evaluated) < trials and proc.poll() is None:
+        time.sleep(0.3)
+        lines = journal.read_bytes().splitlines() if journal.exists() else []
+        evaluated = {json.loads(line)["trial_id"] for line in lines if b'"intermediate_value"' in line}
+    assert len(evaluated) >= trials, f"no evaluation in time (exit {proc.poll()})"
+    return proc
+
+
 def test_a_killed_search_resumes_with_its_running_trial_requeued(study_file: Path, tmp_path: Path) -> None:
     """kill -9 during a trial: the journal keeps the study; the next run fails the orphan, re-runs it, and
     still ends with the budget (the dead trial counts once)."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     config = yaml.safe_load(study_file.read_text())
     config["max_steps"] = 400  # long enough to be killed mid-trial
     study_file.write_text(yaml.safe_dump(config))
     args = ["search", "--config", str(study_file), "--space", str(_space(tmp_path)), "--study", "k", "--trials", "2",
             "--quiet"]
-    proc = subprocess.Popen([sys.executable, "-m", "elalora_auto.cli", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    journal, deadline = tmp_path / "runs" / "optuna-journal.log", time.monotonic() + 120
-    cache = tmp_path / "runs" / "cache"  # written by the trial's setup: its parameters are all in the journal by then
-
-    def training() -> bool:
-        return b'"worker"' in (journal.read_bytes() if journal.exists() else b"") and any(cache.glob("tok-*"))
-
-    while time.monotonic() < deadline and not training():
-        time.sleep(0.5)
+    proc = start_and_wait_until_evaluated(args, tmp_path / "runs" / "optuna-journal.log",
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     config["max_steps"] = 12
