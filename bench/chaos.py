@@ -314,7 +314,8 @@ def password_leaks(bench: Bench, outputs: list[str], workdir: Path, storage: str
                    "mlartifacts" if rel.parts[0] == "mlartifacts" else "workdir_other"] += 1
     _, _, study = load_trials(storage, workdir)
     if study is not None:
-        attrs = json.dumps([study.user_attrs, study.system_attrs], default=str)
+        attrs = json.dumps([study.user_attrs, study._storage.get_study_system_attrs(study._study_id),
+                            [t.user_attrs for t in study.get_trials(deepcopy=False)]], default=str)
         places["study_attrs"] = int(secret.decode() in attrs)
     return {"password_leaks": {k: v for k, v in places.items() if v}}
 
