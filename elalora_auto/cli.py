@@ -102,7 +102,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from elalora_auto.search.checks import check_training
-    from elalora_auto.trial import TrialSpec, resolve_model, run_trial
+    from elalora_auto.tasks import resolve_task
+    from elalora_auto.trial import TrialSpec, load_base_model, load_tokenizer, run_trial
 
     if args.config:
         if not Path(args.config).is_file():
@@ -121,7 +122,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None] + list(args.set)
     )
     check_training(spec)
-    resolve_model(spec.model)  # a bad model name fails now, before any data is read
+    task = resolve_task(spec.task, spec.custom)
+    load_tokenizer(spec.model)  # a bad model fails now, before any data is read (both are cached for the trial)
+    load_base_model(spec.model, task.num_labels, task.problem_type)
     if args.quiet:
         import datasets
 
@@ -206,7 +209,7 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from elalora_auto.tracking import default_tracking_uri
-    from elalora_auto.ui import start_ui, stop_ui, wait_ui_ready
+    from elalora_auto.ui import start_ui, stop_ui, study_links, wait_ui_ready
 
     uri = args.tracking_uri or default_tracking_uri(args.workdir)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
@@ -217,6 +220,8 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     try:
         wait_ui_ready(server, args.port)
         print(f"MLflow UI: http://127.0.0.1:{args.port}  (store {uri}; Ctrl-C stops it)", flush=True)
+        for line in study_links(uri, args.port):
+            print(f"  {line}", flush=True)
         return server.wait()
     except KeyboardInterrupt:
         print("stopping the MLflow UI", flush=True)

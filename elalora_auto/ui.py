@@ -8,9 +8,11 @@ import time
 from typing import Any
 
 from elalora_auto.errors import UserError
-from elalora_auto.tracking import artifact_root_for, prepare_store
+from elalora_auto.tracking import TAG_STUDY, artifact_root_for, prepare_store
 
 log = logging.getLogger(__name__)
+# MLflow 3 opens experiments in its GenAI mode (Overview, Traces); this query opens them on their training runs.
+RUNS_VIEW = "?workflowType=machine_learning"
 
 
 def start_ui(tracking_uri: str, port: int = 5000) -> Any:
@@ -75,3 +77,13 @@ def stop_ui(process: Any, timeout_s: float = 10.0) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def study_links(tracking_uri: str, port: int) -> list[str]:
+    """'study NAME: URL' for each study in the store, the URL opening its runs (not MLflow's GenAI overview)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    studies = [e for e in client.search_experiments(max_results=1000) if TAG_STUDY in e.tags]
+    return [f"study {e.name}: http://127.0.0.1:{port}/#/experiments/{e.experiment_id}/runs{RUNS_VIEW}"
+            for e in sorted(studies, key=lambda e: e.name)]

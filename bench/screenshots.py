@@ -1,0 +1,112 @@
+"""README screenshots of the MLflow UI (docs/ui-screenshot*.png), from a real demo study, in headless Chromium.
+
+`make screenshots` runs it; tests never write into docs/. It runs the offline demo into a temporary workdir
+(or `--workdir` of an existing study), starts `elalora-auto ui`, and saves:
+  docs/ui-screenshot.png          the experiment as MLflow opens it (the study's runs)
+  docs/ui-screenshot-pareto.png   the parent run's Pareto front artifact
+  docs/ui-screenshot-pruned.png   a pruned trial's rank heatmap (every trial state carries its ranks)
+
+    python bench/screenshots.py [--workdir DIR] [--trials 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+
+
+def chromium_path() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def chromium(tmp: Path, url: str, *mode: str, size: str = "1400,900") -> str:
+    """One headless page load; the MLflow UI is a React SPA, so it gets virtual time to render."""
+    command = [chromium_path() or "chromium", "--headless", "--no-sandbox", "--disable-gpu",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+               f"--user-data-dir={tmp / 'profile'}", f"--window-size={size}", "--virtual-time-budget=20000",
+               *mode, url]
+    return subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=tmp).stdout
+
+
+def start_ui(workdir: Path, port: int) -> Any:
+    """`elalora-auto ui` as a user starts it; returns once it printed its URL (its output keeps draining)."""
+    ui = subprocess.Popen([sys.executable, "-m", "elalora_auto.cli", "ui", "--workdir", str(workdir),
+                           "--port", str(port)], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert ui.stdout is not None
+    if not any(line.startswith(f"MLflow UI: http://127.0.0.1:{port}") for line in iter(ui.stdout.readline, "")):
+        raise RuntimeError(f"elalora-auto ui exited with {ui.wait()} before printing its URL")
+    threading.Thread(target=ui.stdout.read, daemon=True).start()  # a full pipe would block the server
+    return ui
+
+
+def stop_ui(ui: Any) -> int:
+    ui.send_signal(signal.SIGINT)  # what Ctrl-C does; the command stops the server's process group
+    return ui.wait(timeout=30)
+
+
+def shoot(workdir: Path, tmp: Path) -> list[Path]:
+    """The three screenshots of the demo study in `workdir`."""
+    from mlflow import MlflowClient
+
+    from elalora_auto.tracking import default_tracking_uri
+
+    client = MlflowClient(tracking_uri=default_tracking_uri(workdir))
+    experiment = client.get_experiment_by_name("demo")
+    parent = client.search_runs([experiment.experiment_id], "tags.`elalora.role` = 'parent'")[0]
+    pruned = client.search_runs([experiment.experiment_id], "tags.`elalora.state` = 'PRUNED'")
+    port = free_port()
+    ui = start_ui(workdir, port)
+    base = f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}"
+    shots = [(f"{base}", DOCS / "ui-screenshot.png"),
+             (f"{base}/runs/{parent.info.run_id}/artifacts/pareto_front.png", DOCS / "ui-screenshot-pareto.png")]
+    if pruned:
+        shots.append((f"{base}/runs/{pruned[0].info.run_id}/artifacts/ranks/rank_heatmap.png",
+                      DOCS / "ui-screenshot-pruned.png"))
+    try:
+        for url, path in shots:
+            chromium(tmp, url, f"--screenshot={tmp / path.name}")
+            shutil.copy(tmp / path.name, path)
+            print(f"{path.relative_to(ROOT)} <- {url}")
+    finally:
+        stop_ui(ui)
+    return [path for _, path in shots]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, help="an existing demo workdir (default: run the demo afresh)")
+    parser.add_argument("--trials", type=int, default=8)
+    args = parser.parse_args(argv)
+    if chromium_path() is None:
+        print("Chromium not found: run `make browser-deps`", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.workdir
+        if workdir is None:
+            from elalora_auto.demo import run_demo
+
+            workdir = Path(tmp) / "demo"
+            run_demo(workdir, trials=args.trials)
+        shoot(workdir.resolve(), Path(tmp))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
