@@ -1,0 +1,177 @@
+"""Bad input to every command ends in one line naming the fix: a non-zero exit, no traceback, no hang, and a study
+it was aimed at left byte-identical.
+
+Each case runs as a real `elalora-auto` process (the CLI's own printing and exit code, not main()'s). The cases
+share one small study, created once, and run a few at a time; most fail before torch is even imported.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from test_trial import write_tiny_sst2
+
+from elalora_auto.cli import main
+from elalora_auto.tiny import build_tiny_bert
+
+TIMEOUT_S = 240
+STUDY = "bad-inputs"
+WORDS = ("the", "movie", "was", "very", "great", "good", "fun", "fine", "bad", "awful", "boring", "long")
+
+
+def _space(method_params: str) -> str:
+    return f"method: elalora\nmethod_params:\n{method_params}\n"
+
+
+SPACES = {
+    "r_init_zero.yaml": _space("  r_init: {type: int, low: 0, high: 4, default: 2}"),
+    "unknown_param.yaml": _space("  rr_init: {type: int, low: 1, high: 4}"),
+    "beta_above_one.yaml": _space("  beta1: {type: float, low: 0.5, high: 1.5}"),
+    "lora_dropout.yaml": "method: lora\nmethod_params:\n  lora_dropout: {type: float, low: 0.0, high: 1.5}\n",
+    "lora_unknown.yaml": "method: lora\nmethod_params:\n  use_dora: {type: categorical, choices: [true]}\n",
+}
+STUDY_FILES = {
+    "trials_many.yaml": 'trials: "many"\n',
+    "batch_zero.yaml": "batch_size: 0\n",
+    "storage_malformed.yaml": "storage: 'sqlite:x.db'\n",
+}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict[str, Path]:
+    """A tiny model, tiny SST-2 data, broken copies of both, and one created study (no trial run)."""
+    root = tmp_path_factory.mktemp("bad-inputs")
+    model = build_tiny_bert(root / "model", WORDS)
+    broken = {"no-weights": "model.safetensors", "no-tokenizer": "tokenizer*", "truncated": None}
+    for name, remove in broken.items():
+        folder = root / name
+        build_tiny_bert(folder, WORDS)
+        for path in folder.glob(remove or "-"):
+            path.unlink()
+    with (root / "truncated" / "model.safetensors").open("r+b") as handle:
+        handle.truncate(2000)
+    data = write_tiny_sst2(root / "glue")
+    latin = write_tiny_sst2(root / "latin1")
+    with (latin / "SST-2" / "train.tsv").open("ab") as handle:
+        handle.write("un caf\xe9 tr\xe8s good\t1\n".encode("latin-1"))
+    for name, text in {**SPACES, **STUDY_FILES}.items():
+        (root / name).write_text(text)
+    (root / "a-file").write_text("not a folder\n")
+    workdir = root / "runs"
+    assert main(["search", "--task", "sst2", "--data-dir", str(data), "--model", str(model), "--workdir",
+                 str(workdir), "--study", STUDY, "--trials", "2", "--max-steps", "8", "--no-tracking", "--quiet",
+                 "--create-only"]) == 0
+    return {"root": root, "model": model, "data": data, "latin": latin, "workdir": workdir,
+            "journal": workdir / "optuna-journal.log"}
+
+
+def _with(args: list[str], flag: str, value: str) -> list[str]:
+    """`args` with the value after `flag` replaced."""
+    at = args.index(flag) + 1
+    return [*args[:at], value, *args[at + 1:]]
+
+
+def cases(w: dict[str, Path]) -> dict[str, tuple[list[str], str]]:
+    """name -> (arguments, a phrase the one line must hold)."""
+    root, wd = w["root"], str(w["workdir"])
+    train = ["train", "--task", "sst2", "--data-dir", str(w["data"]), "--model", str(w["model"]), "--max-steps", "4"]
+    search = ["search", "--task", "sst2", "--data-dir", str(w["data"]), "--model", str(w["model"]), "--workdir", wd,
+              "--study", STUDY, "--max-steps", "8", "--no-tracking", "--quiet"]
+    at = ["--study", STUDY, "--workdir", wd]
+    out = {
+        "train: task typo": (_with(train, "--task", "sst3"), "did you mean 'sst2'"),
+        "train: learning_rate=abc": (train + ["--set", "training.learning_rate=abc"], "training.learning_rate"),
+        "train: batch_size=0": (train + ["--set", "batch_size=0"], "training.batch_size"),
+        "train: model typo": (_with(train, "--model", "minlm"), "did you mean 'minilm'"),
+        "train: no weights": (_with(train, "--model", str(root / "no-weights")), "has no weights"),
+        "train: truncated weights": (_with(train, "--model", str(root / "truncated")), "truncated"),
+        "train: no tokenizer": (_with(train, "--model", str(root / "no-tokenizer")), "tokenizer"),
+        "train: latin-1 data": (_with(train, "--data-dir", str(w["latin"])), "not UTF-8"),
+        "train: --output a folder": (train + ["--output", str(root)], "is a folder"),
+        "train: --max-steps 0": (_with(train, "--max-steps", "0"), "at least 1"),
+        "search: study typo": (["search", "--config", "sst2-minlm"], "did you mean 'sst2-minilm'"),
+        "search: demo study": (["search", "--config", "demo"], "elalora-auto demo"),
+        "search: space typo": (search + ["--space", "elalor"], "did you mean 'elalora'"),
+        "search: model typo": (_with(search, "--model", "minlm"), "did you mean 'minilm'"),
+        "search: no tokenizer": (_with(search, "--model", str(root / "no-tokenizer")), "tokenizer"),
+        "search: trials 'many'": (search + ["--config", str(root / "trials_many.yaml")], "trials"),
+        "search: batch_size 0": (search + ["--config", str(root / "batch_zero.yaml")], "batch_size"),
+        "search: storage in a study file": (search + ["--config", str(root / "storage_malformed.yaml")], ":///"),
+        "search: --timeout -5": (search + ["--timeout", "-5"], "> 0"),
+        "search: --trials 0": (search + ["--trials", "0"], "at least 1"),
+        "search: --workdir a file": (_with(search, "--workdir", str(root / "a-file")), "is a file"),
+        "search: --storage sqlite:x.db": (search + ["--storage", "sqlite:x.db"], "sqlite:///x.db"),
+        "worker: no such study": (["worker", "--study", "nope", "--workdir", wd], "no study 'nope'"),
+        "worker: malformed storage": (["worker", "--study", STUDY, "--storage", "sqlite:x.db"], "sqlite:///x.db"),
+        "status: --workdir a file": (["status", "--workdir", str(root / "a-file")], "is a file"),
+        "status: no such study": (["status", "--study", "nope", "--workdir", wd], "no study 'nope'"),
+        "report: --out a file": (["report", *at, "--out", str(root / "a-file")], "is a file"),
+        "export: --out a file": (["export", *at, "--out", str(root / "a-file")], "is a file"),
+        "export: no such study": (["export", "--study", "nope", "--workdir", wd, "--out", str(root / "x")], "nope"),
+        "ui: --port 99999": (["ui", "--workdir", wd, "--port", "99999"], "1..65535"),
+        "ui: --port abc": (["ui", "--workdir", wd, "--port", "abc"], "whole number"),
+        "demo: --trials 0": (["demo", "--workdir", str(root / "demo"), "--trials", "0"], "at least 1"),
+        "demo: --workdir a file": (["demo", "--workdir", str(root / "a-file")], "is a file"),
+    }
+    for name in SPACES:
+        method = "lora" if name.startswith("lora") else "elalora"
+        out[f"search: space {name}"] = (search + ["--method", method, "--space", str(root / name)], name)
+    return out
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "elalora_auto.cli", *args], capture_output=True, text=True,
+                          timeout=TIMEOUT_S, env=env, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def outcomes(world) -> dict[str, tuple[subprocess.CompletedProcess, bytes, bytes]]:
+    """Every case run once, four at a time: (process, journal before, journal after)."""
+    before = world["journal"].read_bytes()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        runs = {name: pool.submit(_run, args, world["root"]) for name, (args, _) in cases(world).items()}
+        done = {name: future.result() for name, future in runs.items()}
+    after = world["journal"].read_bytes()
+    return {name: (run, before, after) for name, run in done.items()}
+
+
+CASE_NAMES = sorted(cases({k: Path("/x") for k in ("root", "model", "data", "latin", "workdir")}))
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_bad_input_is_one_line_and_a_non_zero_exit(name, world, outcomes):
+    run, before, after = outcomes[name]
+    phrase = cases(world)[name][1]
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert run.returncode not in (0, None), f"exit 0 for {name}: {run.stdout[-2000:]}"
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    if lines and lines[0].startswith("usage:"):  # argparse: its usage, then the one error line
+        assert all(line.startswith(("usage:", " ")) for line in lines[:-1]), run.stderr
+        assert ": error: argument" in lines[-1], run.stderr
+    else:
+        assert len(lines) == 1 and lines[0].startswith("error: "), run.stderr[-3000:]
+    assert phrase in lines[-1], lines[-1]
+    assert after == before, f"{name} changed the study's journal"
+
+
+def test_demo_checks_its_flags_before_writing_anything(world, outcomes):
+    assert not (world["root"] / "demo").exists()
+
+
+def test_an_unknown_model_fails_fast_offline(monkeypatch):
+    """No hub retries: a name that is neither a folder nor cached fails in well under 2 s when offline."""
+    import time
+
+    from elalora_auto.errors import UserError
+    from elalora_auto.loading import resolve_model
+
+    start = time.perf_counter()
+    with pytest.raises(UserError, match="did you mean 'minilm'"):
+        resolve_model("minlm")
+    assert time.perf_counter() - start < 2.0
