@@ -104,3 +104,66 @@ def test_front_knee_and_hypervolume() -> None:
     expected = compute_hypervolume(np.array([[-m, c] for m, c in points]), np.array([-reference[0], reference[1]]))
     assert hv == pytest.approx(expected)
     assert hypervolume([], reference) == 0.0 and knee([]) is None
+
+
+# -- every corner of a space against the method's rules (search.checks), before any study exists ------------------
+@pytest.mark.parametrize("name", builtin_names("search_spaces"))
+@pytest.mark.parametrize("steps", [8, 150, 6000])
+def test_shipped_spaces_pass_their_corner_checks_at_any_run_length(name: str, steps: int) -> None:
+    from elalora_auto.search.checks import check_space, corners
+
+    space = SearchSpace.load(name)
+    check_space(space, steps)
+    assert len(list(corners(space, steps))) > len(space.params)  # trial 0 plus both ends of the ranges
+
+
+def _corner_space(method: str, **params: dict) -> SearchSpace:
+    return SearchSpace.from_dict({"method": method, "method_params": params,
+                                  "constraints": ["t_init + t_final < total_steps"] if "t_init" in params else []},
+                                 source="s.yaml")
+
+
+@pytest.mark.parametrize(("method", "params", "message"), [
+    ("elalora", {"r_init": {"type": "int", "low": 0, "high": 4, "default": 2}}, "method_params.r_init = 0: r_init=0"),
+    ("elalora", {"beta1": {"type": "float", "low": 0.5, "high": 1.0}}, "beta1 = 1.0: beta1=1.0 must be in [0, 1)"),
+    ("elalora", {"k": {"type": "categorical", "choices": [1, 0]}}, "k = 0"),
+    ("elalora", {"rr_init": {"type": "int", "low": 1, "high": 4}}, "unknown elalora parameter 'rr_init' (valid: b,"),
+    ("lora", {"r_init": {"type": "categorical", "choices": [4, 0]}}, "r_init = 0: r_init=0 must be >= 1"),
+    ("lora", {"lora_dropout": {"type": "float", "low": 0.0, "high": 1.5}}, "lora_dropout=1.5"),
+    ("adalora", {"r_target": {"type": "int", "low": 1, "high": 20}}, "r_target=20 must be a whole number in [1"),
+    ("adalora", {"beta2": {"type": "float", "low": -0.5, "high": 0.9}}, "beta2 = -0.5"),
+])
+def test_a_space_corner_the_method_rejects_is_named(method: str, params: dict, message: str) -> None:
+    from elalora_auto.search.checks import check_space
+
+    with pytest.raises(ConfigError, match="^s.yaml: ") as info:
+        check_space(_corner_space(method, **params), 100)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_corners_the_constraints_prune_are_not_checked() -> None:
+    """t_init at 0.9 of the run leaves no adjustment window, but the space's constraint prunes that corner, as a
+    trial would never train it; without the constraint it is an error."""
+    from elalora_auto.search.checks import check_space
+
+    t_init = {"type": "float", "low": 0.05, "high": 0.9, "of": "total_steps", "min": 1, "default": 0.1}
+    t_final = {"type": "float", "low": 0.05, "high": 0.2, "of": "total_steps", "min": 1, "default": 0.2}
+    check_space(_corner_space("elalora", t_init=t_init, t_final=t_final), 100)
+    unconstrained = SearchSpace.from_dict({"method": "elalora", "method_params": {"t_init": t_init,
+                                                                                   "t_final": t_final}})
+    with pytest.raises(ConfigError, match="empty adjustment window"):
+        check_space(unconstrained, 100)
+
+
+def test_settings_types_and_ranges_fail_in_one_line() -> None:
+    from elalora_auto.search.settings import SearchSettings
+
+    for data, message in [({"trials": "many"}, "trials: expected a whole number, got 'many'"),
+                          ({"batch_size": 0}, "batch_size: must be > 0, got 0"),
+                          ({"timeout": -5.0}, "timeout: must be > 0"),
+                          ({"max_steps": 5.5}, "max_steps: expected a whole number or nothing"),
+                          ({"storage": "sqlite:x.db"}, "write sqlite:///x.db"),
+                          ({"storage": "sqlite://x.db"}, "names no database file"),
+                          ({"pruning": {"n_startup_trials": "3"}}, "pruning.n_startup_trials: expected a whole")]:
+        with pytest.raises(UserError, match=message):
+            SearchSettings.from_dict({"task": "sst2", **data})
