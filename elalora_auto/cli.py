@@ -166,6 +166,9 @@ def _add_results_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=_folder, help="folder to write adapter/, config.yaml, README.md into")
     p.add_argument("--merge", action="store_true", help="also write out/merged: the full model, adapter folded in")
     p.add_argument("--force", action="store_true", help="overwrite the files of a non-empty --out folder")
+    p.add_argument("--register", metavar="NAME", help="also register the trial's MLflow model as a new version of "
+                                                      "NAME in the Model Registry (models:/NAME/VERSION)")
+    p.add_argument("--tracking-uri", help="with --register: the MLflow store (default sqlite:///WORKDIR/mlflow.db)")
     p.set_defaults(func=_cmd_export)
     p = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 for the workdir's store (Ctrl-C stops it)")
     p.add_argument("--workdir", default="elalora_runs", type=_folder,
@@ -201,6 +204,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     print(f"trial {row['number']} ({row['metric']:.4f}, {int(row['trainable_params']):,} trainable parameters) "
           f"exported to {out}: adapter/ (stock PEFT LoRA + tokenizer), config.yaml, README.md"
           f"{', merged/' if args.merge else ''}{', base-model/' if (out / 'base-model').is_dir() else ''}")
+    if args.register:
+        from elalora_auto.tracking import default_tracking_uri
+        from elalora_auto.tracking.models import register_trial
+
+        uri = args.tracking_uri or default_tracking_uri(args.workdir)
+        model = register_trial(uri, study.study_name, row["number"], trials_dir / str(row["number"]), args.register)
+        print(f"registered as {model} in {uri}; load it with mlflow.pyfunc.load_model({model!r})")
     return 0
 
 
@@ -367,28 +377,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        print(_interrupted_line(getattr(exc, "trials", []), argv), file=sys.stderr, flush=True)
+        from elalora_auto.search.worker import interrupted_line
+
+        print(interrupted_line(getattr(exc, "trials", []), argv), file=sys.stderr, flush=True)
         return 130
-
-
-def _interrupted_line(trials: Sequence[int], argv: Sequence[str]) -> str:
-    """One line for Ctrl-C: which trials the next run re-runs, and the command that resumes (URLs redacted)."""
-    import shlex
-
-    from elalora_auto.search.storage import redact
-
-    def hidden(arg: str) -> str:
-        flag, sep, value = arg.partition("=") if arg.startswith("--") and "=" in arg else ("", "", arg)
-        return flag + sep + (redact(value) if "://" in value else value)
-
-    shown = list(map(hidden, argv))
-    command = shlex.join(["elalora-auto", *shown])
-    if shown != list(argv):
-        command += " (password hidden: give it back, or set ELALORA_STORAGE)"
-    if not trials:
-        return f"interrupted; resume with: {command}"
-    names = ", ".join(map(str, trials))
-    return f"interrupted: trial{'s' if len(trials) > 1 else ''} {names} will be re-run; resume with: {command}"
 
 
 if __name__ == "__main__":

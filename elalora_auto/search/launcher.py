@@ -70,11 +70,15 @@ def launch_workers(study_name: str, settings: SearchSettings, slots: Sequence[tu
                for child, (label, _) in zip(children, slots)]
     for reader in readers:
         reader.start()
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops the children too
+    main = threading.current_thread() is threading.main_thread()  # signals can be set there only
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    if main:
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops the children too
     try:
         codes = [child.wait() for child in children]
     except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, lambda *_: _kill_all(children))
+        if main:
+            signal.signal(signal.SIGINT, lambda *_: _kill_all(children))
         for child in children:
             if child.poll() is None:
                 child.send_signal(signal.SIGINT)
@@ -84,7 +88,8 @@ def launch_workers(study_name: str, settings: SearchSettings, slots: Sequence[tu
             reader.join()
         raise Interrupted(reruns) from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     for reader in readers:
         reader.join()
     failed = [f"{label} exited with {code}" for (label, _), code in zip(slots, codes) if code != 0]

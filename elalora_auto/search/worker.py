@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import optuna
 
@@ -24,7 +24,7 @@ from elalora_auto.errors import UserError
 from elalora_auto.events import Event, Listener, emit, with_context
 from elalora_auto.search.plan import StudyPlan
 from elalora_auto.search.pruning import PruningRule
-from elalora_auto.search.storage import redacted_settings
+from elalora_auto.search.storage import redact, redacted_settings
 from elalora_auto.search.study import INTERRUPTED, USER_ERRORS, counted_trials, recover_orphans
 
 MAX_CONSECUTIVE_USER_ERRORS = 3  # then the study stops with the error: its trials would all fail the same way
@@ -67,6 +67,24 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(self.trials)
 
 
+def interrupted_line(trials: Sequence[int], argv: Sequence[str]) -> str:
+    """One line for Ctrl-C: which trials the next run re-runs, and the command that resumes (URLs redacted)."""
+    import shlex
+
+    def hidden(arg: str) -> str:
+        flag, sep, value = arg.partition("=") if arg.startswith("--") and "=" in arg else ("", "", arg)
+        return flag + sep + (redact(value) if "://" in value else value)
+
+    shown = list(map(hidden, argv))
+    command = shlex.join(["elalora-auto", *shown])
+    if shown != list(argv):
+        command += " (password hidden: give it back, or set ELALORA_STORAGE)"
+    if not trials:
+        return f"interrupted; resume with: {command}"
+    names = ", ".join(map(str, trials))
+    return f"interrupted: trial{'s' if len(trials) > 1 else ''} {names} will be re-run; resume with: {command}"
+
+
 class _TrialFailureLines(logging.Filter):
     """Drops Optuna's "Trial N failed ..." warnings (with their tracebacks): `finished` prints one line per
     failed trial with its reason, and a Ctrl-C'd trial is named by the interrupted line."""
@@ -82,16 +100,21 @@ def _quiet_trial_failures() -> None:
         logger.addFilter(_TrialFailureLines())
 
 
-def _exit_on_second_interrupt() -> None:
-    """After the first Ctrl-C the loop cleans up (events, the re-queue); a second one exits at once."""
+def _exit_now(signum: int, frame: Any) -> None:
+    print("interrupted again: exiting now", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
+def _exit_on_second_interrupt() -> Any:
+    """After the first Ctrl-C the loop cleans up (events, the re-queue); a second one exits at once.
+
+    Returns the SIGINT handler it replaced (None off the main thread, where signals cannot be set), for the
+    caller to put back once the cleanup is done.
+    """
     if threading.current_thread() is not threading.main_thread():
-        return
-
-    def now(signum: int, frame: Any) -> None:
-        print("interrupted again: exiting now", file=sys.stderr, flush=True)
-        os._exit(130)
-
-    signal.signal(signal.SIGINT, now)
+        return None
+    previous = signal.signal(signal.SIGINT, _exit_now)
+    return None if previous is _exit_now else previous
 
 
 class Worker:
@@ -119,6 +142,7 @@ class Worker:
         self.results: dict[int, dict[str, Any]] = {}  # this process's finished trials, until `finished` reports them
         self.user_errors: list[str] = []  # consecutive trials failed by bad input
         self.running: int | None = None  # the trial this process runs now (named when Ctrl-C stops it)
+        self.previous_sigint: Any = None  # the SIGINT handler to restore after a Ctrl-C's cleanup
 
     def run(self) -> None:
         """The loop; Ctrl-C ends it with `Interrupted(trial number)` once the study's end is emitted."""
@@ -140,10 +164,12 @@ class Worker:
                     raise UserError(f"{len(self.user_errors)} trials in a row failed with: {self.user_errors[-1]}; "
                                     "fix it and run the same command again (these trials leave the budget alone)")
         except KeyboardInterrupt:
-            _exit_on_second_interrupt()
+            self.previous_sigint = self.previous_sigint or _exit_on_second_interrupt()
             raise Interrupted([self.running]) from None
         finally:
             emit(self.listeners, Event("study_end", 0, {"study": study, "study_name": study.study_name}))
+            if self.previous_sigint is not None:  # a library caller gets its own Ctrl-C handling back
+                signal.signal(signal.SIGINT, self.previous_sigint)
 
     def trial_spec(self, trial: optuna.Trial) -> Any:
         """The TrialSpec of this Optuna trial: the space's suggestions on top of the study's settings."""
@@ -180,7 +206,7 @@ class Worker:
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}".splitlines()[0])
             raise
         except KeyboardInterrupt:
-            _exit_on_second_interrupt()
+            self.previous_sigint = _exit_on_second_interrupt()
             trial.set_user_attr("fail_reason", INTERRUPTED)
             rerun = {k: v for k, v in trial.user_attrs.items() if k == "origin"}
             self.study.enqueue_trial(trial.params, user_attrs={**rerun, "rerun_of": trial.number})
