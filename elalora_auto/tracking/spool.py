@@ -79,15 +79,18 @@ class Spool:
 
     # -- writer thread ----------------------------------------------------------------------------------
     def _write_loop(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a", encoding="utf-8")
+        first = self._inbox.get()  # a tracker that never hears an event writes nothing, not even its folder
         for record in self._claim_dead_spools():
             self._append(record, put=False)
+        self._append(first)
         while True:
             self._append(self._inbox.get())
 
     def _append(self, record: Record, put: bool = True) -> None:
         line = json.dumps(record, default=str)
+        if self._file is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("a", encoding="utf-8")
         with self._cond:  # one lock with the applier's truncation, so no written line is truncated unsent
             self._file.write(line + "\n")
             self._file.flush()
@@ -99,6 +102,8 @@ class Spool:
         """Records left by dead processes of this host (oldest file first); their files are taken over."""
         host = socket.gethostname()
         records: list[Record] = []
+        if not self.directory.is_dir():
+            return records
         for path in sorted(self.directory.glob(f"{host}-*.jsonl"), key=lambda p: p.stat().st_mtime):
             pid = path.stem.rpartition("-")[2]
             if path == self.path or not pid.isdigit() or psutil.pid_exists(int(pid)):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from elalora_auto.events import Event
-from elalora_auto.tracking import artifacts
+from elalora_auto.tracking import artifacts, models
 from elalora_auto.tracking.runs import TAG_REASON, TAG_ROLE, TAG_STATE, TAG_STUDY, TAG_TRIAL, RunIndex, flatten
 from elalora_auto.tracking.spool import Record, Spool
 from elalora_auto.tracking.store import default_tracking_uri
@@ -177,6 +177,7 @@ class MlflowTracker:
         trials = study.get_trials(deepcopy=False)
         self._refresh(study, name, max((t.number for t in trials), default=0))
         runs = self.study_runs(name)
+        models.log_front_models(self.client, study, runs.experiment_id, self.workdir / "trials" / name)
         status, note = artifacts.parent_outcome(study)
         if status is not None:
             from mlflow.entities import RunTag
