@@ -31,10 +31,15 @@ def _space(method_params: str) -> str:
 SPACES = {
     "r_init_zero.yaml": _space("  r_init: {type: int, low: 0, high: 4, default: 2}"),
     "unknown_param.yaml": _space("  rr_init: {type: int, low: 1, high: 4}"),
-    "beta_above_one.yaml": _space("  beta1: {type: float, low: 0.5, high: 1.5}"),
+    "beta_above_one.yaml": _space("  beta1: {type: float, low: 0.5, high: 1.5, default: 0.85}"),
     "lora_dropout.yaml": "method: lora\nmethod_params:\n  lora_dropout: {type: float, low: 0.0, high: 1.5}\n",
     "lora_unknown.yaml": "method: lora\nmethod_params:\n  use_dora: {type: categorical, choices: [true]}\n",
 }
+SPACES_SAY = {"r_init_zero.yaml": "method_params.r_init = 0: r_init=0 must be >= 1",
+              "unknown_param.yaml": "unknown elalora parameter 'rr_init' (valid: ",
+              "beta_above_one.yaml": "beta1 = 1.5: beta1=1.5 must be in [0, 1)",
+              "lora_dropout.yaml": "lora_dropout = 1.5",
+              "lora_unknown.yaml": "unknown lora parameter 'use_dora' (valid: "}
 STUDY_FILES = {
     "trials_many.yaml": 'trials: "many"\n',
     "batch_zero.yaml": "batch_size: 0\n",
@@ -97,6 +102,7 @@ def cases(w: dict[str, Path]) -> dict[str, tuple[list[str], str]]:
         "search: study typo": (["search", "--config", "sst2-minlm"], "did you mean 'sst2-minilm'"),
         "search: demo study": (["search", "--config", "demo"], "elalora-auto demo"),
         "search: space typo": (search + ["--space", "elalor"], "did you mean 'elalora'"),
+        "status: malformed storage": (["status", "--storage", "postgresql:db"], "postgresql:///db"),
         "search: model typo": (_with(search, "--model", "minlm"), "did you mean 'minilm'"),
         "search: no tokenizer": (_with(search, "--model", str(root / "no-tokenizer")), "tokenizer"),
         "search: trials 'many'": (search + ["--config", str(root / "trials_many.yaml")], "trials"),
@@ -118,10 +124,21 @@ def cases(w: dict[str, Path]) -> dict[str, tuple[list[str], str]]:
         "demo: --trials 0": (["demo", "--workdir", str(root / "demo"), "--trials", "0"], "at least 1"),
         "demo: --workdir a file": (["demo", "--workdir", str(root / "a-file")], "is a file"),
     }
+    if not _has_cuda():
+        out["search: --device cuda"] = (search + ["--device", "cuda"], "no CUDA device")
+        out["worker: --device cuda"] = (["worker", "--study", STUDY, "--workdir", wd, "--device", "cuda",
+                                         "--no-tracking"], "no CUDA device")
+        out["train: device=cuda"] = (train + ["--set", "training.device=cuda"], "no CUDA device")
     for name in SPACES:
         method = "lora" if name.startswith("lora") else "elalora"
-        out[f"search: space {name}"] = (search + ["--method", method, "--space", str(root / name)], name)
+        out[f"search: space {name}"] = (search + ["--method", method, "--space", str(root / name)], SPACES_SAY[name])
     return out
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:

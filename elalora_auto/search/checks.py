@@ -64,7 +64,7 @@ def corners(space: SearchSpace, total_steps: int,
     import optuna
 
     base = {p.name: _middle(p) if p.default is None else p.default for p in space.params}
-    yield "the defaults (trial 0)", *_resolve(space, base, total_steps, model_type)
+    yield "the defaults (midpoints where none)", *_resolve(space, base, total_steps, model_type)
     for param in space.params:
         ends = param.choices if param.type == "categorical" else (param.low, param.high)
         for end in ends:
