@@ -101,7 +101,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from elalora_auto.search.checks import check_training
+    from elalora_auto.search.checks import check_method_params, check_training
     from elalora_auto.tasks import resolve_task
     from elalora_auto.trial import TrialSpec, load_base_model, load_tokenizer, run_trial
 
@@ -122,6 +122,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None] + list(args.set)
     )
     check_training(spec)
+    if spec.training.max_steps is not None:  # the adapter's rules, before any data or model is read
+        check_method_params(spec.method, spec.params, spec.training.max_steps)
     task = resolve_task(spec.task, spec.custom)
     load_tokenizer(spec.model)  # a bad model fails now, before any data is read (both are cached for the trial)
     load_base_model(spec.model, task.num_labels, task.problem_type)

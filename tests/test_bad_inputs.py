@@ -92,6 +92,8 @@ def cases(w: dict[str, Path]) -> dict[str, tuple[list[str], str]]:
         "train: task typo": (_with(train, "--task", "sst3"), "did you mean 'sst2'"),
         "train: learning_rate=abc": (train + ["--set", "training.learning_rate=abc"], "training.learning_rate"),
         "train: batch_size=0": (train + ["--set", "batch_size=0"], "training.batch_size"),
+        "train: params.r_init=0": (train + ["--set", "params.r_init=0"], "r_init=0 must be >= 1"),
+        "train: unknown param": (train + ["--set", "params.rr_init=2"], "unknown elalora parameter 'rr_init' (valid"),
         "train: model typo": (_with(train, "--model", "minlm"), "did you mean 'minilm'"),
         "train: no weights": (_with(train, "--model", str(root / "no-weights")), "has no weights"),
         "train: truncated weights": (_with(train, "--model", str(root / "truncated")), "truncated"),

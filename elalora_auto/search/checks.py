@@ -45,10 +45,7 @@ def elalora_names() -> list[str]:
 
 
 def check_space(space: SearchSpace, total_steps: int) -> None:
-    """Names first, then every corner of the space (see the module docstring); ConfigError names the corner."""
-    if space.method == "elalora":
-        reject_unknown((p.name for p in space.params if p.section == "method_params"), elalora_names(),
-                       f"{space.source}: method_params: unknown elalora parameter")
+    """Every corner of the space (see the module docstring); a ConfigError names the corner and the rule."""
     for where, method_params, training in corners(space, total_steps):
         try:
             check_method_params(space.method, method_params, total_steps)
@@ -100,13 +97,20 @@ def check_method_params(method: str, params: dict[str, Any], total_steps: int) -
     from elalora_auto.method.config import ElaLoraConfig
 
     params = {k: v for k, v in params.items() if k not in ("target_modules", "modules_to_save")}
-    native = native_params(method, params, total_steps)
     if method == "elalora":
-        config = ElaLoraConfig.from_dict({**native, "total_steps": total_steps})
-    else:  # the shared vocabulary obeys ElaLoraConfig's rules whatever the method, then PEFT's own config
-        config = ElaLoraConfig(**{_SHARED_RULES[k]: v for k, v in native.items() if k in _SHARED_RULES})
-        _check_peft_config(method, native, total_steps)
+        reject_unknown(params, elalora_names(), "unknown elalora parameter")
+    native = native_params(method, params, total_steps)
+    try:
+        if method == "elalora":
+            config = ElaLoraConfig.from_dict({**native, "total_steps": total_steps})
+        else:  # the shared vocabulary obeys ElaLoraConfig's rules whatever the method, then PEFT's own config
+            config = ElaLoraConfig(**{_SHARED_RULES[k]: v for k, v in native.items() if k in _SHARED_RULES})
+    except TypeError:  # a rule compared a number with text: name the text values instead
+        text = {k: v for k, v in params.items() if isinstance(v, str)}
+        raise ConfigError(f"a number is expected where these are text: {text or params}") from None
     check_fields(config)
+    if method != "elalora":
+        _check_peft_config(method, native, total_steps)
 
 
 def _check_peft_config(method: str, native: dict[str, Any], total_steps: int) -> None:
