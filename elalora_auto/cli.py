@@ -122,17 +122,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
         [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None] + list(args.set)
     )
     check_training(spec)
-    if spec.training.max_steps is not None:  # the adapter's rules, before any data or model is read
-        check_method_params(spec.method, spec.params, spec.training.max_steps)
     task = resolve_task(spec.task, spec.custom)
+    if spec.data.data_dir and not Path(spec.data.data_dir).is_dir():
+        raise UserError(f"data directory {spec.data.data_dir} does not exist; fix --data-dir")
     load_tokenizer(spec.model)  # a bad model fails now, before any data is read (both are cached for the trial)
     load_base_model(spec.model, task.num_labels, task.problem_type)
+    if spec.training.max_steps is not None:  # the adapter's rules, before the data is tokenised
+        check_method_params(spec.method, spec.params, spec.training.max_steps)
     if args.quiet:
         import datasets
 
         datasets.disable_progress_bars()
-    if spec.data.data_dir and not Path(spec.data.data_dir).is_dir():
-        raise UserError(f"data directory {spec.data.data_dir} does not exist; fix --data-dir")
     result = run_trial(spec, output_dir=args.export, progress=not args.quiet)
     if args.output:
         Path(args.output).write_text(json.dumps(result.to_dict(), indent=2))
