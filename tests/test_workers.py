@@ -48,10 +48,10 @@ def test_search_with_two_workers_ends_with_the_exact_count_and_one_mlflow_run_pe
 
 def test_parallel_and_restarted_searches_propose_no_configuration_twice(study_file: Path,  # noqa: F811
                                                                          tmp_path: Path) -> None:
-    """Four `search` processes started at once on one study, then a restart: the sampler used to be seeded
-    alike on every start, so these proposed each other's configurations (7 distinct of 16)."""
+    """Four `search` processes started at once on a fresh workdir (one creates the study, the others load it),
+    then a restart: the sampler used to be seeded alike on every start, so these proposed each other's
+    configurations (7 distinct of 16)."""
     args = ["search", "--config", str(study_file), "--space", str(_space(tmp_path)), "--study", "p", "--quiet"]
-    assert main([*args, "--trials", "8", "--create-only"]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "elalora_auto.cli", *args, "--trials", "8", "--no-tracking"]
     procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -61,6 +61,7 @@ def test_parallel_and_restarted_searches_propose_no_configuration_twice(study_fi
     assert main([*args, "--trials", "10"]) == 0  # the restart
     study = _study(tmp_path, "p")
     assert len(study.trials) == 10 and counted_trials(study) == 10
+    assert [t.number for t in study.trials if "origin" in t.user_attrs] == [0]
     assert len({t.user_attrs["worker"] for t in study.trials}) >= 3
     assert len(set(_configurations(study))) == len(_configurations(study)) == 10
 

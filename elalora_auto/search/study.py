@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import time
 import warnings
 from typing import Any
 
@@ -29,37 +30,62 @@ USER_ERRORS = ("UserError", "ConfigError", "DataError")  # how a fail_reason cau
 def create_or_load_study(plan: StudyPlan, storage: Any) -> tuple[Any, bool]:
     """The study, created with its settings and trial 0 on first use; on later runs loaded as it is.
 
-    Trial 0 is enqueued only at creation, so resuming never runs the default configuration twice.
+    Trial 0 is enqueued only at creation, so resuming never runs the default configuration twice. Several
+    processes starting at once on a fresh storage: one creates the study (Optuna refuses a second study of the
+    same name), the others load it once its settings, written last, are there.
     """
     import optuna
 
     settings = plan.settings
     name = settings.study_name
-    if name in optuna.get_all_study_names(storage=storage):
-        study = optuna.load_study(study_name=name, storage=storage)
-        stored = study.user_attrs.get("settings", {})
-        for key in ("task", "model", "method", "objective"):
-            if stored.get(key) != getattr(settings, key):
-                raise UserError(f"study {name!r} exists with {key}={stored.get(key)!r}, not {getattr(settings, key)!r}; "
-                                "pass another --study name")
-        if isinstance(storage, optuna.storages.RDBStorage) and stored.get("heartbeat", dataclasses.asdict(
-                HeartbeatSettings())) != dataclasses.asdict(settings.heartbeat):
-            raise UserError(f"study {name!r} exists with heartbeat={stored.get('heartbeat')!r}, not "
-                            f"{dataclasses.asdict(settings.heartbeat)!r}: its workers must share one timing; "
-                            "set heartbeat: to the stored values or pass another --study name")
-        if stored.get("trials") != settings.trials:
-            study.set_user_attr("settings", {**stored, "trials": settings.trials})
-        return study, False
+    if name not in optuna.get_all_study_names(storage=storage):
+        try:
+            return _create(plan, storage), True
+        except optuna.exceptions.DuplicatedStudyError:
+            pass  # another process created it a moment ago
+    study = optuna.load_study(study_name=name, storage=storage)
+    stored = _stored_settings(study)
+    for key in ("task", "model", "method", "objective"):
+        if stored.get(key) != getattr(settings, key):
+            raise UserError(f"study {name!r} exists with {key}={stored.get(key)!r}, not {getattr(settings, key)!r}; "
+                            "pass another --study name")
+    if isinstance(storage, optuna.storages.RDBStorage) and stored.get("heartbeat", dataclasses.asdict(
+            HeartbeatSettings())) != dataclasses.asdict(settings.heartbeat):
+        raise UserError(f"study {name!r} exists with heartbeat={stored.get('heartbeat')!r}, not "
+                        f"{dataclasses.asdict(settings.heartbeat)!r}: its workers must share one timing; "
+                        "set heartbeat: to the stored values or pass another --study name")
+    if stored.get("trials") != settings.trials:
+        study.set_user_attr("settings", {**stored, "trials": settings.trials})
+    return study, False
+
+
+def _create(plan: StudyPlan, storage: Any) -> Any:
+    """A new study: metric names, trial 0, then the settings (their presence marks the study as ready)."""
+    import optuna
+
+    settings = plan.settings
     directions = ["maximize", "minimize"] if plan.multi else ["maximize"]
     default = plan.space.default_params(settings.trial0)
-    study = optuna.create_study(study_name=name, storage=storage, directions=directions)
+    study = optuna.create_study(study_name=settings.study_name, storage=storage, directions=directions)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([plan.primary_metric, "trainable_params"][: len(directions)])
+    study.enqueue_trial(default, user_attrs={"origin": "default (authors' configuration)"})
     study.set_user_attr("settings", {**redacted_settings(settings.to_dict()), "primary_metric": plan.primary_metric,
                                      "baseline": plan.baseline})
-    study.enqueue_trial(default, user_attrs={"origin": "default (authors' configuration)"})
-    return study, True
+    return study
+
+
+def _stored_settings(study: Any, wait_s: float = 30.0) -> dict[str, Any]:
+    """The study's stored settings; a study created by another process this instant gets `wait_s` to have them."""
+    deadline = time.monotonic() + wait_s
+    while not study.user_attrs.get("settings") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    stored = study.user_attrs.get("settings")
+    if not stored:
+        raise UserError(f"study {study.study_name!r} has no stored settings; it was not created by "
+                        "elalora-auto search (pass another --study name)")
+    return dict(stored)
 
 
 def counted_trials(study: Any) -> int:
