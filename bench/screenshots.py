@@ -36,7 +36,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def chromium(tmp: Path, url: str, *mode: str, size: str = "1400,900") -> str:
+def chromium(tmp: Path, url: str, *mode: str, size: str = "1600,900") -> str:
     """One headless page load; the MLflow UI is a React SPA, so it gets virtual time to render."""
     command = [chromium_path() or "chromium", "--headless", "--no-sandbox", "--disable-gpu",
                "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
@@ -56,9 +56,11 @@ def start_ui(workdir: Path, port: int) -> Any:
     return ui
 
 
-def stop_ui(ui: Any) -> int:
-    ui.send_signal(signal.SIGINT)  # what Ctrl-C does; the command stops the server's process group
-    return ui.wait(timeout=30)
+def stop_ui(ui: Any, sig: int = signal.SIGTERM) -> int:
+    """`ui` stops its server's process group on SIGINT (Ctrl-C) and SIGTERM alike; SIGTERM also reaches it when
+    this script runs in the background, where a shell makes children ignore SIGINT."""
+    ui.send_signal(sig)
+    return ui.wait(timeout=120)  # a loaded machine takes its time to stop uvicorn
 
 
 def shoot(workdir: Path, tmp: Path) -> list[Path]:
@@ -66,6 +68,7 @@ def shoot(workdir: Path, tmp: Path) -> list[Path]:
     from mlflow import MlflowClient
 
     from elalora_auto.tracking import default_tracking_uri
+    from elalora_auto.ui import RUNS_VIEW
 
     client = MlflowClient(tracking_uri=default_tracking_uri(workdir))
     experiment = client.get_experiment_by_name("demo")
@@ -73,11 +76,12 @@ def shoot(workdir: Path, tmp: Path) -> list[Path]:
     pruned = client.search_runs([experiment.experiment_id], "tags.`elalora.state` = 'PRUNED'")
     port = free_port()
     ui = start_ui(workdir, port)
-    base = f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}"
-    shots = [(f"{base}", DOCS / "ui-screenshot.png"),
-             (f"{base}/runs/{parent.info.run_id}/artifacts/pareto_front.png", DOCS / "ui-screenshot-pareto.png")]
+    base = f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs"
+    mode = "?workflowType=machine_learning"
+    shots = [(f"{base}{RUNS_VIEW}", DOCS / "ui-screenshot.png"),
+             (f"{base}/{parent.info.run_id}/artifacts/pareto_front.png{mode}", DOCS / "ui-screenshot-pareto.png")]
     if pruned:
-        shots.append((f"{base}/runs/{pruned[0].info.run_id}/artifacts/ranks/rank_heatmap.png",
+        shots.append((f"{base}/{pruned[0].info.run_id}/artifacts/ranks/rank_heatmap.png{mode}",
                       DOCS / "ui-screenshot-pruned.png"))
     try:
         for url, path in shots:
@@ -91,18 +95,18 @@ def shoot(workdir: Path, tmp: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, help="an existing demo workdir (default: run the demo afresh)")
+    parser.add_argument("--workdir", type=Path, help="a demo workdir, run first when it holds no study "
+                                                     "(default: a fresh one in a temporary folder)")
     parser.add_argument("--trials", type=int, default=8)
     args = parser.parse_args(argv)
     if chromium_path() is None:
         print("Chromium not found: run `make browser-deps`", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as tmp:
-        workdir = args.workdir
-        if workdir is None:
+        workdir = args.workdir or Path(tmp) / "demo"
+        if not (workdir / "mlflow.db").is_file():
             from elalora_auto.demo import run_demo
 
-            workdir = Path(tmp) / "demo"
             run_demo(workdir, trials=args.trials)
         shoot(workdir.resolve(), Path(tmp))
     return 0

@@ -11,8 +11,9 @@ from elalora_auto.errors import UserError
 from elalora_auto.tracking import TAG_STUDY, artifact_root_for, prepare_store
 
 log = logging.getLogger(__name__)
-# MLflow 3 opens experiments in its GenAI mode (Overview, Traces); this query opens them on their training runs.
-RUNS_VIEW = "?workflowType=machine_learning"
+# MLflow 3 opens experiments in its GenAI mode (Overview, Traces); this query opens them on their training runs,
+# sorted by name: the study's parent run, then every trial run listed (not folded under the parent).
+RUNS_VIEW = "?workflowType=machine_learning&orderByKey=attributes.run_name&orderByAsc=true"
 
 
 def start_ui(tracking_uri: str, port: int = 5000) -> Any:

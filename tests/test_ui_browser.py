@@ -5,6 +5,7 @@ rank map and the parent's Pareto front open. Screenshots go to a temporary folde
 from __future__ import annotations
 
 import re
+import signal
 import sys
 import urllib.request
 from pathlib import Path
@@ -61,6 +62,6 @@ def test_mlflow_ui_lists_trials_pruned_ones_with_rank_maps_and_opens_the_pareto_
         chromium(tmp_path, experiment_url + RUNS_VIEW, f"--screenshot={tmp_path / 'runs.png'}")
         assert (tmp_path / "runs.png").stat().st_size > 10_000
     finally:
-        assert stop_ui(ui) == 0
+        assert stop_ui(ui, signal.SIGINT) == 0  # what Ctrl-C does
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{base}/health", timeout=2)

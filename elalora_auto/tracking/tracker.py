@@ -177,13 +177,13 @@ class MlflowTracker:
         trials = study.get_trials(deepcopy=False)
         self._refresh(study, name, max((t.number for t in trials), default=0))
         runs = self.study_runs(name)
-        models.log_front_models(self.client, study, runs.experiment_id, self.workdir / "trials" / name)
         status, note = artifacts.parent_outcome(study)
         if status is not None:
             from mlflow.entities import RunTag
 
             self.client.log_batch(runs.parent_run_id, tags=[RunTag("elalora.outcome", note)])
             self.client.set_terminated(runs.parent_run_id, status=status)
+        models.log_front_models(self.client, study, runs.experiment_id, self.workdir / "trials" / name)  # slowest
 
     def _refresh(self, study: Any, name: str, step: int) -> None:
         runs = self.study_runs(name)
