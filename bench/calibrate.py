@@ -157,21 +157,29 @@ def grid(args: argparse.Namespace) -> list[tuple[str, str, float]]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    """Every run (grouped by task and method, best learning rate marked), then the best learning rate per pair."""
-    lines = ["| task | method | lr | metric at each eval (step: value) | final | majority (+margin) | cleared | "
-             "trainable params | s/step |", "|---|---|---|---|---|---|---|---|---|"]
-    best: dict[tuple[str, str], dict[str, Any]] = {}
-    for row in rows:
-        pair = (row["task"], row["method_label"])
-        if pair not in best or row["final"] > best[pair]["final"]:
-            best[pair] = row
-    for row in sorted(rows, key=lambda r: (list(TASKS).index(r["task"]), r["method_label"], r["lr"])):
-        metric = row["metric"]
-        hist = ", ".join(f"{h['step']}: {h[metric]:.3f}" for h in row["history"])
-        mark = " **(best)**" if best[(row["task"], row["method_label"])] is row else ""
-        lines.append(f"| {row['task']} | {row['method_label']} | {row['lr']:g}{mark} | {metric} {hist} | "
-                     f"{row['final']:.3f} | {row['majority_baseline']:.3f} (+{row['margin']:.3f}) | "
-                     f"{'yes' if row['cleared'] else 'no'} | {row['trainable_params']:,} | {row['s_per_step']:.2f} |")
+    """Every run (grouped by task, method and steps; best final metric marked), then each group's best lr."""
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    for row in sorted(rows, key=lambda r: (list(TASKS).index(r["task"]), r["method_label"], r["steps"], r["lr"])):
+        groups.setdefault((row["task"], row["method_label"], row["steps"]), []).append(row)
+    best = {key: max(group, key=lambda r: r["final"]) for key, group in groups.items()}
+    lines = ["| task | method | steps | lr | metric at each eval (step: value) | final | majority (+margin) | "
+             "cleared | trainable params | s/step |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for key, group in groups.items():
+        for row in group:
+            hist = ", ".join(f"{h['step']}: {h[row['metric']]:.3f}" for h in row["history"])
+            mark = " **(best)**" if best[key] is row else ""
+            cleared = "yes" if row["cleared"] else "no"
+            lines.append(f"| {row['task']} | {row['method_label']} | {row['steps']} | {row['lr']:g}{mark} | "
+                         f"{row['metric']} {hist} | {row['final']:.3f} | {row['majority_baseline']:.3f} (+{row['margin']:.3f}) | {cleared} | "
+                         f"{row['trainable_params']:,} | {row['s_per_step']:.2f} |")
+    lines += ["", "| task | method | steps | best lr | final there | majority (+margin) | every lr tried: final |",
+              "|---|---|---|---|---|---|---|"]
+    for (task, label, steps), group in groups.items():
+        top = best[(task, label, steps)]
+        tried = ", ".join(f"{r['lr']:g}: {r['final']:.3f}" + ("" if r["cleared"] else " (not cleared)")
+                          for r in group)
+        lines.append(f"| {task} | {label} | {steps} | {top['lr']:g} | {top['final']:.3f} | "
+                     f"{top['majority_baseline']:.3f} (+{top['margin']:.3f}) | {tried} |")
     return "\n".join(lines)
 
 
