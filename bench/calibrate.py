@@ -170,7 +170,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             mark = " **(best)**" if best[key] is row else ""
             cleared = "yes" if row["cleared"] else "no"
             lines.append(f"| {row['task']} | {row['method_label']} | {row['steps']} | {row['lr']:g}{mark} | "
-                         f"{row['metric']} {hist} | {row['final']:.3f} | {row['majority_baseline']:.3f} (+{row['margin']:.3f}) | {cleared} | "
+                         f"{row['metric']} {hist} | {row['final']:.3f} | {row['majority_baseline']:.3f} "
+                         f"(+{row['margin']:.3f}) | {cleared} | "
                          f"{row['trainable_params']:,} | {row['s_per_step']:.2f} |")
     lines += ["", "| task | method | steps | best lr | final there | majority (+margin) | every lr tried: final |",
               "|---|---|---|---|---|---|---|"]
