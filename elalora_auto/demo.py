@@ -57,9 +57,11 @@ def write_dataset(folder: Path, n_train: int = 800, n_eval: int = 200, seed: int
     return paths[0], paths[1]
 
 
-def demo_settings(workdir: Path, trials: int | None = None, tracking: bool = True) -> Any:
-    """The demo study (studies/demo.yaml) pointed at the model and data it builds under `workdir`."""
-    from elalora_auto.search import SearchSettings
+def demo_inputs(workdir: Path) -> dict[str, Any]:
+    """Build the demo's tiny model and task files under `workdir`; the search options that point at them.
+
+    `search --config demo` uses these too, so the built-in demo study runs as a plain search as well.
+    """
     from elalora_auto.tiny import build_tiny_bert
 
     model_dir = workdir / "demo-model"
@@ -68,8 +70,14 @@ def demo_settings(workdir: Path, trials: int | None = None, tracking: bool = Tru
     train, evaluation = write_dataset(workdir / "demo-data")
     custom = {"train_file": str(train), "eval_file": str(evaluation),
               "text_columns": ["text"], "label_column": "label"}
-    overrides = {"task": "keyword-sentiment", "model": str(model_dir), "custom": custom, "workdir": str(workdir),
-                 "trials": trials, "no_tracking": not tracking or None}
+    return {"task": "keyword-sentiment", "model": str(model_dir), "custom": custom, "workdir": str(workdir)}
+
+
+def demo_settings(workdir: Path, trials: int | None = None, tracking: bool = True) -> Any:
+    """The demo study (studies/demo.yaml) pointed at the model and data it builds under `workdir`."""
+    from elalora_auto.search import SearchSettings
+
+    overrides = {**demo_inputs(workdir), "trials": trials, "no_tracking": not tracking or None}
     return SearchSettings.from_sources("demo", overrides)
 
 

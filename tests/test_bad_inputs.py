@@ -102,7 +102,6 @@ def cases(w: dict[str, Path]) -> dict[str, tuple[list[str], str]]:
         "train: --output a folder": (train + ["--output", str(root)], "is a folder"),
         "train: --max-steps 0": (_with(train, "--max-steps", "0"), "at least 1"),
         "search: study typo": (["search", "--config", "sst2-minlm"], "did you mean 'sst2-minilm'"),
-        "search: demo study": (["search", "--config", "demo"], "elalora-auto demo"),
         "search: space typo": (search + ["--space", "elalor"], "did you mean 'elalora'"),
         "status: malformed storage": (["status", "--storage", "postgresql:db"], "postgresql:///db"),
         "search: model typo": (_with(search, "--model", "minlm"), "did you mean 'minilm'"),

@@ -37,3 +37,13 @@ def test_demo_learns_moves_ranks_tracks_and_says_what_next(tmp_path: Path, capsy
     export = workdir / "export"  # the knee, standing alone: tokenizer beside the adapter, the base model copied
     assert (export / "adapter" / "tokenizer_config.json").is_file() and (export / "base-model" / "config.json").is_file()
     assert str(workdir) not in (export / "README.md").read_text() + (export / "adapter" / "adapter_config.json").read_text()
+
+
+def test_search_config_demo_runs_the_builtin_demo_study(tmp_path: Path, capsys) -> None:
+    """The built-in `demo` study that README lists works with plain `search` too (it builds its own model and data)."""
+    workdir = tmp_path / "search-demo"
+    assert main(["search", "--config", "demo", "--workdir", str(workdir), "--trials", "1", "--no-tracking",
+                 "--quiet"]) == 0
+    assert "study demo: 1 trials" in capsys.readouterr().out
+    result = json.loads((workdir / "trials" / "demo" / "0" / "result.json").read_text())
+    assert result["state"] == "COMPLETE" and result["primary"] >= 0.75
