@@ -36,11 +36,11 @@ def test_shipped_spaces_suggest_values_that_fit_the_run(name: str) -> None:
 def test_default_is_enqueueable_and_gives_the_authors_schedule_proportions() -> None:
     space = SearchSpace.load("elalora")
     study = optuna.create_study()
-    study.enqueue_trial(space.default_params({"learning_rate": 2e-3}))
+    study.enqueue_trial(space.default_params({"learning_rate": 1e-3}))
     method, training = space.suggest(study.ask(), {"total_steps": 1000, "model_type": "bert"})
     assert (method["r_init"], method["b"], method["k"], method["lora_alpha"]) == (10, 4, 2, 16)
     assert (method["t_init"], method["t_final"], method["delta_t"]) == (80, 160, 84)
-    assert training == {"learning_rate": 2e-3}
+    assert training == {"learning_rate": 1e-3}
     with pytest.raises(UserError, match="trial0: unknown parameter 'lr'"):
         space.default_params({"lr": 1e-3})
 
