@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,9 @@ def log_trial_model(client: Any, run: Any, trial_dir: Path) -> str:
     config = model_config(trial_dir)
     logged = client.create_logged_model(run.info.experiment_id, name=MODEL_NAME, source_run_id=run.info.run_id,
                                         tags={TAG_TRIAL: run.data.tags.get(TAG_TRIAL, "")})
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        # MLflow suggests an input example and type hints; the signature is given, so those are noise here.
+        warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
         tokenizer = _tokenizer_dir(trial_dir / "adapter", config["base_model"], Path(tmp) / "tokenizer")
         mlflow.pyfunc.save_model(
             Path(tmp) / "model", python_model=str(MODEL_CODE), model_config=config,

@@ -44,8 +44,13 @@ def artifact_root_for(tracking_uri: str) -> str | None:
 
 
 def bound_http_calls() -> None:
-    """Short HTTP timeouts and few retries for this process's MLflow calls (values already set are kept)."""
+    """Short HTTP timeouts and few retries for this process's MLflow calls (values already set are kept).
+
+    Also no artifact progress bars: logging a trial's model copies its artifacts, and the bars would interleave
+    with the search's own one-line-per-trial output.
+    """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name, value in HTTP_LIMITS.items():
         os.environ.setdefault(name, value)
 
