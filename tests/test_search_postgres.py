@@ -189,3 +189,21 @@ def test_the_password_never_leaves_the_processes(study_file: Path, tmp_path: Pat
     assert any(p.name == "mlflow.db" for p in files) and any("mlartifacts" in p.parts for p in files)
     leaked = [str(p) for p in files if PASSWORD.encode() in p.read_bytes()]
     assert not leaked
+
+
+def test_processes_opening_a_fresh_database_at_once_all_get_the_storage(postgres_url: str) -> None:
+    """RDBStorage creates its tables on first open; 4 processes doing so at once collide in PostgreSQL's catalog
+    (`pg_type_typname_nsp_index`), and without a retry the losers exit 2. A fresh schema stands in for a fresh database."""
+    import psycopg2
+
+    connection = psycopg2.connect(postgres_url)
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE SCHEMA fresh")
+    connection.close()
+    url = f"{postgres_url}?options=-csearch_path%3Dfresh"
+    code = "import sys; from elalora_auto.search.storage import open_storage; open_storage(sys.argv[1], '.')"
+    processes = [subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE, text=True)
+                 for _ in range(4)]
+    errors = [p.communicate(timeout=120)[1] for p in processes]
+    assert [p.returncode for p in processes] == [0] * 4, errors

@@ -27,10 +27,12 @@ Left in place, Optuna would skip it on replay and append the next record onto it
 from __future__ import annotations
 
 import os
+import random
 import sys
+import time
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from elalora_auto.errors import UserError
 from elalora_auto.search.settings import HeartbeatSettings
@@ -76,17 +78,34 @@ def open_storage(uri: str | None, workdir: str | Path, create: bool = True,
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat, retry
-            return RDBStorage(
+            return _racing_schema_creation(lambda: RDBStorage(
                 _with_installed_driver(uri),
                 heartbeat_interval=heartbeat.interval_s,
                 grace_period=heartbeat.grace_s,
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
-            )
+            ))
     except ImportError as exc:
         raise UserError(f"storage {redact(uri)}: missing driver ({exc}); for PostgreSQL: pip install psycopg2-binary") from None
     except Exception as exc:  # sqlalchemy's OperationalError, ArgumentError, ...; optuna wraps none of them
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot open storage {redact(uri)}: {first}") from None
+
+
+def _racing_schema_creation(open_rdb: Callable[[], Any], attempts: int = 6) -> Any:
+    """Open an RDBStorage, retrying while other processes create its tables on a fresh database.
+
+    RDBStorage creates its schema on first open; processes doing so at once on PostgreSQL collide in the catalog
+    ("duplicate key value violates unique constraint pg_type_typname_nsp_index"). The loser retries after the
+    winner has committed, when the tables exist and creation is a no-op.
+    """
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(attempts - 1):
+        try:
+            return open_rdb()
+        except (IntegrityError, ProgrammingError):
+            time.sleep(0.3 * (attempt + 1) + random.random() * 0.3)
+    return open_rdb()
 
 
 def repair_journal(path: Path, lock: Any) -> int:
