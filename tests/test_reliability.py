@@ -62,3 +62,25 @@ def test_ctrl_c_prints_one_line_exits_130_and_the_same_command_re_runs_the_trial
     assert first.state.name == "FAIL" and first.user_attrs["fail_reason"] == INTERRUPTED
     assert rerun.params == first.params and rerun.user_attrs["rerun_of"] == 0 and "origin" in rerun.user_attrs
     assert len(study.trials) == 3 and counted_trials(study) == 2 and all(t.state.is_finished() for t in study.trials)
+
+
+def test_ctrl_c_is_held_back_while_the_journal_lock_is_held(tmp_path: Path) -> None:
+    """A SIGINT inside the journal lock's release once left it half released (FileNotFoundError and a traceback on
+    the next write, seen with `search --workers 2`); now it waits until the lock is released, which is then whole."""
+    import os
+
+    import pytest
+
+    from elalora_auto.search.storage import _InterruptSafeLock
+
+    journal = tmp_path / "optuna-journal.log"
+    journal.touch()
+    lock = _InterruptSafeLock(str(journal))
+    assert lock.acquire()
+    os.kill(os.getpid(), signal.SIGINT)  # held back: no KeyboardInterrupt while the lock is held
+    with pytest.raises(KeyboardInterrupt):
+        lock.release()
+    assert not list(tmp_path.glob("optuna-journal.log.lock*"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert lock.acquire()
+    lock.release()

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -64,7 +66,7 @@ def open_storage(uri: str | None, workdir: str | Path, create: bool = True,
     `heartbeat`'s timing (default 60 s / 180 s; pass the study's own to run trials)."""
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-    from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     heartbeat, uri = heartbeat or HeartbeatSettings(), resolve_storage(uri)
     if uri is None or "://" not in uri:
@@ -72,7 +74,7 @@ def open_storage(uri: str | None, workdir: str | Path, create: bool = True,
         if not path.exists() and not create:
             raise UserError(f"no study storage at {path}; run `elalora-auto search` first or pass --storage/--workdir")
         path.parent.mkdir(parents=True, exist_ok=True)
-        lock = JournalFileSymlinkLock(str(path))
+        lock = _InterruptSafeLock(str(path))
         repair_journal(path, lock)
         return JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
     try:
@@ -89,6 +91,52 @@ def open_storage(uri: str | None, workdir: str | Path, create: bool = True,
     except Exception as exc:  # sqlalchemy's OperationalError, ArgumentError, ...; optuna wraps none of them
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot open storage {redact(uri)}: {first}") from None
+
+
+class _InterruptSafeLock:
+    """Optuna's symlink lock on the journal, with Ctrl-C held back from taking the lock to releasing it.
+
+    A KeyboardInterrupt that lands inside the lock's release (between its rename and its unlink) leaves the lock
+    half released: the next write then fails with FileNotFoundError and a traceback. Every journal write happens
+    under this lock, so holding SIGINT back here also keeps a record from being cut short by Ctrl-C; the signal is
+    delivered, to whatever handler was in place, as soon as the lock is released. Off the main thread (where
+    signals cannot be handled) it is the plain lock.
+    """
+
+    def __init__(self, path: str) -> None:
+        from optuna.storages.journal import JournalFileSymlinkLock
+
+        self._lock = JournalFileSymlinkLock(path)
+        self._held_back: list[int] = []
+        self._previous: Any = None
+
+    def acquire(self) -> bool:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, lambda signum, _frame: self._held_back.append(signum))
+        try:
+            return self._lock.acquire()
+        except BaseException:
+            self._deliver()
+            raise
+
+    def release(self) -> None:
+        try:
+            self._lock.release()
+        finally:
+            self._deliver()
+
+    def _deliver(self) -> None:
+        """Restore the handler in place before `acquire`, then hand it a SIGINT that arrived meanwhile."""
+        previous, self._previous = self._previous, None
+        if previous is None:
+            return
+        signal.signal(signal.SIGINT, previous)
+        if self._held_back:
+            self._held_back.clear()
+            if callable(previous):
+                previous(signal.SIGINT, None)
+            elif previous == signal.SIG_DFL:
+                raise KeyboardInterrupt
 
 
 def _racing_schema_creation(open_rdb: Callable[[], Any], attempts: int = 6) -> Any:
