@@ -69,7 +69,8 @@ def _search(config: Path, *extra: str) -> subprocess.CompletedProcess:
 def test_an_unreachable_store_costs_the_search_nothing_and_a_later_start_replays_it(study_file: Path) -> None:  # noqa: F811
     spec = yaml.safe_load(study_file.read_text())
     config = study_file.with_name("tracked.yaml")
-    config.write_text(yaml.safe_dump({**spec, "no_tracking": False}))
+    # the built-in elalora space here (its calibrated lr range), so trial 0 takes a learning rate inside it
+    config.write_text(yaml.safe_dump({**spec, "no_tracking": False, "trial0": {"learning_rate": 1.5e-3}}))
     workdir = Path(spec["workdir"])
     first = _search(config, "--tracking-uri", "http://127.0.0.1:1")
     assert first.returncode == 0, first.stderr[-3000:]
