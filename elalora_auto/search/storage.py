@@ -12,8 +12,8 @@ Storage (`open_storage`):
   live worker (`fail_stale_trials`), so a surviving worker picks up the dead one's trial. The timing is the
   study setting `heartbeat: {interval_s, grace_s}`, stored with the study so that every worker uses the same
   values (a worker whose grace period were shorter than another's heartbeat interval would fail live trials).
-  The `search` command creates the study (several workers creating one study at once on a fresh database
-  collide); `worker` only loads it.
+  The `search` command creates the study; `worker` only loads it. Processes opening a fresh database at once
+  collide in its schema creation, and the losers retry (`_racing_schema_creation`).
 
 Secrets: a URL's password never leaves the process. Messages, events and the settings stored in the study
 carry `redact(uri)`; every process gets the full URL from its own `--storage` flag or from the environment
