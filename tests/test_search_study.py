@@ -122,6 +122,37 @@ def test_hopeless_trials_are_pruned_early_in_both_modes(study_file: Path, tmp_pa
         assert all(0.0 <= v <= 1.0 for v in t.intermediate_values.values())
 
 
+@pytest.mark.parametrize("objective", ["pareto", "metric"])
+def test_halving_rungs_run_through_the_search_in_both_modes(study_file: Path, tmp_path: Path, objective: str) -> None:
+    """Rungs at steps 3 and 9 of 12 (eval every 3): a trial stops only at a rung, with the rung rule's reason."""
+    config = yaml.safe_load(study_file.read_text())
+    config["pruning"] = {"rule": "halving", "min_steps": 3, "baseline_patience": 99}
+    study_file.write_text(yaml.safe_dump(config))
+    assert main(["search", "--config", str(study_file), "--space", str(_space(tmp_path)), "--study", objective,
+                 "--objective", objective, "--trials", "4", "--quiet"]) == 0
+    trials = _study(tmp_path, objective).get_trials()
+    assert len(trials) == 4 and {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
+    assert trials[0].state.name == "COMPLETE"  # alone at every rung
+    for t in trials:
+        steps = sorted(t.intermediate_values)
+        if t.state.name == "PRUNED":
+            assert steps[-1] in (3, 9) and "rung" in t.user_attrs["prune_reason"]
+        else:
+            assert steps == [3, 6, 9]  # the final evaluation is the value, not an intermediate one
+        if objective == "pareto":
+            assert set(t.user_attrs["rung_sizes"]) == {str(s) for s in (3, 9) if s <= steps[-1]}
+
+
+def test_a_rung_off_the_evaluations_is_refused_before_the_study_exists(study_file: Path, tmp_path: Path,
+                                                                        capsys) -> None:
+    config = yaml.safe_load(study_file.read_text())
+    config["pruning"] = {"rule": "halving", "min_steps": 4}
+    study_file.write_text(yaml.safe_dump(config))
+    assert main(["search", "--config", str(study_file), "--study", "r", "--trials", "2", "--quiet"]) == 2
+    assert "pruning.min_steps 4 is not a multiple of eval_every 3" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "optuna-journal.log").exists()
+
+
 def test_median_rule_stops_a_trial_below_complete_peers_no_larger_than_it() -> None:
     storage = optuna.storages.InMemoryStorage()
     study = optuna.create_study(storage=storage, directions=["maximize", "minimize"])

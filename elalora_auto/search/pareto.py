@@ -24,6 +24,17 @@ def pareto_front(points: Sequence[Point]) -> list[int]:
     return sorted(front, key=lambda i: (points[i][1], -points[i][0]))
 
 
+def front_ranks(points: Sequence[Point]) -> list[int]:
+    """Non-dominated sorting: 0 for the points on the front, 1 for the front of the rest, and so on."""
+    ranks, left, level = [0] * len(points), set(range(len(points))), 0
+    while left:
+        layer = {i for i in left if not any(dominates(points[j], points[i]) for j in left)}
+        for i in layer:
+            ranks[i] = level
+        left, level = left - layer, level + 1
+    return ranks
+
+
 def knee(points: Sequence[Point]) -> int | None:
     """Index of the front point farthest from the line joining the front's two extremes (both axes scaled to
     [0, 1]): the point where paying more parameters stops buying much metric. With fewer than three distinct

@@ -28,6 +28,7 @@ class StudyPlan:
     primary_metric: str
     baseline: float | None  # the majority-class value of the primary metric
     baseline_margin: float
+    rungs: list[int]  # the halving rule's rung steps (empty under the other rules)
 
     @property
     def multi(self) -> bool:
@@ -64,13 +65,15 @@ def plan_study(settings: SearchSettings) -> StudyPlan:
     if steps < 4:
         raise UserError(f"a run of {steps} steps is too short for a schedule; use --max-steps 4 or more")
     check_space(space, steps)
+    eval_every = settings.eval_every or max(1, steps // 4)
+    rungs = settings.pruning.rungs(eval_every, steps)
     load_tokenizer(model_path)
     load_base_model(model_path, task.num_labels, task.problem_type)  # cached: the process's trials reuse it
     model_type = check_target_modules(model_path, task.num_labels, space)
     check_adapter(model_path, task.num_labels, space, steps, model_type)
     baseline, margin = majority_baseline(task, next(iter(data.evals.values())))
-    return StudyPlan(settings, space, task, model_path, model_type, steps, settings.eval_every or max(1, steps // 4),
-                     task.primary_metric, baseline, margin)
+    return StudyPlan(settings, space, task, model_path, model_type, steps, eval_every, task.primary_metric,
+                     baseline, margin, rungs)
 
 
 def check_device(device: str) -> None:

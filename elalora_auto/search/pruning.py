@@ -1,20 +1,27 @@
-"""Pruning: the baseline rule and the median rule, in both objective modes.
+"""Pruning: the baseline rule, then the median rule or successive-halving rungs, in both objective modes.
 
 Every periodic evaluation of the primary metric is an Optuna intermediate value of its trial in both modes
 (optuna-dashboard's intermediate-value and learning-curve plots read them): single-objective through
 `trial.report`; Pareto mode through the storage's public `set_trial_intermediate_value`, because Optuna's
 `report`/`should_prune` raise for multi-objective studies. So the Pareto mode runs the rules here
-(`PruningRule`) over those values; the single-objective mode runs them as an Optuna pruner.
-1. Baseline rule (both modes): a trial whose metric stays within two standard errors of the majority-class
-   baseline (the metric of always predicting the most frequent eval label; 0.02 for non-accuracy metrics)
-   for `baseline_patience` consecutive evaluations has learned nothing and is stopped.
-2. Median rule: after `n_warmup_evals` evaluations of the trial, and once `n_startup_trials` comparable complete
-   trials have a value at the same step, a trial below their median is stopped. In single-objective mode both
-   rules are one Optuna pruner (`BaselineMedianPruner`, reached through trial.report / should_prune; its median
-   part is Optuna's MedianPruner), every complete trial being comparable. In Pareto mode only complete trials
-   that are NO LARGER (trainable parameters) than this one are comparable: a trial is stopped only when smaller
-   trials already do better at this point, i.e. when it is on its way to being dominated. A small trial that is
-   weaker than bigger ones may still land on the front's low-cost end, so it is never stopped for that.
+(`PruningRule`) over those values; the single-objective mode runs them as an Optuna pruner (`BaselinePruner`
+around Optuna's own MedianPruner or SuccessiveHalvingPruner).
+1. Baseline rule (`median` and `halving`): a trial whose metric stays within two standard errors of the
+   majority-class baseline (the metric of always predicting the most frequent eval label; 0.02 for non-accuracy
+   metrics) for `baseline_patience` consecutive evaluations has learned nothing and is stopped.
+2. `median`: after `n_warmup_evals` evaluations of the trial, and once `n_startup_trials` comparable complete
+   trials have a value at the same step, a trial below their median is stopped. Single objective: Optuna's
+   MedianPruner, every complete trial being comparable. Pareto mode: only complete trials that are NO LARGER
+   (trainable parameters) than this one are comparable: a trial is stopped only when smaller trials already do
+   better at this point, i.e. when it is on its way to being dominated. A small trial that is weaker than bigger
+   ones may still land on the front's low-cost end, so it is never stopped for that.
+3. `halving` (multi-fidelity): rungs at `min_steps * reduction_factor**k` optimizer steps. At a rung, the trial
+   goes on only if it is among the best 1/reduction_factor of all trials that reached that rung so far (any state;
+   the first ones always go on). Single objective: Optuna's SuccessiveHalvingPruner (asynchronous successive
+   halving) on the metric. Pareto mode: "best" is the non-dominated rank of (metric at the rung, trainable
+   parameters at the rung) among those trials, ties kept: a small trial on the rung's front goes on even if bigger
+   ones score more.
+4. `none`: values are recorded, nothing is stopped.
 """
 
 from __future__ import annotations
@@ -27,7 +34,10 @@ from typing import Any, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from elalora_auto.search.pareto import front_ranks
 from elalora_auto.search.settings import PruningSettings
+
+RUNG_SIZES = "rung_sizes"  # trial user attr: {rung step: trainable parameters there}, for the Pareto rung rule
 
 
 def baseline_reason(values: Sequence[float], step: int, settings: PruningSettings, baseline: float | None,
@@ -40,16 +50,29 @@ def baseline_reason(values: Sequence[float], step: int, settings: PruningSetting
             f"(last {values[-1]:.4f} at step {step})")
 
 
-class BaselineMedianPruner(optuna.pruners.BasePruner):
-    """The single-objective pruner: the baseline rule, then Optuna's MedianPruner after the warm-up evaluations.
+def rung_of(step: int, rungs: Sequence[int]) -> int | None:
+    """The index of the last rung at or before `step` (None before the first)."""
+    reached = [k for k, rung in enumerate(rungs) if rung <= step]
+    return reached[-1] if reached else None
+
+
+class BaselinePruner(optuna.pruners.BasePruner):
+    """The single-objective pruner: the baseline rule, then Optuna's MedianPruner (after the warm-up evaluations)
+    or SuccessiveHalvingPruner (at the rungs), as `settings.rule` says.
 
     `reasons` keeps, per trial number, why `prune` said yes (a pruner sees frozen trials and cannot annotate
     them); the worker reads it in the same process and stores it as the trial's `prune_reason`.
     """
 
-    def __init__(self, settings: PruningSettings, baseline: float | None, margin: float) -> None:
-        self.settings, self.baseline, self.margin = settings, baseline, margin
-        self._median = optuna.pruners.MedianPruner(n_startup_trials=settings.n_startup_trials, n_warmup_steps=0)
+    def __init__(self, settings: PruningSettings, baseline: float | None, margin: float,
+                 rungs: Sequence[int] = ()) -> None:
+        self.settings, self.baseline, self.margin, self.rungs = settings, baseline, margin, list(rungs)
+        self._inner: optuna.pruners.BasePruner
+        if settings.rule == "halving":
+            self._inner = optuna.pruners.SuccessiveHalvingPruner(
+                min_resource=self.rungs[0], reduction_factor=settings.reduction_factor, min_early_stopping_rate=0)
+        else:
+            self._inner = optuna.pruners.MedianPruner(n_startup_trials=settings.n_startup_trials, n_warmup_steps=0)
         self.reasons: dict[int, str] = {}
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
@@ -58,11 +81,22 @@ class BaselineMedianPruner(optuna.pruners.BasePruner):
             return False
         values = [trial.intermediate_values[s] for s in steps]
         reason = baseline_reason(values, steps[-1], self.settings, self.baseline, self.margin)
-        if reason is None and len(values) > self.settings.n_warmup_evals and self._median.prune(study, trial):
-            reason = f"below the median of earlier trials at step {steps[-1]} ({values[-1]:.4f})"
+        if reason is None:
+            reason = self._inner_reason(study, trial, steps[-1], values)
         if reason is not None:
             self.reasons[trial.number] = reason
         return reason is not None
+
+    def _inner_reason(self, study: optuna.Study, trial: FrozenTrial, step: int, values: list[float]) -> str | None:
+        if self.settings.rule == "halving":
+            if not self._inner.prune(study, trial):
+                return None
+            rung = rung_of(step, self.rungs)
+            return (f"not among the best 1/{self.settings.reduction_factor} of the trials at rung {rung} "
+                    f"(step {self.rungs[rung or 0]}): {values[-1]:.4f}")
+        if len(values) > self.settings.n_warmup_evals and self._inner.prune(study, trial):
+            return f"below the median of earlier trials at step {step} ({values[-1]:.4f})"
+        return None
 
 
 @dataclass
@@ -71,7 +105,8 @@ class PruningRule:
 
     Single objective: reports to Optuna, whose pruner (`pruner()`, set on the study) decides. Pareto: the value
     goes to `storage` (the backend the study was opened with; ids from its public lookups), and the baseline
-    rule and the size-aware median rule run here over the trials' intermediate values.
+    rule and the size-aware median or rung rule run here over the trials' intermediate values. `rungs` are the
+    halving rule's rung steps (`PruningSettings.rungs`).
     """
 
     settings: PruningSettings
@@ -79,14 +114,15 @@ class PruningRule:
     baseline: float | None
     margin: float
     storage: Any = None  # needed in Pareto mode only
-    _pruner: BaselineMedianPruner | None = field(default=None, init=False, repr=False)
+    rungs: Sequence[int] = ()
+    _pruner: BaselinePruner | None = field(default=None, init=False, repr=False)
 
     def pruner(self) -> optuna.pruners.BasePruner:
         """The pruner the study must carry while this rule checks its trials."""
-        if self.multi:
+        if self.multi or self.settings.rule == "none":
             return optuna.pruners.NopPruner()
         if self._pruner is None:
-            self._pruner = BaselineMedianPruner(self.settings, self.baseline, self.margin)
+            self._pruner = BaselinePruner(self.settings, self.baseline, self.margin, self.rungs)
         return self._pruner
 
     def check(self, trial: optuna.Trial, step: int, value: float, size: int) -> None:
@@ -99,15 +135,21 @@ class PruningRule:
             reason = self._pareto_reason(trial, step, [history[s] for s in sorted(history)], size)
         else:
             trial.report(value, step)
-            reason = self.pruner().reasons.pop(trial.number, None) if trial.should_prune() else None
+            reason = self._pruner.reasons.pop(trial.number, None) if trial.should_prune() and self._pruner else None
         if reason is not None:
             trial.set_user_attr("prune_reason", reason)
             raise optuna.TrialPruned(reason)
 
     def _pareto_reason(self, trial: optuna.Trial, step: int, values: list[float], size: int) -> str | None:
+        if self.settings.rule == "none":
+            return None
         reason = baseline_reason(values, step, self.settings, self.baseline, self.margin)
-        if reason is not None or len(values) <= self.settings.n_warmup_evals:
+        if reason is not None:
             return reason
+        if self.settings.rule == "halving":
+            return self._rung_reason(trial, step, values[-1], size)
+        if len(values) <= self.settings.n_warmup_evals:
+            return None
         peers = [t.intermediate_values[step]
                  for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                  if step in t.intermediate_values and t.user_attrs.get("trainable_params", math.inf) <= size]
@@ -115,3 +157,23 @@ class PruningRule:
             return None
         return (f"{values[-1]:.4f} at step {step} is below the median {statistics.median(peers):.4f} "
                 f"of {len(peers)} complete trials no larger than this one ({size:,} parameters)")
+
+    def _rung_reason(self, trial: optuna.Trial, step: int, value: float, size: int) -> str | None:
+        """At a rung: go on if the trial's non-dominated rank is within the best 1/reduction_factor there."""
+        if step not in self.rungs:
+            return None
+        sizes = {**trial.user_attrs.get(RUNG_SIZES, {}), str(step): size}
+        trial.set_user_attr(RUNG_SIZES, sizes)
+        points = [(value, float(size))] + [
+            (t.intermediate_values[step], float(t.user_attrs[RUNG_SIZES][str(step)]))
+            for t in trial.study.get_trials(deepcopy=False)
+            if t.number != trial.number and step in t.intermediate_values
+            and str(step) in t.user_attrs.get(RUNG_SIZES, {})]
+        ranks = front_ranks(points)
+        kept = max(1, len(points) // self.settings.reduction_factor)
+        cutoff = sorted(ranks)[kept - 1]
+        if ranks[0] <= cutoff:
+            return None
+        return (f"at rung {self.rungs.index(step)} (step {step}), {value:.4f} with {size:,} parameters is on "
+                f"non-dominated front {ranks[0] + 1} of {len(points)} trials; only the best {kept} "
+                f"(1/{self.settings.reduction_factor}, fronts 1-{cutoff + 1}) go on")

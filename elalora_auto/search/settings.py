@@ -24,11 +24,52 @@ HEARTBEAT_INTERVAL_S = 60
 GRACE_PERIOD_S = 180
 
 
+PRUNING_RULES = ("median", "halving", "none")
+
+
 @dataclass
 class PruningSettings:
+    """When a trial stops early (search/pruning.py). `rule`: `median` (below its peers' median after the warm-up
+    evaluations), `halving` (successive-halving rungs at `min_steps * reduction_factor**k` optimizer steps: only
+    the best 1/reduction_factor of the trials at a rung go on; short cheap runs first, full runs for the
+    promising ones) or `none` (every trial runs to the end; the baseline rule is off too). The baseline rule
+    (`baseline_patience`) applies under `median` and `halving`."""
+
+    rule: str = "median"
     n_startup_trials: int = 3
     n_warmup_evals: int = 1
     baseline_patience: int = 2
+    min_steps: int | None = None  # halving: the first rung; default: the evaluation interval
+    reduction_factor: int = 3
+
+    def validate(self) -> None:
+        check_fields(self, "pruning.", positive=("n_startup_trials", "baseline_patience", "min_steps"),
+                     non_negative=("n_warmup_evals",))
+        if self.rule not in PRUNING_RULES:
+            raise ConfigError(f"pruning.rule {self.rule!r}: choose one of {', '.join(PRUNING_RULES)}")
+        if self.reduction_factor < 2:
+            raise ConfigError(f"pruning.reduction_factor: must be 2 or more, got {self.reduction_factor}")
+
+    def rungs(self, eval_every: int, total_steps: int) -> list[int]:
+        """The halving rule's rung steps before the end of the run (empty for the other rules).
+
+        Rungs sit on evaluations (the rule compares trials by the metric measured there), so `min_steps` must be a
+        multiple of the evaluation interval, and the first rung must come before the end.
+        """
+        if self.rule != "halving":
+            return []
+        first = self.min_steps or eval_every
+        if first % eval_every:
+            raise ConfigError(f"pruning.min_steps {first} is not a multiple of eval_every {eval_every}: rungs sit on "
+                              f"evaluations; use {max(eval_every, first // eval_every * eval_every)}")
+        steps, step = [], first
+        while step < total_steps:
+            steps.append(step)
+            step *= self.reduction_factor
+        if not steps:
+            raise ConfigError(f"pruning.min_steps {first} is not before the end of the {total_steps}-step run: "
+                              "no rung to halve at; lower min_steps or eval_every")
+        return steps
 
 
 @dataclass
@@ -105,6 +146,7 @@ class SearchSettings:
         reject_unknown(data, (f.name for f in dataclasses.fields(cls)), "unknown search option")
         data = dict(data)
         data["pruning"] = _section(data.get("pruning"), PruningSettings, "pruning")
+        data["pruning"].validate()
         data["heartbeat"] = _section(data.get("heartbeat"), HeartbeatSettings, "heartbeat")
         data["heartbeat"].validate()
         settings = cls(**data)

@@ -7,8 +7,9 @@ Storage (`open_storage`):
   processes on one machine share it through a file lock; and, unlike SQLite, `enqueue_trial` stays correct
   with parallel workers (a waiting trial is popped by exactly one of them).
 - `--storage postgresql://...` (any SQLAlchemy URL) for many workers on many machines: RDBStorage with a
-  heartbeat, so a trial whose worker died is marked FAIL after the grace period and re-queued once by
-  RetryHeartbeatStaleTrialCallback. Optuna checks for such stale trials at the start of every trial of every
+  heartbeat, so a trial whose worker died is marked FAIL after the grace period and re-queued by
+  RetryHeartbeatStaleTrialCallback, up to MAX_RERUNS times (a configuration whose worker keeps dying is likely
+  what kills it, e.g. out of memory). Optuna checks for such stale trials at the start of every trial of every
   live worker (`fail_stale_trials`), so a surviving worker picks up the dead one's trial. The timing is the
   study setting `heartbeat: {interval_s, grace_s}`, stored with the study so that every worker uses the same
   values (a worker whose grace period were shorter than another's heartbeat interval would fail live trials).
@@ -84,7 +85,7 @@ def open_storage(uri: str | None, workdir: str | Path, create: bool = True,
                 _with_installed_driver(uri),
                 heartbeat_interval=heartbeat.interval_s,
                 grace_period=heartbeat.grace_s,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RERUNS),
             ))
     except ImportError as exc:
         raise UserError(f"storage {redact(uri)}: missing driver ({exc}); for PostgreSQL: pip install psycopg2-binary") from None
@@ -93,50 +94,70 @@ def open_storage(uri: str | None, workdir: str | Path, create: bool = True,
         raise UserError(f"cannot open storage {redact(uri)}: {first}") from None
 
 
+MAX_RERUNS = 3  # how often a trial whose worker died is re-queued (a re-run killed again is re-queued too)
+
+
+class SigintHold:
+    """Ctrl-C held back over a stretch of code that must not be cut short, and delivered when it ends.
+
+    `start` puts a recorder in place of the SIGINT handler; `release` puts the handler back and, if a SIGINT
+    arrived meanwhile, hands it over (raising KeyboardInterrupt for Python's default handler). Both are no-ops
+    off the main thread, where signals cannot be handled, and `release` is one when nothing is held. Holds nest:
+    an inner hold's delivery goes to the outer one's recorder.
+    """
+
+    def __init__(self) -> None:
+        self._active = self._held_back = False
+        self._previous: Any = None
+
+    def start(self) -> None:
+        if not self._active and threading.current_thread() is threading.main_thread():
+            self._previous, self._active = signal.signal(signal.SIGINT, self._record), True
+
+    def _record(self, signum: int, frame: Any) -> None:
+        self._held_back = True
+
+    def release(self) -> None:
+        if not self._active:
+            return
+        previous, self._active = self._previous, False
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+        if self._held_back:
+            self._held_back = False
+            if callable(previous):
+                previous(signal.SIGINT, None)
+            elif previous in (None, signal.SIG_DFL):
+                raise KeyboardInterrupt
+
+
 class _InterruptSafeLock:
     """Optuna's symlink lock on the journal, with Ctrl-C held back from taking the lock to releasing it.
 
     A KeyboardInterrupt that lands inside the lock's release (between its rename and its unlink) leaves the lock
     half released: the next write then fails with FileNotFoundError and a traceback. Every journal write happens
     under this lock, so holding SIGINT back here also keeps a record from being cut short by Ctrl-C; the signal is
-    delivered, to whatever handler was in place, as soon as the lock is released. Off the main thread (where
-    signals cannot be handled) it is the plain lock.
+    delivered, to whatever handler was in place, as soon as the lock is released.
     """
 
     def __init__(self, path: str) -> None:
         from optuna.storages.journal import JournalFileSymlinkLock
 
         self._lock = JournalFileSymlinkLock(path)
-        self._held_back: list[int] = []
-        self._previous: Any = None
+        self._hold = SigintHold()
 
     def acquire(self) -> bool:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, lambda signum, _frame: self._held_back.append(signum))
+        self._hold.start()
         try:
             return self._lock.acquire()
         except BaseException:
-            self._deliver()
+            self._hold.release()
             raise
 
     def release(self) -> None:
         try:
             self._lock.release()
         finally:
-            self._deliver()
-
-    def _deliver(self) -> None:
-        """Restore the handler in place before `acquire`, then hand it a SIGINT that arrived meanwhile."""
-        previous, self._previous = self._previous, None
-        if previous is None:
-            return
-        signal.signal(signal.SIGINT, previous)
-        if self._held_back:
-            self._held_back.clear()
-            if callable(previous):
-                previous(signal.SIGINT, None)
-            elif previous == signal.SIG_DFL:
-                raise KeyboardInterrupt
+            self._hold.release()
 
 
 def _racing_schema_creation(open_rdb: Callable[[], Any], attempts: int = 6) -> Any:

@@ -21,7 +21,7 @@ from typing import Any
 from elalora_auto.errors import UserError
 from elalora_auto.search.plan import StudyPlan
 from elalora_auto.search.settings import HeartbeatSettings
-from elalora_auto.search.storage import redacted_settings
+from elalora_auto.search.storage import MAX_RERUNS, redacted_settings
 
 INTERRUPTED = "interrupted (Ctrl-C)"
 USER_ERRORS = ("UserError", "ConfigError", "DataError")  # how a fail_reason caused by bad input starts
@@ -127,7 +127,7 @@ def recover_orphans(study: Any, storage: Any) -> list[int]:
         if failed:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the retry callback is marked experimental
-                RetryHeartbeatStaleTrialCallback(max_retry=1)(study, storage.get_trial(trial_id))
+                RetryHeartbeatStaleTrialCallback(max_retry=MAX_RERUNS)(study, storage.get_trial(trial_id))
             recovered.append(trial.number)
     return recovered
 

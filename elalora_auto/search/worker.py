@@ -23,8 +23,8 @@ import optuna
 from elalora_auto.errors import UserError
 from elalora_auto.events import Event, Listener, emit, with_context
 from elalora_auto.search.plan import StudyPlan
-from elalora_auto.search.pruning import PruningRule
-from elalora_auto.search.storage import redact, redacted_settings
+from elalora_auto.search.pruning import RUNG_SIZES, PruningRule
+from elalora_auto.search.storage import SigintHold, redact, redacted_settings
 from elalora_auto.search.study import INTERRUPTED, USER_ERRORS, counted_trials, recover_orphans
 
 MAX_CONSECUTIVE_USER_ERRORS = 3  # then the study stops with the error: its trials would all fail the same way
@@ -131,7 +131,8 @@ class Worker:
         self.plan, self.study, self.storage, self.storage_label = plan, study, storage, storage_label
         self.listeners, self.progress, self.echo = list(listeners), progress, echo
         settings = plan.settings
-        self.rule = PruningRule(settings.pruning, plan.multi, plan.baseline, plan.baseline_margin, storage)
+        self.rule = PruningRule(settings.pruning, plan.multi, plan.baseline, plan.baseline_margin, storage,
+                                plan.rungs)
         study.pruner = self.rule.pruner()
         seed = sampler_seed(settings.seed, len(study.get_trials(deepcopy=False)), os.getpid())
         study.sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
@@ -143,6 +144,10 @@ class Worker:
         self.user_errors: list[str] = []  # consecutive trials failed by bad input
         self.running: int | None = None  # the trial this process runs now (named when Ctrl-C stops it)
         self.previous_sigint: Any = None  # the SIGINT handler to restore after a Ctrl-C's cleanup
+        # Ctrl-C is held back outside the objective's own body: while Optuna creates a trial (until the trial
+        # records its worker) and while it tells the outcome and runs `finished`. A SIGINT inside Optuna's tell
+        # ended the process with "AssertionError: Should not reach." and a traceback (bench/chaos.py).
+        self.hold = SigintHold()
 
     def run(self) -> None:
         """The loop; Ctrl-C ends it with `Interrupted(trial number)` once the study's end is emitted."""
@@ -159,7 +164,11 @@ class Worker:
                 if deadline is not None and time.monotonic() >= deadline:
                     break
                 self.running = None
-                study.optimize(self.objective, n_trials=1, catch=self.failures, callbacks=[self.finished])
+                self.hold.start()  # until the trial is ours: a Ctrl-C inside `ask` would leave it RUNNING, unowned
+                try:
+                    study.optimize(self.objective, n_trials=1, catch=self.failures, callbacks=[self.finished])
+                finally:
+                    self.hold.release()
                 if len(self.user_errors) >= MAX_CONSECUTIVE_USER_ERRORS:
                     raise UserError(f"{len(self.user_errors)} trials in a row failed with: {self.user_errors[-1]}; "
                                     "fix it and run the same command again (these trials leave the budget alone)")
@@ -195,8 +204,12 @@ class Worker:
 
         self.running = trial.number
         trial.set_user_attr("worker", self.worker_id)
+        for key, empty in (("fail_reason", None), (RUNG_SIZES, {})):  # copied from the dead trial a re-run replaces
+            if trial.user_attrs.get(key):
+                trial.set_user_attr(key, empty)
         out = self.trials_dir / str(trial.number)
         try:
+            self.hold.release()  # the trial is ours now: a Ctrl-C from here on re-queues it
             spec = self.trial_spec(trial)
             result = run_trial(spec, reporter=lambda step, value, size: self.rule.check(trial, step, value, size),
                                listeners=with_context(self.listeners, trial_number=trial.number,
@@ -204,6 +217,10 @@ class Worker:
                                output_dir=out, progress=self.progress)
         except self.failures as exc:
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}".splitlines()[0])
+            self.hold.start()
+            raise
+        except optuna.TrialPruned:
+            self.hold.start()
             raise
         except KeyboardInterrupt:
             self.previous_sigint = _exit_on_second_interrupt()
@@ -211,6 +228,7 @@ class Worker:
             rerun = {k: v for k, v in trial.user_attrs.items() if k == "origin"}
             self.study.enqueue_trial(trial.params, user_attrs={**rerun, "rerun_of": trial.number})
             raise
+        self.hold.start()  # the result is written and told in one piece
         self.results[trial.number] = {**result.to_dict(), "output_dir": str(out)}
         for key, value in (("primary", result.primary), ("trainable_params", result.trainable_params),
                            ("rank_summary", _rank_summary(result.rank_map)), ("output_dir", str(out)),

@@ -1,0 +1,87 @@
+"""Multi-fidelity pruning (`pruning.rule: halving`) and `rule: none`: rung steps, Optuna's successive halving in
+single-objective mode, the non-dominated-rank rung rule in Pareto mode."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from elalora_auto.errors import ConfigError
+from elalora_auto.search.pareto import front_ranks
+from elalora_auto.search.pruning import RUNG_SIZES, PruningRule
+from elalora_auto.search.settings import PruningSettings, SearchSettings
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def test_rungs_sit_on_evaluations_before_the_end_of_the_run() -> None:
+    assert PruningSettings(rule="halving").rungs(50, 300) == [50, 150]
+    assert PruningSettings(rule="halving", min_steps=100, reduction_factor=2).rungs(50, 1000) == [100, 200, 400, 800]
+    assert PruningSettings().rungs(50, 300) == [] and PruningSettings(rule="none").rungs(50, 300) == []
+    with pytest.raises(ConfigError, match="min_steps 75 is not a multiple of eval_every 50.*use 50"):
+        PruningSettings(rule="halving", min_steps=75).rungs(50, 300)
+    with pytest.raises(ConfigError, match="not before the end of the 300-step run"):
+        PruningSettings(rule="halving", min_steps=300).rungs(100, 300)
+
+
+@pytest.mark.parametrize("pruning, message", [
+    ({"rule": "hyperband"}, "pruning.rule 'hyperband': choose one of median, halving, none"),
+    ({"rule": "halving", "reduction_factor": 1}, "pruning.reduction_factor: must be 2 or more"),
+    ({"rule": "halving", "min_steps": 0}, "pruning.min_steps: must be > 0"),
+    ({"baseline_patience": 0}, "pruning.baseline_patience: must be > 0"),
+])
+def test_bad_pruning_settings_fail_with_one_line(pruning: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        SearchSettings.from_dict({"task": "sst2", "pruning": pruning})
+
+
+def test_front_ranks_sort_points_into_successive_fronts() -> None:
+    # (metric up, cost down): (0.9, 100) and (0.7, 50) are the front; (0.8, 200) is behind (0.9, 100) only
+    assert front_ranks([(0.9, 100), (0.8, 200), (0.7, 50), (0.6, 300)]) == [0, 1, 0, 2]
+    assert front_ranks([]) == []
+
+
+def test_single_objective_halving_is_optunas_successive_halving_at_the_rungs() -> None:
+    rule = PruningRule(PruningSettings(rule="halving", baseline_patience=99), multi=False, baseline=0.5,
+                       margin=0.05, rungs=[2, 6])
+    study = optuna.create_study(direction="maximize", pruner=rule.pruner())
+    first = study.ask()
+    rule.check(first, 2, 0.9, 100)  # alone at the rung: goes on
+    rule.check(first, 4, 0.5, 100)  # between rungs: nothing to decide
+    second = study.ask()
+    with pytest.raises(optuna.TrialPruned, match=r"not among the best 1/3 of the trials at rung 0 \(step 2\): 0.5000"):
+        rule.check(second, 2, 0.5, 100)
+    assert study.trials[second.number].user_attrs["prune_reason"].startswith("not among the best 1/3")
+    third = study.ask()
+    rule.check(third, 2, 0.95, 100)  # better than every trial at the rung
+
+
+def test_pareto_halving_keeps_the_rungs_front_and_stops_what_it_dominates() -> None:
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, directions=["maximize", "minimize"])
+    rule = PruningRule(PruningSettings(rule="halving", baseline_patience=99), multi=True, baseline=0.5, margin=0.05,
+                       storage=storage, rungs=[2, 6])
+    big = study.ask()
+    rule.check(big, 2, 0.9, 200)
+    worse_and_bigger = study.ask()
+    with pytest.raises(optuna.TrialPruned, match=r"rung 0 \(step 2\), 0.8000 with 300 parameters is on "
+                                                 r"non-dominated front 2 of 2 trials"):
+        rule.check(worse_and_bigger, 2, 0.8, 300)
+    small = study.ask()
+    rule.check(small, 2, 0.7, 50)  # weaker, but smaller than everything at the rung: on its front, goes on
+    rule.check(small, 4, 0.1, 50)  # not a rung (and the baseline rule waits 99 evaluations)
+    assert study.trials[small.number].user_attrs[RUNG_SIZES] == {"2": 50}
+    assert study.trials[worse_and_bigger.number].intermediate_values == {2: 0.8}
+
+
+def test_rule_none_records_every_value_and_stops_nothing() -> None:
+    storage = optuna.storages.InMemoryStorage()
+    for multi in (True, False):
+        rule = PruningRule(PruningSettings(rule="none", baseline_patience=1), multi=multi, baseline=0.5,
+                           margin=0.05, storage=storage)
+        study = optuna.create_study(storage=storage, directions=["maximize", "minimize"] if multi else ["maximize"],
+                                    pruner=rule.pruner())
+        trial = study.ask()
+        for step in (2, 4, 6):
+            rule.check(trial, step, 0.5, 100)  # at the baseline throughout
+        assert study.trials[trial.number].intermediate_values == {2: 0.5, 4: 0.5, 6: 0.5}
