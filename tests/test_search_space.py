@@ -21,7 +21,7 @@ def test_shipped_spaces_suggest_values_that_fit_the_run(name: str) -> None:
     for _ in range(30):
         try:
             method, training = space.suggest(study.ask(), {"total_steps": 120, "model_type": "deberta-v2"})
-        except optuna.TrialPruned:  # adalora's r_target <= r_init
+        except optuna.TrialPruned:  # adalora's r_target < r_init
             continue
         drawn += 1
         assert 1e-4 <= training["learning_rate"] <= 5e-3
@@ -167,3 +167,15 @@ def test_settings_types_and_ranges_fail_in_one_line() -> None:
                           ({"pruning": {"n_startup_trials": "3"}}, "pruning.n_startup_trials: expected a whole")]:
         with pytest.raises(UserError, match=message):
             SearchSettings.from_dict({"task": "sst2", **data})
+
+
+def test_adalora_with_nothing_to_prune_is_refused_in_one_line() -> None:
+    """r_target == r_init crashed PEFT's AdaLoRA at its first budget step (kthvalue out of range) and ended the
+    search with a traceback; the rule and the built-in space's constraint now exclude it."""
+    from elalora_auto.search.checks import check_method_params
+    from elalora_auto.search.space import SearchSpace
+
+    with pytest.raises(ConfigError, match=r"r_target=6 must be a whole number in \[1, r_init - 1 = 5\]"):
+        check_method_params("adalora", {"r_init": 6, "r_target": 6}, 100)
+    check_method_params("adalora", {"r_init": 6, "r_target": 5}, 100)
+    assert "r_target < r_init" in [c.text for c in SearchSpace.load("adalora").constraints]

@@ -4,7 +4,7 @@ A space is validated at its corners: each parameter at its low and high end (eac
 others at their defaults, resolved by the space's own `suggest` (so fractions become step counts exactly as in a
 trial) and skipped where the space's constraints prune the combination anyway. Each corner must make a valid
 method configuration: ElaLoraConfig for ElaLoRA; for LoRA and AdaLoRA the same rules for the shared vocabulary
-(r_init >= 1, dropout and betas in [0, 1), schedule steps, ...), r_target <= r_init, and PEFT's own config;
+(r_init >= 1, dropout and betas in [0, 1), schedule steps, ...), r_target < r_init, and PEFT's own config;
 training parameters obey the TrialSpec's training rules. Parameter names are checked first, naming the valid ones.
 """
 
@@ -124,8 +124,9 @@ def _check_peft_config(method: str, native: dict[str, Any], total_steps: int) ->
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad {method} parameters: {' '.join(str(exc).split())}") from None
     if isinstance(config.target_r, bool) or not isinstance(config.target_r, int) or \
-            not 1 <= config.target_r <= config.init_r:
-        raise ConfigError(f"r_target={config.target_r!r} must be a whole number in [1, r_init={config.init_r}]")
+            not 1 <= config.target_r < config.init_r:
+        raise ConfigError(f"r_target={config.target_r!r} must be a whole number in [1, r_init - 1 = "
+                          f"{config.init_r - 1}] (PEFT's AdaLoRA fails when there is nothing to prune)")
 
 
 def _check_training_values(training: dict[str, Any]) -> None:

@@ -28,6 +28,7 @@ from elalora_auto.search.storage import SigintHold, redact, redacted_settings
 from elalora_auto.search.study import INTERRUPTED, USER_ERRORS, counted_trials, recover_orphans
 
 MAX_CONSECUTIVE_USER_ERRORS = 3  # then the study stops with the error: its trials would all fail the same way
+MAX_CONSECUTIVE_CRASHES = 3  # trials in a row failed by an unexpected exception: then the study stops too
 
 
 def _rank_summary(rank_map: Mapping[str, int]) -> dict[str, float]:
@@ -36,7 +37,8 @@ def _rank_summary(rank_map: Mapping[str, int]) -> dict[str, float]:
 
 
 def _failure_types() -> tuple[type[BaseException], ...]:
-    """What fails one trial but not the study: divergence, out of memory, a bad sampled config or data."""
+    """The failures a trial is expected to meet (divergence, out of memory, a bad sampled config or data): they
+    fail the trial with a one-line reason; any other exception fails it too, with its traceback kept."""
     import torch
 
     from elalora_auto.trial import NonFiniteLossError
@@ -57,6 +59,16 @@ def sampler_seed(seed: int, n_trials: int, salt: int) -> int:
 
 def _has_waiting(study: optuna.Study) -> bool:
     return bool(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+
+
+def _keep_traceback(folder: Path, exc: BaseException) -> Path:
+    """The traceback of a trial's unexpected exception, written to its folder (the trial's line names it)."""
+    import traceback
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "traceback.txt"
+    path.write_text("".join(traceback.format_exception(exc)))
+    return path
 
 
 class Interrupted(KeyboardInterrupt):
@@ -142,6 +154,10 @@ class Worker:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.results: dict[int, dict[str, Any]] = {}  # this process's finished trials, until `finished` reports them
         self.user_errors: list[str] = []  # consecutive trials failed by bad input
+        # Any other exception fails its trial too (one library error must not end a 50-trial study), with its
+        # traceback kept in the trial's folder; `crashes` are the consecutive ones (reason, traceback file).
+        self.crashed: dict[int, tuple[str, Path]] = {}
+        self.crashes: list[tuple[str, Path]] = []
         self.running: int | None = None  # the trial this process runs now (named when Ctrl-C stops it)
         self.previous_sigint: Any = None  # the SIGINT handler to restore after a Ctrl-C's cleanup
         # Ctrl-C is held back outside the objective's own body: while Optuna creates a trial (until the trial
@@ -166,9 +182,14 @@ class Worker:
                 self.running = None
                 self.hold.start()  # until the trial is ours: a Ctrl-C inside `ask` would leave it RUNNING, unowned
                 try:
-                    study.optimize(self.objective, n_trials=1, catch=self.failures, callbacks=[self.finished])
+                    study.optimize(self.objective, n_trials=1, catch=(Exception,), callbacks=[self.finished])
                 finally:
                     self.hold.release()
+                if len(self.crashes) >= MAX_CONSECUTIVE_CRASHES:
+                    reason, path = self.crashes[-1]
+                    raise UserError(f"{len(self.crashes)} trials in a row failed with: {reason} (traceback: {path}); "
+                                    "fix the cause or exclude that configuration from the space, then run the same "
+                                    "command again")
                 if len(self.user_errors) >= MAX_CONSECUTIVE_USER_ERRORS:
                     raise UserError(f"{len(self.user_errors)} trials in a row failed with: {self.user_errors[-1]}; "
                                     "fix it and run the same command again (these trials leave the budget alone)")
@@ -215,11 +236,14 @@ class Worker:
                                listeners=with_context(self.listeners, trial_number=trial.number,
                                                       study_name=self.study.study_name),
                                output_dir=out, progress=self.progress)
-        except self.failures as exc:
-            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}".splitlines()[0])
+        except optuna.TrialPruned:
             self.hold.start()
             raise
-        except optuna.TrialPruned:
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            trial.set_user_attr("fail_reason", reason)
+            if not isinstance(exc, self.failures):
+                self.crashed[trial.number] = (reason, _keep_traceback(out, exc))
             self.hold.start()
             raise
         except KeyboardInterrupt:
@@ -255,9 +279,13 @@ class Worker:
                       f"{result['trainable_params']:,} trainable parameters, {len(result['rank_history'])} rank "
                       f"rounds, {result['wall_time_s']:.1f} s")
         else:
-            self.echo(f"trial {frozen.number}: {frozen.state.name.lower()} ({reason})")
+            crash = self.crashed.get(frozen.number)
+            self.echo(f"trial {frozen.number}: {frozen.state.name.lower()} ({reason})"
+                      + (f"; traceback: {crash[1]}" if crash else ""))
         fail_reason = frozen.user_attrs.get("fail_reason")
         if frozen.state.name == "FAIL" and isinstance(fail_reason, str) and fail_reason.startswith(USER_ERRORS):
             self.user_errors.append(fail_reason)
         else:
             self.user_errors.clear()
+        crash = self.crashed.pop(frozen.number, None)
+        self.crashes = [*self.crashes, crash] if crash else []
