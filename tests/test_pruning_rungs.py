@@ -85,3 +85,27 @@ def test_rule_none_records_every_value_and_stops_nothing() -> None:
         for step in (2, 4, 6):
             rule.check(trial, step, 0.5, 100)  # at the baseline throughout
         assert study.trials[trial.number].intermediate_values == {2: 0.5, 4: 0.5, 6: 0.5}
+
+
+def test_tpe_samples_after_a_pruned_pareto_trial() -> None:
+    """Optuna's TPE ranked pruned trials by their last intermediate value through `study.direction`, which raises
+    for a multi-objective study: a Pareto search crashed at its first TPE trial after a pruned one (seen in
+    bench/multifidelity.py at trial 10). The rule now marks such a trial infeasible, which TPE reads instead."""
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, directions=["maximize", "minimize"], sampler=optuna.samplers.TPESampler(
+        n_startup_trials=2, seed=0, multivariate=True, constant_liar=True))
+    rule = PruningRule(PruningSettings(rule="halving", baseline_patience=99), multi=True, baseline=0.5, margin=0.05,
+                       storage=storage, rungs=[2])
+    space = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
+    for value, size in ((0.9, 200), (0.8, 100)):  # both on the rung's front
+        trial = study.ask(space)
+        rule.check(trial, 2, value, size)
+        study.tell(trial, [value, size])
+    trial = study.ask(space)
+    with pytest.raises(optuna.TrialPruned):
+        rule.check(trial, 2, 0.1, 500)
+    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    assert study.trials[trial.number].constraints == {"pruned": 1.0}
+    for _ in range(3):  # TPE proper (past its 2 startup trials), with a pruned trial holding intermediate values
+        next_trial = study.ask(space)
+        study.tell(next_trial, [0.5, 100])

@@ -38,6 +38,11 @@ from elalora_auto.search.pareto import front_ranks
 from elalora_auto.search.settings import PruningSettings
 
 RUNG_SIZES = "rung_sizes"  # trial user attr: {rung step: trainable parameters there}, for the Pareto rung rule
+# A pruned Pareto-mode trial is marked infeasible under this constraint name. Optuna's TPESampler ranks pruned
+# trials by their last intermediate value through `study.direction`, which raises for a multi-objective study:
+# every Pareto search with a pruned trial crashed once TPE's startup trials were done. As infeasible points (what
+# they are as front candidates) TPE counts them among the bad trials without reading their values.
+PRUNED = "pruned"
 
 
 def baseline_reason(values: Sequence[float], step: int, settings: PruningSettings, baseline: float | None,
@@ -138,6 +143,8 @@ class PruningRule:
             reason = self._pruner.reasons.pop(trial.number, None) if trial.should_prune() and self._pruner else None
         if reason is not None:
             trial.set_user_attr("prune_reason", reason)
+            if self.multi:  # Optuna's TPE cannot rank pruned multi-objective trials by their values (see PRUNED)
+                trial.set_constraint(PRUNED, 1.0)
             raise optuna.TrialPruned(reason)
 
     def _pareto_reason(self, trial: optuna.Trial, step: int, values: list[float], size: int) -> str | None:
