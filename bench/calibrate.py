@@ -17,14 +17,13 @@ added to its parameters. ElaLoRA runs use the method's config with r_init 8 and 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import GLUE, OUT, machine_note  # noqa: E402
+from common import GLUE, OUT, append_jsonl, machine_note, read_jsonl  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "calibration.jsonl"
 
@@ -90,12 +89,6 @@ def trial0_schedule(plan: Any) -> dict[str, int]:
 
 def run_key(row: dict[str, Any]) -> tuple[Any, ...]:
     return (row["task"], row["method_label"], float(row["lr"]), row["steps"], row["eval_every"], row["seed"])
-
-
-def load_rows() -> list[dict[str, Any]]:
-    if not RESULTS.exists():
-        return []
-    return [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
 
 
 def package_commit(package_file: str) -> str:
@@ -196,12 +189,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     args = parser.parse_args()
     if args.table:
-        print(table(load_rows()))
+        print(table(read_jsonl(RESULTS)))
         return
     import torch
 
     torch.set_num_threads(args.threads)
-    done = {run_key(r) for r in load_rows()}
+    done = {run_key(r) for r in read_jsonl(RESULTS)}
     todo = grid(args)
     for i, (task, label, lr) in enumerate(todo, 1):
         key = (task, label, float(lr), args.steps, args.eval_every, args.seed)
@@ -210,9 +203,7 @@ def main() -> None:
             continue
         print(f"[{i}/{len(todo)}] {time.strftime('%H:%M:%S')} {task} {label} lr={lr:g} ...", flush=True)
         row = run_one(task, label, lr, args.steps, args.eval_every, args.seed)
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        with open(RESULTS, "a") as handle:
-            handle.write(json.dumps(row) + "\n")
+        append_jsonl(RESULTS, row)
         print(f"    {row['metric']} {[h[row['metric']] for h in row['history']]} final {row['final']} "
               f"(majority {row['majority_baseline']}, cleared {row['cleared']}) {row['wall_time_s']} s, "
               f"{row['s_per_step']} s/step", flush=True)

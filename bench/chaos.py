@@ -37,6 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import append_jsonl, read_jsonl  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "chaos.jsonl"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -472,12 +475,6 @@ def code_commit(code: Path) -> tuple[str, bool]:
     return commit, dirty
 
 
-def append_result(path: Path, row: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        handle.write(json.dumps(row, default=str) + "\n")
-
-
 def _ratio(counts: dict[str, Any], key: str = "finished") -> str:
     return f"{counts.get(key, '?')}/{counts.get('trials_target', '?')}"
 
@@ -530,7 +527,7 @@ COLUMNS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 
 def table(path: Path, run_id: str | None = None) -> str:
     """Markdown tables (one per scenario) of one bench run: the last one unless `run_id` names another."""
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = read_jsonl(path)
     if not rows:
         return "(no results)"
     run_id = run_id or rows[-1]["run_id"]
@@ -602,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
         row = {**stamp, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "scenario": scenario, "storage": storage, "bench_s": round(time.monotonic() - start, 1),
                "counts": counts}
-        append_result(args.results, row)
+        append_jsonl(args.results, row)
         print(json.dumps({k: row[k] for k in ("scenario", "storage", "bench_s", "counts")}, default=str),
               flush=True)
 

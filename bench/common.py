@@ -85,6 +85,20 @@ def command_line() -> str:
     return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of a results file (one JSON object per line); none when it does not exist yet."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    """Add one row as it comes, so a benchmark cut short keeps what it measured and resumes from there."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        handle.write(json.dumps(row, default=str) + "\n")
+
+
 def write_json(name: str, payload: Any) -> Path:
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"{name}.json"

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import sys
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import GLUE, OUT, machine_note  # noqa: E402
+from common import GLUE, OUT, append_jsonl, machine_note, read_jsonl  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "multifidelity.jsonl"
 ARMS = {"unpruned": {"rule": "none"}, "halving": {"rule": "halving"}}
@@ -59,10 +58,6 @@ def run_study(config: str, arm: str, seed: int, trials: int, eval_every: int, wo
     return {"config": config, "arm": arm, "seed": seed, "trials": trials, "eval_every": eval_every,
             "total_steps": total, "baseline": study.user_attrs["settings"].get("baseline"),
             "run_wall_s": round(time.monotonic() - start, 1), "rows": trial_rows}
-
-
-def load(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def front_points(study: dict[str, Any]) -> list[tuple[float, float]]:
@@ -134,12 +129,12 @@ def main() -> None:
     parser.add_argument("--table", action="store_true", help="print the table of the saved studies and exit")
     args = parser.parse_args()
     if args.table:
-        print(table(load(args.results)))
+        print(table(read_jsonl(args.results)))
         return
     import torch
 
     torch.set_num_threads(args.threads)
-    done = {(s["config"], s["arm"], s["seed"], s["trials"]) for s in load(args.results)}
+    done = {(s["config"], s["arm"], s["seed"], s["trials"]) for s in read_jsonl(args.results)}
     for seed in args.seeds:
         for arm in args.arms:
             if (args.config, arm, seed, args.trials) in done:
@@ -148,10 +143,8 @@ def main() -> None:
             study = run_study(args.config, arm, seed, args.trials, args.eval_every, OUT / "multifidelity")
             study.update(machine=machine, date=datetime.datetime.now(datetime.timezone.utc).strftime(
                 "%Y-%m-%d %H:%M UTC"), package=os.path.dirname(__import__("elalora_auto").__file__))
-            args.results.parent.mkdir(parents=True, exist_ok=True)
-            with args.results.open("a") as handle:
-                handle.write(json.dumps(study) + "\n")
-    print(table(load(args.results)))
+            append_jsonl(args.results, study)
+    print(table(read_jsonl(args.results)))
 
 
 if __name__ == "__main__":

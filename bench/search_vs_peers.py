@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import GLUE, OUT, ROOT, command_line, machine_note  # noqa: E402
+from common import GLUE, OUT, ROOT, append_jsonl, command_line, machine_note, read_jsonl  # noqa: E402
 
 ARMS = ("elalora", "lora", "adalora", "trainer-hps")
 STUDY_FILES = {"sst2": "sst2-minilm", "mnli": "mnli-minilm"}
@@ -55,18 +55,6 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", categ
 
 
 # -- results file ---------------------------------------------------------------------------------------------
-def load_records(path: Path) -> list[Record]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def append_record(path: Path, record: Record) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        handle.write(json.dumps(record, default=str) + "\n")
-
-
 def study_key(record: Record) -> tuple[Any, ...]:
     """What makes two studies the same experiment: a study with other steps or another budget is another one."""
     return record["task"], record["arm"], record["seed"], record["trials"], record["steps"]
@@ -125,7 +113,7 @@ def trial_listener(results: Path, key: Record) -> Callable[[Any], None]:
         data, result = event.data, event.data.get("result") or {}
         values = data.get("values") or [None, None]
         size = None if values[1] is None else int(values[1])  # Optuna keeps objective values as floats
-        append_record(results, trial_record(key, data["trial_number"], data["state"], values[0], size,
+        append_jsonl(results, trial_record(key, data["trial_number"], data["state"], values[0], size,
                                             result.get("steps_done"), result.get("wall_time_s"), data["params"]))
 
     return listen
@@ -212,7 +200,7 @@ class TrialLog:
         self.trial.set_user_attr("steps_done", steps)
         self.trial.set_user_attr("wall_time_s", wall)
         size = self.trial.user_attrs["trainable_params"]
-        append_record(self.results, trial_record(self.key, self.trial.number, "COMPLETE", self.value, size, steps,
+        append_jsonl(self.results, trial_record(self.key, self.trial.number, "COMPLETE", self.value, size, steps,
                                                  wall, dict(self.trial.params)))
         print(f"trial {self.trial.number}: {self.metric} {self.value:.4f}, {size:,} trainable parameters, "
               f"{wall:.1f} s", flush=True)
@@ -340,7 +328,7 @@ def run_all(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    done = {study_key(r) for r in load_records(args.results) if r["kind"] == "study"}
+    done = {study_key(r) for r in read_jsonl(args.results) if r["kind"] == "study"}
     todo = [(seed, task, arm) for seed in args.seeds for task in args.tasks for arm in args.arms]
     for i, (seed, task, arm) in enumerate(todo, 1):
         key = {"task": task, "arm": arm, "seed": seed, "trials": args.trials, "steps": planned_steps(args, task)}
@@ -355,7 +343,7 @@ def run_all(args: argparse.Namespace) -> None:
         study, plan, trials_dir = runner(settings, args.results, key)
         if plan.primary_metric != "accuracy":
             raise SystemExit(f"{task}: the report compares accuracy, but the task's metric is {plan.primary_metric}")
-        append_record(args.results, study_record(key, study, plan, trials_dir, before,
+        append_jsonl(args.results, study_record(key, study, plan, trials_dir, before,
                                                  time.perf_counter() - start, args.threads))
 
 
@@ -626,7 +614,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if not (args.table or args.markdown):
         run_all(args)
-    records = load_records(args.results)
+    records = read_jsonl(args.results)
     text = report(records, args)
     print(markdown(records, args, text) if args.markdown else text)
 
