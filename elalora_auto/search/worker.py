@@ -225,8 +225,9 @@ class Worker:
 
         self.running = trial.number
         trial.set_user_attr("worker", self.worker_id)
-        for key, empty in (("fail_reason", None), (RUNG_SIZES, {})):  # copied from the dead trial a re-run replaces
-            if trial.user_attrs.get(key):
+        inherited = trial.user_attrs  # a re-run of a dead trial starts with that trial's attributes
+        for key, empty in (("fail_reason", None), (RUNG_SIZES, {})):
+            if inherited.get(key):
                 trial.set_user_attr(key, empty)
         out = self.trials_dir / str(trial.number)
         try:
@@ -269,6 +270,7 @@ class Worker:
         self.running = None
         reason = frozen.user_attrs.get("fail_reason") or frozen.user_attrs.get("prune_reason")
         result = self.results.pop(frozen.number, None)
+        crash = self.crashed.pop(frozen.number, None)
         emit(self.listeners, Event("trial_finished", frozen.number, {
             "study": study, "study_name": study.study_name, "trial_number": frozen.number,
             "state": frozen.state.name, "reason": reason, "params": dict(frozen.params),
@@ -279,7 +281,6 @@ class Worker:
                       f"{result['trainable_params']:,} trainable parameters, {len(result['rank_history'])} rank "
                       f"rounds, {result['wall_time_s']:.1f} s")
         else:
-            crash = self.crashed.get(frozen.number)
             self.echo(f"trial {frozen.number}: {frozen.state.name.lower()} ({reason})"
                       + (f"; traceback: {crash[1]}" if crash else ""))
         fail_reason = frozen.user_attrs.get("fail_reason")
@@ -287,5 +288,4 @@ class Worker:
             self.user_errors.append(fail_reason)
         else:
             self.user_errors.clear()
-        crash = self.crashed.pop(frozen.number, None)
         self.crashes = [*self.crashes, crash] if crash else []
