@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from elalora_auto.errors import ConfigError, UserError, reject_unknown
@@ -33,6 +34,29 @@ class StudyPlan:
     @property
     def multi(self) -> bool:
         return self.settings.objective == "pareto"
+
+    def trial_spec(self, trial: Any) -> Any:
+        """The TrialSpec of one configuration: the space's suggestions on top of the study's settings.
+
+        `trial` is an Optuna trial, or an `optuna.trial.FixedTrial` to re-run a known configuration exactly as the
+        study would have.
+        """
+        from elalora_auto.trial import DataSettings, TrainingSettings, TrialSpec
+
+        settings = self.settings
+        method_params, overrides = self.space.suggest(
+            trial, {"total_steps": self.total_steps, "model_type": self.model_type})
+        training = TrainingSettings(max_steps=self.total_steps, batch_size=settings.batch_size,
+                                    eval_every=self.eval_every, max_length=settings.max_length,
+                                    seed=settings.seed, device=settings.device)
+        return TrialSpec(
+            task=self.task.name, model=self.model_path, method=self.space.method, params=method_params,
+            training=dataclasses.replace(training, **overrides),
+            data=DataSettings(data_dir=settings.data_dir, max_train_samples=settings.max_train_samples,
+                              max_eval_samples=settings.max_eval_samples,
+                              cache_dir=str(Path(settings.workdir) / "cache")),
+            custom=settings.custom,
+        )
 
 
 def plan_study(settings: SearchSettings) -> StudyPlan:

@@ -7,7 +7,6 @@ MLflow tracker) are handed in by the caller; the search builds none of its own.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import signal
@@ -201,25 +200,6 @@ class Worker:
             if self.previous_sigint is not None:  # a library caller gets its own Ctrl-C handling back
                 signal.signal(signal.SIGINT, self.previous_sigint)
 
-    def trial_spec(self, trial: optuna.Trial) -> Any:
-        """The TrialSpec of this Optuna trial: the space's suggestions on top of the study's settings."""
-        from elalora_auto.trial import DataSettings, TrainingSettings, TrialSpec
-
-        plan, settings = self.plan, self.plan.settings
-        method_params, overrides = plan.space.suggest(
-            trial, {"total_steps": plan.total_steps, "model_type": plan.model_type})
-        training = TrainingSettings(max_steps=plan.total_steps, batch_size=settings.batch_size,
-                                    eval_every=plan.eval_every, max_length=settings.max_length,
-                                    seed=settings.seed, device=settings.device)
-        return TrialSpec(
-            task=plan.task.name, model=plan.model_path, method=plan.space.method, params=method_params,
-            training=dataclasses.replace(training, **overrides),
-            data=DataSettings(data_dir=settings.data_dir, max_train_samples=settings.max_train_samples,
-                              max_eval_samples=settings.max_eval_samples,
-                              cache_dir=str(Path(settings.workdir) / "cache")),
-            custom=settings.custom,
-        )
-
     def objective(self, trial: optuna.Trial) -> Any:
         from elalora_auto.trial import run_trial
 
@@ -232,7 +212,7 @@ class Worker:
         out = self.trials_dir / str(trial.number)
         try:
             self.hold.release()  # the trial is ours now: a Ctrl-C from here on re-queues it
-            spec = self.trial_spec(trial)
+            spec = self.plan.trial_spec(trial)
             result = run_trial(spec, reporter=lambda step, value, size: self.rule.check(trial, step, value, size),
                                listeners=with_context(self.listeners, trial_number=trial.number,
                                                       study_name=self.study.study_name),
