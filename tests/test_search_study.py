@@ -90,6 +90,8 @@ def test_search_runs_trials_then_resumes_to_exactly_the_budget(study_file: Path,
     assert "created study s" in first and "Pareto front" in first
     assert main([*args, "--trials", "3"]) == 0  # the same command resumes: one more trial, no second trial 0
     assert "resuming study s" in capsys.readouterr().out
+    assert main(args) == 0  # without --trials the study keeps its budget of 3, not the file's or the default 20
+    assert "3 trials (the study's budget; --trials N changes it)" in capsys.readouterr().out
     trials = _study(tmp_path, "s").get_trials()
     assert [t.number for t in trials] == [0, 1, 2]
     assert sum("origin" in t.user_attrs for t in trials) == 1 and "origin" in trials[0].user_attrs

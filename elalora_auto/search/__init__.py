@@ -24,14 +24,15 @@ Slot = tuple[str, Mapping[str, str]]  # a worker process: its label and its extr
 
 def run_search(settings: SearchSettings, listeners: Iterable[Listener] = (), echo: Print = print,
                progress: bool = True, create_only: bool = False, slots: Sequence[Slot] = (),
-               before_launch: Callable[[], None] | None = None) -> Any:
+               before_launch: Callable[[], None] | None = None, keep_budget: bool = False) -> Any:
     """Validate, create (or resume) the study and run this process's trials. Returns the study.
 
     `create_only` stops after creating the study: the first step of a many-worker run, so that the workers
     (`join_study`) only ever load it. With `slots` (`launcher.worker_slots`), this process runs no trial: it
     starts one `worker` process per slot on the study and waits for them (`listeners` are then unused: each
     worker builds its own); `before_launch` runs first, once the study exists (the CLI creates the workers'
-    MLflow store there, so that they never race on creating it).
+    MLflow store there, so that they never race on creating it). `keep_budget`: a resumed study keeps its stored
+    trial budget instead of taking `settings.trials` (`search` without --trials).
     """
     from elalora_auto.search.plan import plan_study
     from elalora_auto.search.storage import open_storage, resolve_storage, storage_uri
@@ -40,11 +41,13 @@ def run_search(settings: SearchSettings, listeners: Iterable[Listener] = (), ech
 
     plan = plan_study(settings)
     storage = open_storage(settings.storage, settings.workdir, heartbeat=settings.heartbeat)
-    study, created = create_or_load_study(plan, storage)
+    study, created = create_or_load_study(plan, storage, keep_budget=keep_budget)
     label = storage_uri(settings.storage, settings.workdir)
     objective = f"Pareto: {plan.primary_metric} vs trainable parameters" if plan.multi else plan.primary_metric
+    budget = study.user_attrs["settings"]["trials"]
+    kept = " (the study's budget; --trials N changes it)" if keep_budget and not created else ""
     echo(f"{'created' if created else 'resuming'} study {study.study_name} in {label}: {plan.task.name}, "
-         f"{settings.method}, {plan.total_steps} steps per trial, {settings.trials} trials ({objective})")
+         f"{settings.method}, {plan.total_steps} steps per trial, {budget} trials{kept} ({objective})")
     if create_only:
         echo(f"start workers with: elalora-auto worker --study {study.study_name}"
              f"{' --storage URL' if resolve_storage(settings.storage) else ' --workdir ' + str(settings.workdir)}")

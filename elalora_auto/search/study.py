@@ -27,8 +27,12 @@ INTERRUPTED = "interrupted (Ctrl-C)"
 USER_ERRORS = ("UserError", "ConfigError", "DataError")  # how a fail_reason caused by bad input starts
 
 
-def create_or_load_study(plan: StudyPlan, storage: Any) -> tuple[Any, bool]:
+def create_or_load_study(plan: StudyPlan, storage: Any, keep_budget: bool = False) -> tuple[Any, bool]:
     """The study, created with its settings and trial 0 on first use; on later runs loaded as it is.
+
+    A loaded study takes `settings.trials` as its new budget, unless `keep_budget` (the CLI without --trials):
+    then it keeps the stored one, so resuming with the study file alone does not shrink a budget that an earlier
+    `--trials` raised.
 
     Trial 0 is enqueued only at creation, so resuming never runs the default configuration twice. Several
     processes starting at once on a fresh storage: one creates the study (Optuna refuses a second study of the
@@ -54,7 +58,7 @@ def create_or_load_study(plan: StudyPlan, storage: Any) -> tuple[Any, bool]:
         raise UserError(f"study {name!r} exists with heartbeat={stored.get('heartbeat')!r}, not "
                         f"{dataclasses.asdict(settings.heartbeat)!r}: its workers must share one timing; "
                         "set heartbeat: to the stored values or pass another --study name")
-    if stored.get("trials") != settings.trials:
+    if not keep_budget and stored.get("trials") != settings.trials:
         study.set_user_attr("settings", {**stored, "trials": settings.trials})
     return study, False
 
