@@ -28,7 +28,8 @@ from typing import Any, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OUT, ROOT, append_jsonl, read_jsonl  # noqa: E402
 from search_vs_peers import (  # noqa: E402
-    RESULTS as STUDY_RESULTS, arm_settings, best_at, fmt, normalised_hv, relation, study_key, task_budgets,
+    RESULTS as STUDY_RESULTS, arm_settings, best_at, fmt, normalised_hv, relation, save_front_plot, study_key,
+    task_budgets,
 )
 
 RESULTS = ROOT / "bench" / "results" / "budget_front.jsonl"
@@ -120,7 +121,8 @@ def pair_table(pairs: dict[int, dict[str, Record]]) -> list[str]:
         sampled = next(b for b in BUDGETS if "state" in pair[b])  # the study's own line has a state
         cfg = pair[sampled]["params"]
         lines.append(
-            f"| {number} | {cfg['r_init']} | {cfg['target_modules']} | {sampled} | {fmt(rank['accuracy'])}, {rank['trainable_params']:,} | {fmt(par['accuracy'])}, "
+            f"| {number} | {cfg['r_init']} | {cfg['target_modules']} | {sampled} | {fmt(rank['accuracy'])}, "
+            f"{rank['trainable_params']:,} | {fmt(par['accuracy'])}, "
             f"{par['trainable_params']:,} | {100 * (par['trainable_params'] / rank['trainable_params'] - 1):+.1f}% | "
             f"{100 * (par['accuracy'] - rank['accuracy']):+.1f} |")
     return lines
@@ -178,19 +180,9 @@ def plot(study: Record, pairs: dict[int, dict[str, Record]], folder: Path) -> Pa
         front = sorted((pts[i] for i in pareto_front(pts)), key=lambda p: p[1])
         ax.step([c for _, c in front], [100 * m for m, _ in front], where="post", color=colour, linewidth=1.8,
                 label=f"front, budget {budget}")
-    ax.set_xscale("log")
-    ax.set_xlabel("trainable parameters (log scale)")
-    ax.set_ylabel("accuracy (%)")
     ax.set_title(f"{study['task']} seed {study['seed']}: the ElaLoRA study's {len(pairs)} configurations under "
                  "each budget (grey: same configuration)")
-    ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=8, loc="lower right")
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"budget_front_{study['task']}_s{study['seed']}.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_front_plot(fig, ax, folder / f"budget_front_{study['task']}_s{study['seed']}.png", loc="lower right")
 
 
 def report(study: Record, trials: Sequence[Record], reruns: Sequence[Record], folder: Path) -> str:

