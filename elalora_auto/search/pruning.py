@@ -55,6 +55,14 @@ def baseline_reason(values: Sequence[float], step: int, settings: PruningSetting
             f"(last {values[-1]:.4f} at step {step})")
 
 
+def rung_cutoff(points: Sequence[tuple[float, float]], reduction_factor: int) -> tuple[list[int], int, int]:
+    """At a Pareto rung, (metric, size) points: their non-dominated ranks, how many go on (the best
+    1/reduction_factor, at least one) and the worst rank that goes on (trials tied on it go on too)."""
+    ranks = front_ranks(points)
+    kept = max(1, len(points) // reduction_factor)
+    return ranks, kept, sorted(ranks)[kept - 1]
+
+
 def rung_of(step: int, rungs: Sequence[int]) -> int | None:
     """The index of the last rung at or before `step` (None before the first)."""
     reached = [k for k, rung in enumerate(rungs) if rung <= step]
@@ -176,9 +184,7 @@ class PruningRule:
             for t in trial.study.get_trials(deepcopy=False)
             if t.number != trial.number and step in t.intermediate_values
             and str(step) in t.user_attrs.get(RUNG_SIZES, {})]
-        ranks = front_ranks(points)
-        kept = max(1, len(points) // self.settings.reduction_factor)
-        cutoff = sorted(ranks)[kept - 1]
+        ranks, kept, cutoff = rung_cutoff(points, self.settings.reduction_factor)
         if ranks[0] <= cutoff:
             return None
         return (f"at rung {self.rungs.index(step)} (step {step}), {value:.4f} with {size:,} parameters is on "

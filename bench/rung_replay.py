@@ -1,0 +1,130 @@
+"""Which halving rungs would meet the multi-fidelity targets? A replay of the rung rule on unpruned studies.
+
+bench/multifidelity.py's unpruned arm evaluates every trial every 50 steps to the end, so its learning curves say
+what the Pareto rung rule (`pruning.rung_cutoff`, plus the baseline rule) would have stopped, for any first rung
+(`min_steps`) and reduction factor: trials are replayed in their study order, each compared at a rung with the
+earlier trials that reached it, as one worker's study would compare them. A replay is not a study: after a stop,
+TPE would have proposed other configurations (bench/multifidelity.py's halving arm measures that); it is a cheap
+way to choose the rung settings worth running as a study. Sizes at a rung are the trials' final sizes (the
+unpruned arm does not record sizes between evaluations; under the rank budget a trial's size drifts a few %).
+
+    python bench/rung_replay.py                          # every unpruned study in bench/out/multifidelity
+    python bench/rung_replay.py --variants 50:3 100:3 50:4
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import OUT  # noqa: E402
+
+JOURNAL = OUT / "multifidelity" / "optuna-journal.log"
+Curve = tuple[dict[int, float], float, float]  # {step: metric} before the end, final metric, final size
+
+
+def unpruned_curves(journal: Path) -> dict[str, tuple[list[Curve], int, float]]:
+    """Per unpruned study: its complete trials' curves in trial order, its run length and its baseline.
+
+    Reads a copy of the journal, so a benchmark writing to it is never disturbed."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    with tempfile.TemporaryDirectory() as folder:
+        copy = Path(folder) / "journal.log"
+        shutil.copyfile(journal, copy)
+        storage = optuna.storages.JournalStorage(JournalFileBackend(str(copy)))
+        out = {}
+        for summary in optuna.get_all_study_summaries(storage=storage):
+            if "-unpruned-" not in summary.study_name:
+                continue
+            study = optuna.load_study(study_name=summary.study_name, storage=storage)
+            settings = study.user_attrs["settings"]
+            trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            curves = [(dict(t.intermediate_values), float(t.values[0]), float(t.values[1]))
+                      for t in sorted(trials, key=lambda t: t.number)]
+            out[summary.study_name] = (curves, int(settings["max_steps"]), float(settings["baseline"]))
+    return out
+
+
+def replay(curves: Sequence[Curve], total: int, rungs: Sequence[int], reduction_factor: int, baseline: float,
+           margin: float, patience: int) -> tuple[int, list[tuple[float, float]]]:
+    """Optimizer steps used and the (metric, size) points of the trials that would have run to the end."""
+    from elalora_auto.search.pruning import rung_cutoff
+
+    reached: dict[int, list[tuple[float, float]]] = {rung: [] for rung in rungs}
+    steps, complete = 0, []
+    for values, final, size in curves:
+        seen: list[float] = []
+        stopped_at = None
+        for step in sorted(s for s in values if s < total):
+            seen.append(values[step])
+            if len(seen) >= patience and all(v <= baseline + margin for v in seen[-patience:]):
+                stopped_at = step
+            elif step in reached:
+                point = (values[step], size)
+                ranks, _, cutoff = rung_cutoff([point] + reached[step], reduction_factor)
+                reached[step].append(point)
+                if ranks[0] > cutoff:
+                    stopped_at = step
+            if stopped_at is not None:
+                break
+        steps += total if stopped_at is None else stopped_at
+        if stopped_at is None:
+            complete.append((final, size))
+    return steps, complete
+
+
+def table(studies: dict[str, tuple[list[Curve], int, float]], variants: Sequence[tuple[int, int]],
+          margin: float, patience: int) -> str:
+    from elalora_auto.search.pareto import hypervolume
+    from elalora_auto.search.settings import PruningSettings
+
+    lines = ["| study | min_steps | reduction factor | rungs | complete | steps vs unpruned | hypervolume kept |",
+             "|---|---|---|---|---|---|---|"]
+    for name, (curves, total, baseline) in sorted(studies.items()):
+        full = [(final, size) for _, final, size in curves]
+        ref = (baseline, 1.1 * max(size for _, size in full))
+        full_volume = hypervolume(full, ref)
+        for min_steps, factor in variants:
+            rungs = PruningSettings(rule="halving", min_steps=min_steps, reduction_factor=factor).rungs(
+                min_steps, total)
+            steps, complete = replay(curves, total, rungs, factor, baseline, margin, patience)
+            lines.append(f"| {name} | {min_steps} | {factor} | {', '.join(map(str, rungs))} | {len(complete)} of "
+                         f"{len(curves)} | {steps / (total * len(curves)):.0%} | "
+                         f"{hypervolume(complete, ref) / full_volume:.1%} |")
+    return "\n".join(lines)
+
+
+def parse_variant(text: str) -> tuple[int, int]:
+    min_steps, _, factor = text.partition(":")
+    return int(min_steps), int(factor)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--journal", type=Path, default=JOURNAL)
+    parser.add_argument("--variants", nargs="+", type=parse_variant, default=["50:3", "50:4", "100:3", "50:2"],
+                        help="MIN_STEPS:REDUCTION_FACTOR")
+    parser.add_argument("--margin", type=float, default=None,
+                        help="baseline margin (default: two standard errors of the study's task, as the search uses)")
+    parser.add_argument("--patience", type=int, default=2, help="the baseline rule's patience (the default 2)")
+    args = parser.parse_args(argv)
+    if not args.journal.is_file():
+        raise SystemExit(f"no journal at {args.journal}: run bench/multifidelity.py first")
+    variants = [parse_variant(v) if isinstance(v, str) else v for v in args.variants]
+    margin = args.margin
+    if margin is None:
+        from multifidelity import baseline_margin
+
+        margin = baseline_margin("sst2-minilm")
+    print(table(unpruned_curves(args.journal), variants, margin, args.patience))
+
+
+if __name__ == "__main__":
+    main()
