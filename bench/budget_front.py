@@ -174,12 +174,17 @@ def plot(study: Record, pairs: dict[int, dict[str, Record]], folder: Path) -> Pa
     for pair in pairs.values():
         xs = [pair[b]["trainable_params"] for b in BUDGETS]
         ax.plot(xs, [100 * pair[b]["accuracy"] for b in BUDGETS], color="grey", linewidth=0.8, alpha=0.6)
-    for budget, colour in zip(BUDGETS, ("tab:red", "tab:orange")):
+    right = 1.05 * max(p[b]["trainable_params"] for p in pairs.values() for b in BUDGETS)
+    # rank: large rings, params: small dots, so a configuration the budget does not change (all its matrices of one
+    # width, e.g. attention only) shows as a dot inside a ring
+    for budget, colour, marker in zip(BUDGETS, ("tab:red", "tab:orange"), ({"s": 70, "facecolors": "none"},
+                                                                         {"s": 22})):
         pts = points(pairs, budget)
-        ax.scatter([c for _, c in pts], [100 * m for m, _ in pts], color=colour, s=28, label=f"budget {budget}")
+        ax.scatter([c for _, c in pts], [100 * m for m, _ in pts], **marker, **(
+            {"edgecolors": colour} if "facecolors" in marker else {"color": colour}), label=f"budget {budget}")
         front = sorted((pts[i] for i in pareto_front(pts)), key=lambda p: p[1])
-        ax.step([c for _, c in front], [100 * m for m, _ in front], where="post", color=colour, linewidth=1.8,
-                label=f"front, budget {budget}")
+        ax.step([c for _, c in front] + [right], [100 * m for m, _ in front] + [100 * front[-1][0]], where="post",
+                color=colour, linewidth=1.8, label=f"front, budget {budget}")
     ax.set_title(f"{study['task']} seed {study['seed']}: the ElaLoRA study's {len(pairs)} configurations under "
                  "each budget (grey: same configuration)")
     return save_front_plot(fig, ax, folder / f"budget_front_{study['task']}_s{study['seed']}.png", loc="lower right")
