@@ -128,12 +128,12 @@ def pair_table(pairs: dict[int, dict[str, Record]]) -> list[str]:
     return lines
 
 
-def check_lines(trials: Sequence[Record], reruns: Sequence[Record]) -> list[str]:
+def check_lines(study: Record, trials: Sequence[Record], reruns: Sequence[Record]) -> list[str]:
     """Re-runs of a configuration with the budget it was sampled with, against the study's own result."""
     own = {(t["number"], t["params"]["budget"]): t for t in trials}
     lines = []
     for row in reruns:
-        if (row["number"], row["budget"]) in own and row["status"] == "COMPLETE":
+        if row["study"] == study["study"] and (row["number"], row["budget"]) in own and row["status"] == "COMPLETE":
             trial = own[(row["number"], row["budget"])]
             lines.append(f"- check, trial {row['number']} ({row['budget']}): study {fmt(trial['accuracy'], '.2f')}% "
                          f"with {trial['trainable_params']:,} parameters, re-run {fmt(row['accuracy'], '.2f')}% with "
@@ -187,7 +187,8 @@ def plot(study: Record, pairs: dict[int, dict[str, Record]], folder: Path) -> Pa
                 color=colour, linewidth=1.8, label=f"front, budget {budget}")
     ax.set_title(f"{study['task']} seed {study['seed']}: the ElaLoRA study's {len(pairs)} configurations under "
                  "each budget (grey: same configuration)")
-    return save_front_plot(fig, ax, folder / f"budget_front_{study['task']}_s{study['seed']}.png", loc="lower right")
+    return save_front_plot(fig, ax, folder / f"budget_front_{study['task']}_s{study['seed']}.png", loc="upper left",
+                           bbox_to_anchor=(1.01, 1.0))  # outside: never over a point
 
 
 def report(study: Record, trials: Sequence[Record], reruns: Sequence[Record], folder: Path) -> str:
@@ -196,7 +197,7 @@ def report(study: Record, trials: Sequence[Record], reruns: Sequence[Record], fo
             f"trial), {len(pairs)} of {len(trials)} configurations paired")
     if not pairs:
         return head
-    body = pair_table(pairs) + [""] + summary_lines(study, pairs) + check_lines(trials, reruns)
+    body = pair_table(pairs) + [""] + summary_lines(study, pairs) + check_lines(study, trials, reruns)
     return "\n".join([head, "", *body, "", f"Plot: {plot(study, pairs, folder)}"])
 
 
