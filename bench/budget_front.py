@@ -28,8 +28,8 @@ from typing import Any, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OUT, ROOT, append_jsonl, read_jsonl  # noqa: E402
 from search_vs_peers import (  # noqa: E402
-    RESULTS as STUDY_RESULTS, arm_settings, best_at, fmt, normalised_hv, relation, save_front_plot, study_key,
-    task_budgets,
+    RESULTS as STUDY_RESULTS, arm_settings, best_at, fmt, normalised_hv, reference, relation, save_front_plot,
+    study_key, task_budgets,
 )
 
 RESULTS = ROOT / "bench" / "results" / "budget_front.jsonl"
@@ -141,18 +141,22 @@ def check_lines(study: Record, trials: Sequence[Record], reruns: Sequence[Record
     return lines
 
 
+def as_study(study: Record, pts: Sequence[Point]) -> Record:
+    """Points in the shape of a search_vs_peers study, for its reference and budget helpers."""
+    return {"baseline": study["baseline"],
+            "rows": [{"state": "COMPLETE", "accuracy": m, "trainable_params": c} for m, c in pts]}
+
+
 def summary_lines(study: Record, pairs: dict[int, dict[str, Record]]) -> list[str]:
     rank, par = points(pairs, "rank"), points(pairs, "params")
-    ceiling = 1.1 * max(c for _, c in rank + par)
-    ref = (float(study["baseline"]), ceiling)
-    budgets = task_budgets([{"rows": [{"state": "COMPLETE", "accuracy": m, "trainable_params": c}
-                                      for m, c in rank + par]}], None)
+    both = [as_study(study, rank), as_study(study, par)]
+    ref, budgets = reference(both), task_budgets(both, None)
     size = [100 * (p["params"]["trainable_params"] / p["rank"]["trainable_params"] - 1) for p in pairs.values()]
     gain = [100 * (p["params"]["accuracy"] - p["rank"]["accuracy"]) for p in pairs.values()]
     lines = [f"- {len(pairs)} configurations, each under both budgets. Size change (params vs rank): median "
              f"{statistics.median(size):+.1f}%, range {min(size):+.1f}% to {max(size):+.1f}%; accuracy change: mean "
              f"{statistics.mean(gain):+.2f} points, range {min(gain):+.1f} to {max(gain):+.1f}.",
-             f"- Fronts over the same configurations, reference (majority {100 * ref[0]:.1f}%, {ceiling:,.0f} "
+             f"- Fronts over the same configurations, reference (majority {100 * ref[0]:.1f}%, {ref[1]:,.0f} "
              f"parameters): hypervolume rank {normalised_hv(rank, ref):.4f}, params {normalised_hv(par, ref):.4f}; "
              f"the params front {relation(par, rank)} the rank front."]
     for budget in budgets:

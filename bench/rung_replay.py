@@ -55,8 +55,10 @@ def unpruned_curves(journal: Path) -> dict[str, tuple[list[Curve], int, float]]:
 def replay(curves: Sequence[Curve], total: int, rungs: Sequence[int], reduction_factor: int, baseline: float,
            margin: float, patience: int) -> tuple[int, list[tuple[float, float]]]:
     """Optimizer steps used and the (metric, size) points of the trials that would have run to the end."""
-    from elalora_auto.search.pruning import rung_cutoff
+    from elalora_auto.search.pruning import baseline_reason, rung_cutoff
+    from elalora_auto.search.settings import PruningSettings
 
+    settings = PruningSettings(rule="halving", baseline_patience=patience)
     reached: dict[int, list[tuple[float, float]]] = {rung: [] for rung in rungs}
     steps, complete = 0, []
     for values, final, size in curves:
@@ -64,7 +66,7 @@ def replay(curves: Sequence[Curve], total: int, rungs: Sequence[int], reduction_
         stopped_at = None
         for step in sorted(s for s in values if s < total):
             seen.append(values[step])
-            if len(seen) >= patience and all(v <= baseline + margin for v in seen[-patience:]):
+            if baseline_reason(seen, step, settings, baseline, margin) is not None:
                 stopped_at = step
             elif step in reached:
                 point = (values[step], size)
@@ -81,7 +83,10 @@ def replay(curves: Sequence[Curve], total: int, rungs: Sequence[int], reduction_
 
 
 def table(studies: dict[str, tuple[list[Curve], int, float]], variants: Sequence[tuple[int, int]],
-          margin: float, patience: int) -> str:
+          margin: float | None, patience: int) -> str:
+    """`margin` None: each study's own, from its study file (the name bench/multifidelity.py gives it)."""
+    from multifidelity import baseline_margin
+
     from elalora_auto.search.pareto import hypervolume
     from elalora_auto.search.settings import PruningSettings
 
@@ -91,14 +96,20 @@ def table(studies: dict[str, tuple[list[Curve], int, float]], variants: Sequence
         full = [(final, size) for _, final, size in curves]
         ref = (baseline, 1.1 * max(size for _, size in full))
         full_volume = hypervolume(full, ref)
+        study_margin = baseline_margin(config_of(name)) if margin is None else margin
         for min_steps, factor in variants:
             rungs = PruningSettings(rule="halving", min_steps=min_steps, reduction_factor=factor).rungs(
                 min_steps, total)
-            steps, complete = replay(curves, total, rungs, factor, baseline, margin, patience)
+            steps, complete = replay(curves, total, rungs, factor, baseline, study_margin, patience)
             lines.append(f"| {name} | {min_steps} | {factor} | {', '.join(map(str, rungs))} | {len(complete)} of "
                          f"{len(curves)} | {steps / (total * len(curves)):.0%} | "
                          f"{hypervolume(complete, ref) / full_volume:.1%} |")
     return "\n".join(lines)
+
+
+def config_of(study_name: str) -> str:
+    """`mf-sst2-minilm-unpruned-t24-s42` -> `sst2-minilm` (bench/multifidelity.study_name)."""
+    return study_name.removeprefix("mf-").split("-unpruned-")[0]
 
 
 def parse_variant(text: str) -> tuple[int, int]:
@@ -118,12 +129,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not args.journal.is_file():
         raise SystemExit(f"no journal at {args.journal}: run bench/multifidelity.py first")
     variants = [parse_variant(v) if isinstance(v, str) else v for v in args.variants]
-    margin = args.margin
-    if margin is None:
-        from multifidelity import baseline_margin
-
-        margin = baseline_margin("sst2-minilm")
-    print(table(unpruned_curves(args.journal), variants, margin, args.patience))
+    print(table(unpruned_curves(args.journal), variants, args.margin, args.patience))
 
 
 if __name__ == "__main__":
