@@ -16,6 +16,9 @@ already there is skipped and a cut-short one resumes from its Optuna journal und
     python bench/search_vs_peers.py --table                                # the report from the JSONL
     python bench/search_vs_peers.py --markdown                             # the same as a BENCHMARKS.md section
     python bench/search_vs_peers.py --smoke                                # tiny model, synthetic task, ~1 min
+    python bench/search_vs_peers.py --arms elalora --space elalora=bench/spaces/elalora-lean.yaml \
+        --results bench/results/search_vs_peers_space_lean.jsonl --workdir bench/out/search_vs_peers_space_lean
+                                                                  # an experiment: another space for one arm
 
 The report per task: hypervolume of each study's (accuracy, trainable parameters) front against one reference
 (majority-class accuracy, 1.1 x the largest size any arm reached), best accuracy at <= P parameters for three
@@ -93,7 +96,7 @@ def arm_settings(args: argparse.Namespace, key: Record) -> Any:
         from elalora_auto.demo import demo_inputs
 
         overrides = demo_inputs(workdir.resolve())
-    overrides |= {"method": method, "space": method, "trials": key["trials"], "seed": key["seed"],
+    overrides |= {"method": method, "space": key.get("space", method), "trials": key["trials"], "seed": key["seed"],
                   "max_steps": key["steps"], "study": key["study"], "workdir": str(workdir), "no_tracking": True,
                   "pruning": json.loads(args.pruning_json)}
     return SearchSettings.from_sources(config, overrides)
@@ -333,6 +336,8 @@ def run_all(args: argparse.Namespace) -> None:
     for i, (seed, task, arm) in enumerate(todo, 1):
         key = {"task": task, "arm": arm, "seed": seed, "trials": args.trials, "steps": planned_steps(args, task)}
         key["study"] = f"{task}-{arm}-seed{seed}-{key['steps']}steps"
+        if arm in args.space:
+            key["space"] = args.space[arm]
         if study_key(key) in done:
             print(f"[{i}/{len(todo)}] skip {key['study']} (complete in {args.results})", flush=True)
             continue
@@ -607,6 +612,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--pruning-json", default='{"rule": "none"}',
                         help="the pruning settings of every elalora-auto arm, as JSON")
+    parser.add_argument("--space", nargs="+", default=[], metavar="ARM=YAML",
+                        help="another search space for an elalora-auto arm (an experiment: use its own --results)")
     parser.add_argument("--budgets", nargs=3, type=int, default=None, help="P values (default: size quantiles)")
     parser.add_argument("--results", type=Path, default=None, help=f"JSONL (default {RESULTS.relative_to(ROOT)})")
     parser.add_argument("--workdir", type=Path, default=WORKDIR, help="study journals, trial folders, caches")
@@ -617,6 +624,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.smoke:
         args.tasks = [SMOKE_TASK]
+    spaces = dict(item.partition("=")[::2] for item in args.space)
+    if any(arm not in ARMS[:3] or not path for arm, path in spaces.items()):
+        parser.error(f"--space takes ARM=YAML with ARM one of {', '.join(ARMS[:3])}, got {' '.join(args.space)}")
+    args.space = spaces
     args.trials = args.trials or (SMOKE_TRIALS if args.smoke else 12)
     args.results = args.results or (SMOKE_RESULTS if args.smoke else RESULTS)
     return args

@@ -76,3 +76,23 @@ def test_smoke_all_arms_then_resume(tmp_path: Path) -> None:
     trainer_trials = [r["number"] for r in records if r["kind"] == "trial" and r["arm"] == "trainer-hps"]
     assert trainer_trials == [0, 1], "the resumed Trainer search runs only the missing trial"
     assert "smoke/elalora/seed 42" not in out  # --arms narrows the report too
+
+
+def test_space_option_reaches_the_arm(bench: ModuleType, tmp_path: Path) -> None:
+    """--space ARM=YAML swaps one elalora-auto arm's space (an experiment), and the lean space the benchmark ships
+    loads and holds its fixed values: a one-point range is a constant."""
+    from elalora_auto.search.space import SearchSpace
+
+    lean = "bench/spaces/elalora-lean.yaml"
+    args = bench.parse_args(["--smoke", "--space", f"elalora={lean}", "--workdir", str(tmp_path)])
+    assert args.space == {"elalora": lean}
+    key = {"task": bench.SMOKE_TASK, "arm": "elalora", "seed": 42, "trials": 2, "steps": 8, "study": "s",
+           "space": lean}
+    assert bench.arm_settings(args, key).space == lean
+    assert bench.arm_settings(args, {**key, "arm": "lora"} | {"space": "lora"}).space == "lora"
+    space = SearchSpace.load(ROOT / lean)
+    held = {p.name: (p.low, p.high) for p in space.params if p.type != "categorical"}
+    assert held["b"] == (4, 4) and held["beta1"] == (0.85, 0.85), held
+    for bad in (["--space", "trainer-hps=x.yaml"], ["--space", "elalora"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(bad)
