@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import GLUE, OUT, ROOT, append_jsonl, command_line, machine_note, read_jsonl  # noqa: E402
 
 ARMS = ("elalora", "lora", "adalora", "trainer-hps")
+PROJECT_ARMS = ARMS[:3]  # the arms that are elalora-auto searches (and so take a --space)
 STUDY_FILES = {"sst2": "sst2-minilm", "mnli": "mnli-minilm"}
 SMOKE_TASK, SMOKE_FILE, SMOKE_TRIALS, SMOKE_STEPS = "smoke", "demo", 2, 20
 RESULTS = ROOT / "bench" / "results" / "search_vs_peers.jsonl"
@@ -625,8 +626,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.smoke:
         args.tasks = [SMOKE_TASK]
     spaces = dict(item.partition("=")[::2] for item in args.space)
-    if any(arm not in ARMS[:3] or not path for arm, path in spaces.items()):
-        parser.error(f"--space takes ARM=YAML with ARM one of {', '.join(ARMS[:3])}, got {' '.join(args.space)}")
+    if any(arm not in PROJECT_ARMS or not path for arm, path in spaces.items()):
+        parser.error(f"--space takes ARM=YAML with ARM one of {', '.join(PROJECT_ARMS)}, got {' '.join(args.space)}")
     args.space = spaces
     args.trials = args.trials or (SMOKE_TRIALS if args.smoke else 12)
     args.results = args.results or (SMOKE_RESULTS if args.smoke else RESULTS)
