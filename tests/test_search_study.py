@@ -106,6 +106,22 @@ def test_search_runs_trials_then_resumes_to_exactly_the_budget(study_file: Path,
     assert "study s:" in capsys.readouterr().out
 
 
+def test_the_same_study_file_and_seed_reproduce_a_search(study_file: Path, tmp_path: Path) -> None:
+    """`search` in one process seeds its sampler from the seed and the trial count only: the same file on a fresh
+    study, run by another process, proposes the same configurations and gets the same results; a resumed study
+    draws fresh ones."""
+    args = ["search", "--config", str(study_file), "--space", str(_space(tmp_path)), "--quiet", "--trials", "3"]
+    assert main([*args, "--study", "a"]) == 0
+    subprocess.run([sys.executable, "-m", "elalora_auto.cli", *args, "--study", "b"], check=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True)
+    a, b = (_study(tmp_path, name).get_trials() for name in ("a", "b"))
+    assert [t.params for t in a] == [t.params for t in b] and len({str(t.params) for t in a}) == 3
+    assert [t.values for t in a] == [t.values for t in b]
+    assert main([*args[:-1], "5", "--study", "a"]) == 0
+    resumed = _study(tmp_path, "a").get_trials()
+    assert len({str(t.params) for t in resumed}) == 5
+
+
 @pytest.mark.parametrize("objective", ["pareto", "metric"])
 def test_hopeless_trials_are_pruned_early_in_both_modes(study_file: Path, tmp_path: Path, objective: str) -> None:
     space = yaml.safe_load(_space(tmp_path).read_text())

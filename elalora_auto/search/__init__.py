@@ -59,7 +59,7 @@ def run_search(settings: SearchSettings, listeners: Iterable[Listener] = (), ech
             before_launch()
         launch_workers(study.study_name, settings, slots, echo)
         return study
-    Worker(plan, study, storage, label, listeners, progress=progress, echo=echo).run()
+    Worker(plan, study, storage, label, listeners, progress=progress, echo=echo, salt=0).run()
     return study
 
 

@@ -46,10 +46,12 @@ def _failure_types() -> tuple[type[BaseException], ...]:
 
 
 def sampler_seed(seed: int, n_trials: int, salt: int) -> int:
-    """A sampler seed from the study's seed, its size and a per-process salt (the pid).
+    """A sampler seed from the study's seed, its size and a salt (0 for `search` itself, the pid for a `worker`).
 
     A fixed seed would replay the same random draws on every start: a resumed study re-proposed the
-    configurations it had already run, and parallel workers proposed each other's.
+    configurations it had already run, and parallel workers proposed each other's. `search` in one process
+    salts with 0, so the same study file and seed on a fresh storage propose the same configurations again
+    (a search can be reproduced, and two studies that differ in one setting start from the same draws).
     """
     import numpy as np
 
@@ -132,20 +134,22 @@ class Worker:
     """Runs trials until the study holds its budget of them (or the timeout passes).
 
     `storage` is the backend the study was opened with (orphan recovery uses its public methods). The sampler's
-    seed is `sampler_seed(settings.seed, trials already in the study, pid)`: a resumed study and parallel
-    workers each draw fresh configurations, not the ones the same seed drew before.
+    seed is `sampler_seed(settings.seed, trials already in the study, salt)`, the salt being the pid unless
+    given (`search` in one process gives 0): a resumed study and parallel workers each draw fresh
+    configurations, not the ones the same seed drew before.
     """
 
     def __init__(self, plan: StudyPlan, study: optuna.Study, storage: Any, storage_label: str,
                  listeners: Iterable[Listener] = (), progress: bool = False,
-                 echo: Callable[[str], None] = print) -> None:
+                 echo: Callable[[str], None] = print, salt: int | None = None) -> None:
         self.plan, self.study, self.storage, self.storage_label = plan, study, storage, storage_label
         self.listeners, self.progress, self.echo = list(listeners), progress, echo
         settings = plan.settings
         self.rule = PruningRule(settings.pruning, plan.multi, plan.baseline, plan.baseline_margin, storage,
                                 plan.rungs)
         study.pruner = self.rule.pruner()
-        seed = sampler_seed(settings.seed, len(study.get_trials(deepcopy=False)), os.getpid())
+        seed = sampler_seed(settings.seed, len(study.get_trials(deepcopy=False)),
+                            os.getpid() if salt is None else salt)
         study.sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
         self.budget = int(study.user_attrs.get("settings", {}).get("trials", settings.trials))
         self.trials_dir = Path(settings.workdir) / "trials" / study.study_name
