@@ -59,7 +59,9 @@ def run_search(settings: SearchSettings, listeners: Iterable[Listener] = (), ech
             before_launch()
         launch_workers(study.study_name, settings, slots, echo)
         return study
-    Worker(plan, study, storage, label, listeners, progress=progress, echo=echo, salt=0).run()
+    # The process that created the study salts its sampler with 0, so the same study file and seed reproduce a
+    # search; a process that loads a study (a resume, or a second `search` started alongside) salts with its pid.
+    Worker(plan, study, storage, label, listeners, progress=progress, echo=echo, salt=0 if created else None).run()
     return study
 
 

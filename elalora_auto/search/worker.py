@@ -46,12 +46,13 @@ def _failure_types() -> tuple[type[BaseException], ...]:
 
 
 def sampler_seed(seed: int, n_trials: int, salt: int) -> int:
-    """A sampler seed from the study's seed, its size and a salt (0 for `search` itself, the pid for a `worker`).
+    """A sampler seed from the study's seed, its size and a salt (0 for the process that created the study, else
+    its pid).
 
     A fixed seed would replay the same random draws on every start: a resumed study re-proposed the
-    configurations it had already run, and parallel workers proposed each other's. `search` in one process
-    salts with 0, so the same study file and seed on a fresh storage propose the same configurations again
-    (a search can be reproduced, and two studies that differ in one setting start from the same draws).
+    configurations it had already run, and parallel workers proposed each other's. The creating `search` salts
+    with 0, so the same study file and seed on a fresh study propose the same configurations again (a search
+    can be reproduced, and two studies that differ in one setting start from the same draws).
     """
     import numpy as np
 
@@ -135,7 +136,7 @@ class Worker:
 
     `storage` is the backend the study was opened with (orphan recovery uses its public methods). The sampler's
     seed is `sampler_seed(settings.seed, trials already in the study, salt)`, the salt being the pid unless
-    given (`search` in one process gives 0): a resumed study and parallel workers each draw fresh
+    given (the `search` that created the study gives 0): a resumed study and parallel workers each draw fresh
     configurations, not the ones the same seed drew before.
     """
 
