@@ -107,9 +107,9 @@ def test_search_runs_trials_then_resumes_to_exactly_the_budget(study_file: Path,
 
 
 def test_the_same_study_file_and_seed_reproduce_a_search(study_file: Path, tmp_path: Path) -> None:
-    """`search` in one process seeds its sampler from the seed and the trial count only: the same file on a fresh
-    study, run by another process, proposes the same configurations and gets the same results; a resumed study
-    draws fresh ones."""
+    """The `search` that creates a study seeds its sampler from the seed and the trial count only: the same file
+    on a fresh study, run by another process, proposes the same configurations and gets the same results; a
+    resumed study draws fresh ones."""
     args = ["search", "--config", str(study_file), "--space", str(_space(tmp_path)), "--quiet", "--trials", "3"]
     assert main([*args, "--study", "a"]) == 0
     subprocess.run([sys.executable, "-m", "elalora_auto.cli", *args, "--study", "b"], check=True,
