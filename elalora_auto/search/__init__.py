@@ -59,8 +59,7 @@ def run_search(settings: SearchSettings, listeners: Iterable[Listener] = (), ech
             before_launch()
         launch_workers(study.study_name, settings, slots, echo)
         return study
-    # The process that created the study salts its sampler with 0, so the same study file and seed reproduce a
-    # search; a process that loads a study (a resume, or a second `search` started alongside) salts with its pid.
+    # salt 0 only where this process created the study (why: worker.sampler_seed)
     Worker(plan, study, storage, label, listeners, progress=progress, echo=echo, salt=0 if created else None).run()
     return study
 
