@@ -207,3 +207,36 @@ def test_processes_opening_a_fresh_database_at_once_all_get_the_storage(postgres
                  for _ in range(4)]
     errors = [p.communicate(timeout=120)[1] for p in processes]
     assert [p.returncode for p in processes] == [0] * 4, errors
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite", "postgresql"])
+def test_the_trial_gate_excludes_every_other_holder_until_released(kind: str, tmp_path: Path,
+                                                                   request) -> None:
+    """Two gates on one study (as two processes open it) exclude each other; one on another study does not."""
+    import threading
+
+    from elalora_auto.search.storage import trial_gate
+
+    uri = {"journal": None, "sqlite": f"sqlite:///{tmp_path / 'studies.db'}",
+           "postgresql": request.getfixturevalue("postgres_url") if kind == "postgresql" else None}[kind]
+    storages = [open_storage(uri, tmp_path) for _ in range(2)]
+    first, second = (trial_gate(uri, tmp_path, s, "s") for s in storages)
+    other = trial_gate(uri, tmp_path, storages[1], "another study")
+    taken = threading.Event()
+
+    def take() -> None:
+        second.acquire()
+        taken.set()
+
+    first.acquire()
+    thread = threading.Thread(target=take, daemon=True)
+    thread.start()
+    assert not taken.wait(timeout=1.0), "a second holder got the gate while the first held it"
+    if kind == "postgresql":  # the server's lock is keyed by the study; file gates are one per storage file
+        other.acquire()
+        other.release()
+    first.release()
+    assert taken.wait(timeout=10)
+    second.release()
+    first.acquire()  # released for good: takes it again at once
+    first.release()

@@ -95,3 +95,44 @@ def test_ctrl_c_reaches_every_worker_and_the_same_command_resumes(study_file: Pa
     reruns = {t.user_attrs["rerun_of"]: t for t in study.trials if "rerun_of" in t.user_attrs}
     assert sorted(reruns) == [0, 1] and all(reruns[n].params == study.trials[n].params for n in reruns)
     assert counted_trials(study) == 3 and all(t.state.is_finished() for t in study.trials)
+
+
+def test_a_worker_takes_no_trial_while_another_process_holds_the_studys_gate(study_file: Path,  # noqa: F811
+                                                                              tmp_path: Path) -> None:
+    """The budget check and the trial it allows happen under the study's gate: while this test holds it, a
+    joined worker creates and pops nothing (trial 0 stays WAITING); released, it runs exactly the budget.
+    Two workers that both saw 5 of 6 trials used to create a seventh (PostgreSQL, in CI)."""
+    import threading
+    import time
+
+    import optuna
+
+    from elalora_auto.search import join_study
+    from elalora_auto.search.storage import open_storage, trial_gate
+
+    assert main(["search", "--config", str(study_file), "--space", str(_space(tmp_path)), "--study", "g",
+                 "--trials", "2", "--create-only"]) == 0
+    workdir = tmp_path / "runs"
+    gate = trial_gate(None, workdir, open_storage(None, workdir), "g")
+    gate.acquire()
+    joined, errors = threading.Event(), []
+
+    def work() -> None:
+        try:
+            join_study("g", None, {"workdir": str(workdir), "no_tracking": True},
+                       echo=lambda line: joined.set(), progress=False)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    thread = threading.Thread(target=work)
+    try:
+        thread.start()
+        assert joined.wait(timeout=60), errors
+        time.sleep(2.0)  # far longer than the worker needs to pop trial 0 when nothing holds it back
+        assert [t.state for t in _study(tmp_path, "g").trials] == [optuna.trial.TrialState.WAITING]
+    finally:
+        gate.release()
+        thread.join(timeout=120)
+    assert not errors and not thread.is_alive()
+    study = _study(tmp_path, "g")
+    assert [t.number for t in study.trials] == [0, 1] and all(t.state.is_finished() for t in study.trials)

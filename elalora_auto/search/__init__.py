@@ -35,7 +35,7 @@ def run_search(settings: SearchSettings, listeners: Iterable[Listener] = (), ech
     trial budget instead of taking `settings.trials` (`search` without --trials).
     """
     from elalora_auto.search.plan import plan_study
-    from elalora_auto.search.storage import open_storage, resolve_storage, storage_uri
+    from elalora_auto.search.storage import open_storage, resolve_storage, storage_uri, trial_gate
     from elalora_auto.search.study import create_or_load_study
     from elalora_auto.search.worker import Worker
 
@@ -60,7 +60,9 @@ def run_search(settings: SearchSettings, listeners: Iterable[Listener] = (), ech
         launch_workers(study.study_name, settings, slots, echo)
         return study
     # salt 0 only where this process created the study (why: worker.sampler_seed)
-    Worker(plan, study, storage, label, listeners, progress=progress, echo=echo, salt=0 if created else None).run()
+    gate = trial_gate(settings.storage, settings.workdir, storage, study.study_name)
+    Worker(plan, study, storage, label, gate, listeners, progress=progress, echo=echo,
+           salt=0 if created else None).run()
     return study
 
 
@@ -72,7 +74,7 @@ def join_study(study_name: str, storage: str | None, overrides: Mapping[str, Any
     caller builds its listeners from its own settings.
     """
     from elalora_auto.search.plan import plan_study
-    from elalora_auto.search.storage import load_study, open_storage, resolve_storage, storage_uri
+    from elalora_auto.search.storage import load_study, open_storage, resolve_storage, storage_uri, trial_gate
     from elalora_auto.search.worker import Worker
 
     workdir, storage = overrides.get("workdir") or "elalora_runs", resolve_storage(storage)
@@ -85,6 +87,6 @@ def join_study(study_name: str, storage: str | None, overrides: Mapping[str, Any
     plan = plan_study(settings)
     echo(f"worker joined study {study.study_name} ({settings.trials} trials in all)")
     listeners = list(make_listeners(settings)) if make_listeners is not None else []
-    Worker(plan, study, backend, storage_uri(storage, settings.workdir), listeners, progress=progress,
-           echo=echo).run()
+    Worker(plan, study, backend, storage_uri(storage, settings.workdir), trial_gate(storage, workdir, backend,
+           study.study_name), listeners, progress=progress, echo=echo).run()
     return study

@@ -71,7 +71,7 @@ def open_storage(uri: str | None, workdir: str | Path, create: bool = True,
 
     heartbeat, uri = heartbeat or HeartbeatSettings(), resolve_storage(uri)
     if uri is None or "://" not in uri:
-        path = Path(uri) if uri else Path(workdir) / JOURNAL_FILE
+        path = journal_path(uri, workdir)
         if not path.exists() and not create:
             raise UserError(f"no study storage at {path}; run `elalora-auto search` first or pass --storage/--workdir")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,6 +92,101 @@ def open_storage(uri: str | None, workdir: str | Path, create: bool = True,
     except Exception as exc:  # sqlalchemy's OperationalError, ArgumentError, ...; optuna wraps none of them
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot open storage {redact(uri)}: {first}") from None
+
+
+def journal_path(uri: str | None, workdir: str | Path) -> Path:
+    """The journal file of a storage that is not a URL: the given *.log path, else WORKDIR/optuna-journal.log."""
+    return Path(uri) if uri else Path(workdir) / JOURNAL_FILE
+
+
+class _FileGate:
+    """An exclusive flock on a file next to the study's own file (processes on one machine, as that file)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self._handle = path, None
+
+    def acquire(self) -> None:
+        import fcntl
+
+        handle = self.path.open("a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except BaseException:
+            handle.close()
+            raise
+        self._handle = handle
+
+    def release(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.close()  # closing the file drops its lock
+
+
+class _ServerGate:
+    """PostgreSQL's session advisory lock or MySQL's GET_LOCK, on a connection of its own (workers on any
+    machine; the server drops the lock when a dead worker's connection goes)."""
+
+    def __init__(self, engine: Any, study_name: str) -> None:
+        import hashlib
+
+        digest = hashlib.sha256(f"elalora-auto trial gate {study_name}".encode()).digest()
+        self.engine, self._connection = engine, None
+        if engine.dialect.name == "postgresql":
+            self._take, self._drop = "SELECT pg_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)"
+            self._key: Any = int.from_bytes(digest[:8], "big", signed=True)
+        else:
+            self._take, self._drop = "SELECT GET_LOCK(:key, -1)", "SELECT RELEASE_LOCK(:key)"
+            self._key = "elalora-" + digest.hex()[:40]  # lock names are at most 64 characters
+
+    def _run(self, connection: Any, sql: str) -> None:
+        from sqlalchemy import text
+
+        try:
+            connection.execute(text(sql), {"key": self._key})
+        except BaseException:
+            connection.invalidate()  # a connection holding the lock in an unknown state must not be pooled
+            raise
+
+    def acquire(self) -> None:
+        connection = self.engine.connect()
+        self._run(connection, self._take)
+        self._connection = connection
+
+    def release(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            self._run(connection, self._drop)
+            connection.close()
+
+
+class _NoGate:
+    def acquire(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+
+def trial_gate(uri: str | None, workdir: str | Path, storage: Any, study_name: str) -> Any:
+    """The lock every process on a study holds from "is the budget reached?" until the trial that answer allowed
+    exists (`acquire` blocks; `release` is a no-op when not held).
+
+    Without it, two workers can both see 5 of 6 trials and both create a sixth (a seventh trial ran, in CI).
+    The lock lives where the study does: a file lock next to the journal or SQLite file, or the database
+    server's own lock for PostgreSQL and MySQL. Other storages get none, and the budget may then be overshot
+    by a trial per extra worker.
+    """
+    uri = resolve_storage(uri)
+    if uri is None or "://" not in uri:
+        path = journal_path(uri, workdir)
+        return _FileGate(path.with_name(path.name + ".gate"))
+    dialect = storage.engine.dialect.name
+    if dialect == "sqlite" and storage.engine.url.database not in (None, "", ":memory:"):
+        path = Path(storage.engine.url.database)
+        return _FileGate(path.with_name(path.name + ".gate"))
+    if dialect in ("postgresql", "mysql", "mariadb"):
+        return _ServerGate(storage.engine, study_name)
+    return _NoGate()
 
 
 MAX_RERUNS = 3  # how often a trial whose worker died is re-queued (a re-run killed again is re-queued too)

@@ -140,10 +140,11 @@ class Worker:
     configurations, not the ones the same seed drew before.
     """
 
-    def __init__(self, plan: StudyPlan, study: optuna.Study, storage: Any, storage_label: str,
+    def __init__(self, plan: StudyPlan, study: optuna.Study, storage: Any, storage_label: str, gate: Any,
                  listeners: Iterable[Listener] = (), progress: bool = False,
                  echo: Callable[[str], None] = print, salt: int | None = None) -> None:
         self.plan, self.study, self.storage, self.storage_label = plan, study, storage, storage_label
+        self.gate = gate  # storage.trial_gate of the study, as this process opened it
         self.listeners, self.progress, self.echo = list(listeners), progress, echo
         settings = plan.settings
         self.rule = PruningRule(settings.pruning, plan.multi, plan.baseline, plan.baseline_margin, storage,
@@ -180,15 +181,19 @@ class Worker:
                                                       "settings": redacted_settings(settings.to_dict())}))
         deadline = None if settings.timeout is None else time.monotonic() + settings.timeout
         try:
-            while _has_waiting(study) or counted_trials(study) < self.budget:
-                if deadline is not None and time.monotonic() >= deadline:
-                    break
-                self.running = None
-                self.hold.start()  # until the trial is ours: a Ctrl-C inside `ask` would leave it RUNNING, unowned
+            while deadline is None or time.monotonic() < deadline:
+                self.gate.acquire()  # released once the trial exists (`objective`), so the budget is never overshot
                 try:
-                    study.optimize(self.objective, n_trials=1, catch=(Exception,), callbacks=[self.finished])
+                    if not (_has_waiting(study) or counted_trials(study) < self.budget):
+                        break
+                    self.running = None
+                    self.hold.start()  # until the trial is ours: a Ctrl-C inside `ask` would leave it RUNNING
+                    try:
+                        study.optimize(self.objective, n_trials=1, catch=(Exception,), callbacks=[self.finished])
+                    finally:
+                        self.hold.release()
                 finally:
-                    self.hold.release()
+                    self.gate.release()
                 if len(self.crashes) >= MAX_CONSECUTIVE_CRASHES:
                     reason, path = self.crashes[-1]
                     raise UserError(f"{len(self.crashes)} trials in a row failed with: {reason} (traceback: {path}); "
@@ -216,6 +221,7 @@ class Worker:
                 trial.set_user_attr(key, empty)
         out = self.trials_dir / str(trial.number)
         try:
+            self.gate.release()
             self.hold.release()  # the trial is ours now: a Ctrl-C from here on re-queues it
             spec = self.plan.trial_spec(trial)
             result = run_trial(spec, reporter=lambda step, value, size: self.rule.check(trial, step, value, size),
