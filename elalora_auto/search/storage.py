@@ -35,7 +35,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Protocol
 
 from elalora_auto.errors import UserError
 from elalora_auto.search.settings import HeartbeatSettings
@@ -122,44 +122,40 @@ class _FileGate:
             handle.close()  # closing the file drops its lock
 
 
-class _ServerGate:
-    """PostgreSQL's session advisory lock or MySQL's GET_LOCK, on a connection of its own (workers on any
+class _AdvisoryGate:
+    """PostgreSQL's session advisory lock keyed by the study, on a connection of its own (workers on any
     machine; the server drops the lock when a dead worker's connection goes)."""
 
     def __init__(self, engine: Any, study_name: str) -> None:
         import hashlib
 
         digest = hashlib.sha256(f"elalora-auto trial gate {study_name}".encode()).digest()
-        self.engine, self._connection = engine, None
-        if engine.dialect.name == "postgresql":
-            self._take, self._drop = "SELECT pg_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)"
-            self._key: Any = int.from_bytes(digest[:8], "big", signed=True)
-        else:
-            self._take, self._drop = "SELECT GET_LOCK(:key, -1)", "SELECT RELEASE_LOCK(:key)"
-            self._key = "elalora-" + digest.hex()[:40]  # lock names are at most 64 characters
+        self.engine, self.key, self._connection = engine, int.from_bytes(digest[:8], "big", signed=True), None
 
-    def _run(self, connection: Any, sql: str) -> None:
+    def _run(self, connection: Any, function: str) -> None:
         from sqlalchemy import text
 
         try:
-            connection.execute(text(sql), {"key": self._key})
+            connection.execute(text(f"SELECT {function}(:key)"), {"key": self.key})
         except BaseException:
             connection.invalidate()  # a connection holding the lock in an unknown state must not be pooled
             raise
 
     def acquire(self) -> None:
         connection = self.engine.connect()
-        self._run(connection, self._take)
+        self._run(connection, "pg_advisory_lock")
         self._connection = connection
 
     def release(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None:
-            self._run(connection, self._drop)
+            self._run(connection, "pg_advisory_unlock")
             connection.close()
 
 
 class _NoGate:
+    """Storages with no lock to share (MySQL, other servers)."""
+
     def acquire(self) -> None:
         pass
 
@@ -167,26 +163,30 @@ class _NoGate:
         pass
 
 
-def trial_gate(uri: str | None, workdir: str | Path, storage: Any, study_name: str) -> Any:
+class TrialGate(Protocol):
+    """What `trial_gate` returns: a blocking `acquire` and a `release` that is a no-op when not held."""
+
+    def acquire(self) -> None: ...
+
+    def release(self) -> None: ...
+
+
+def trial_gate(uri: str | None, workdir: str | Path, storage: Any, study_name: str) -> TrialGate:
     """The lock every process on a study holds from "is the budget reached?" until the trial that answer allowed
     exists (`acquire` blocks; `release` is a no-op when not held).
 
     Without it, two workers can both see 5 of 6 trials and both create a sixth (a seventh trial ran, in CI).
-    The lock lives where the study does: a file lock next to the journal or SQLite file, or the database
-    server's own lock for PostgreSQL and MySQL. Other storages get none, and the budget may then be overshot
-    by a trial per extra worker.
+    The lock lives where the study does: a file lock next to the journal or SQLite file, PostgreSQL's advisory
+    lock. Other servers (MySQL) get none, and the budget may then be overshot by a trial per extra worker.
     """
     uri = resolve_storage(uri)
     if uri is None or "://" not in uri:
         path = journal_path(uri, workdir)
         return _FileGate(path.with_name(path.name + ".gate"))
-    dialect = storage.engine.dialect.name
-    if dialect == "sqlite" and storage.engine.url.database not in (None, "", ":memory:"):
-        path = Path(storage.engine.url.database)
-        return _FileGate(path.with_name(path.name + ".gate"))
-    if dialect in ("postgresql", "mysql", "mariadb"):
-        return _ServerGate(storage.engine, study_name)
-    return _NoGate()
+    dialect, database = storage.engine.dialect.name, storage.engine.url.database
+    if dialect == "sqlite" and database not in (None, "", ":memory:"):
+        return _FileGate(Path(database).with_name(Path(database).name + ".gate"))
+    return _AdvisoryGate(storage.engine, study_name) if dialect == "postgresql" else _NoGate()
 
 
 MAX_RERUNS = 3  # how often a trial whose worker died is re-queued (a re-run killed again is re-queued too)

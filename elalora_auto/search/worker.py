@@ -23,7 +23,7 @@ from elalora_auto.errors import UserError
 from elalora_auto.events import Event, Listener, emit, with_context
 from elalora_auto.search.plan import StudyPlan
 from elalora_auto.search.pruning import RUNG_SIZES, PruningRule
-from elalora_auto.search.storage import SigintHold, redact, redacted_settings
+from elalora_auto.search.storage import SigintHold, TrialGate, redact, redacted_settings
 from elalora_auto.search.study import INTERRUPTED, USER_ERRORS, counted_trials, recover_orphans
 
 MAX_CONSECUTIVE_USER_ERRORS = 3  # then the study stops with the error: its trials would all fail the same way
@@ -140,11 +140,11 @@ class Worker:
     configurations, not the ones the same seed drew before.
     """
 
-    def __init__(self, plan: StudyPlan, study: optuna.Study, storage: Any, storage_label: str, gate: Any,
+    def __init__(self, plan: StudyPlan, study: optuna.Study, storage: Any, storage_label: str, gate: TrialGate,
                  listeners: Iterable[Listener] = (), progress: bool = False,
                  echo: Callable[[str], None] = print, salt: int | None = None) -> None:
         self.plan, self.study, self.storage, self.storage_label = plan, study, storage, storage_label
-        self.gate = gate  # storage.trial_gate of the study, as this process opened it
+        self.gate = gate  # `trial_gate` of the study, as this process opened it
         self.listeners, self.progress, self.echo = list(listeners), progress, echo
         settings = plan.settings
         self.rule = PruningRule(settings.pruning, plan.multi, plan.baseline, plan.baseline_margin, storage,
