@@ -16,6 +16,9 @@ Storage (`open_storage`):
   The `search` command creates the study; `worker` only loads it. Processes opening a fresh database at once
   collide in its schema creation, and the losers retry (`_racing_schema_creation`).
 
+Budget: `trial_gate` is one lock per study (a file lock beside a journal or SQLite file, PostgreSQL's advisory
+lock), held by a worker from its budget check until the trial it allowed exists, so workers never overshoot it.
+
 Secrets: a URL's password never leaves the process. Messages, events and the settings stored in the study
 carry `redact(uri)`; every process gets the full URL from its own `--storage` flag or from the environment
 variable ELALORA_STORAGE (`resolve_storage`), so a password need not appear on a command line either.
