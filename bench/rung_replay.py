@@ -53,8 +53,11 @@ def unpruned_curves(journal: Path) -> dict[str, tuple[list[Curve], int, float]]:
 
 
 def replay(curves: Sequence[Curve], total: int, rungs: Sequence[int], reduction_factor: int, baseline: float,
-           margin: float, patience: int) -> tuple[int, list[tuple[float, float]]]:
-    """Optimizer steps used and the (metric, size) points of the trials that would have run to the end."""
+           margin: float, patience: int, best_so_far: bool = False) -> tuple[int, list[tuple[float, float]]]:
+    """Optimizer steps used and the (metric, size) points of the trials that would have run to the end.
+
+    `best_so_far`: a trial enters a rung with its best evaluation up to it, not the one at it (an experiment: a
+    curve that dips at the rung step is not judged by the dip; the search itself uses the value at the rung)."""
     from elalora_auto.search.pruning import baseline_reason, rung_cutoff
     from elalora_auto.search.settings import PruningSettings
 
@@ -69,7 +72,7 @@ def replay(curves: Sequence[Curve], total: int, rungs: Sequence[int], reduction_
             if baseline_reason(seen, step, settings, baseline, margin) is not None:
                 stopped_at = step
             elif step in reached:
-                point = (values[step], size)
+                point = (max(seen) if best_so_far else values[step], size)
                 ranks, _, cutoff = rung_cutoff([point] + reached[step], reduction_factor)
                 reached[step].append(point)
                 if ranks[0] > cutoff:
@@ -83,7 +86,7 @@ def replay(curves: Sequence[Curve], total: int, rungs: Sequence[int], reduction_
 
 
 def table(studies: dict[str, tuple[list[Curve], int, float]], variants: Sequence[tuple[int, int]],
-          margin: float | None, patience: int) -> str:
+          margin: float | None, patience: int, best_so_far: bool = False) -> str:
     """`margin` None: each study's own, from its study file (the name bench/multifidelity.py gives it)."""
     from multifidelity import baseline_margin
 
@@ -100,7 +103,7 @@ def table(studies: dict[str, tuple[list[Curve], int, float]], variants: Sequence
         for min_steps, factor in variants:
             rungs = PruningSettings(rule="halving", min_steps=min_steps, reduction_factor=factor).rungs(
                 min_steps, total)
-            steps, complete = replay(curves, total, rungs, factor, baseline, study_margin, patience)
+            steps, complete = replay(curves, total, rungs, factor, baseline, study_margin, patience, best_so_far)
             lines.append(f"| {name} | {min_steps} | {factor} | {', '.join(map(str, rungs))} | {len(complete)} of "
                          f"{len(curves)} | {steps / (total * len(curves)):.0%} | "
                          f"{hypervolume(complete, ref) / full_volume:.1%} |")
@@ -125,11 +128,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--margin", type=float, default=None,
                         help="baseline margin (default: two standard errors of the study's task, as the search uses)")
     parser.add_argument("--patience", type=int, default=2, help="the baseline rule's patience (the default 2)")
+    parser.add_argument("--best-so-far", action="store_true",
+                        help="judge a trial at a rung by its best evaluation so far (the search: the one at the rung)")
     args = parser.parse_args(argv)
     if not args.journal.is_file():
         raise SystemExit(f"no journal at {args.journal}: run bench/multifidelity.py first")
     variants = [parse_variant(v) if isinstance(v, str) else v for v in args.variants]
-    print(table(unpruned_curves(args.journal), variants, args.margin, args.patience))
+    print(table(unpruned_curves(args.journal), variants, args.margin, args.patience, args.best_so_far))
 
 
 if __name__ == "__main__":
