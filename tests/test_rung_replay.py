@@ -29,3 +29,14 @@ def test_replay_stops_what_the_rules_stop() -> None:
                              patience=2)
     assert steps == 150 + 50 + 100 + 150
     assert complete == [(0.85, 100.0), (0.86, 100.0)]
+
+
+def test_best_so_far_judges_a_dipping_curve_by_its_best_evaluation() -> None:
+    replay = load_replay()
+    curves = [
+        ({50: 0.60, 100: 0.70}, 0.80, 100.0),
+        ({50: 0.75, 100: 0.65}, 0.84, 100.0),  # dips at the rung (step 100): 0.65 is dominated, its best 0.75 is not
+    ]
+    args = dict(total=150, rungs=[100], reduction_factor=2, baseline=0.5, margin=0.02, patience=2)
+    assert replay(curves, **args)[1] == [(0.80, 100.0)]
+    assert replay(curves, **args, best_so_far=True)[1] == [(0.80, 100.0), (0.84, 100.0)]
