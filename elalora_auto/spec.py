@@ -25,6 +25,7 @@ class TrainingSettings:
     grad_accum: int = 1
     warmup_ratio: float = 0.1
     weight_decay: float = 0.0
+    max_grad_norm: float = 0.0  # clip the gradients' global norm to this before each step; 0: no clipping
     eval_every: int = 0  # 0: evaluate only at the end
     log_every: int = 10
     max_length: int = 128

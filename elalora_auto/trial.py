@@ -183,7 +183,8 @@ def setup_trial(spec: TrialSpec, adapter_factory: AdapterFactory | None = None) 
                       _primary_key(task, data.evals))
 
 
-def _optimizer_step(setup: TrialSetup, batches: Any, grad_accum: int, step: int) -> tuple[float, int, Any]:
+def _optimizer_step(setup: TrialSetup, batches: Any, grad_accum: int, max_grad_norm: float,
+                    step: int) -> tuple[float, int, Any]:
     """One optimizer step over `grad_accum` batches: (loss, examples seen, the adapter's round record or None)."""
     model, device, dtype = setup.adapter.model, setup.device, setup.dtype
     step_loss, examples = torch.zeros((), device=device), 0
@@ -197,6 +198,8 @@ def _optimizer_step(setup: TrialSetup, batches: Any, grad_accum: int, step: int)
     loss_value = float(step_loss)
     if not math.isfinite(loss_value):
         raise NonFiniteLossError(step, loss_value)
+    if max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_([p for g in setup.optimizer.param_groups for p in g["params"]], max_grad_norm)
     setup.optimizer.step()
     record = setup.adapter.after_optimizer_step(step, setup.optimizer)
     setup.scheduler.step()
@@ -229,7 +232,7 @@ def train_loop(spec: TrialSpec, setup: TrialSetup, reporter: Reporter | None, li
     out = LoopOutcome() if out is None else out
     with tqdm(total=last, disable=not progress, desc=f"{spec.method} {spec.task}", leave=False) as bar:
         for step in range(1, last + 1):
-            loss, examples, record = _optimizer_step(setup, batches, tr.grad_accum, step)
+            loss, examples, record = _optimizer_step(setup, batches, tr.grad_accum, tr.max_grad_norm, step)
             out.examples += examples
             out.steps_done = step
             bar.update(1)

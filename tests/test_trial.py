@@ -193,3 +193,21 @@ def test_yaml_round_trip_and_overrides(tmp_path):
         spec.apply_overrides(["method=dora"])
     with pytest.raises(UserError, match="malformed YAML"):
         TrialSpec.from_yaml("task: [sst2")
+
+
+def test_max_grad_norm_clips_what_the_optimizer_steps_on(tiny_model_dir, sst2_dir, monkeypatch):
+    """Every step the optimizer takes sees a global gradient norm within max_grad_norm; without it, larger ones."""
+    norms: list[float] = []
+    step = torch.optim.AdamW.step
+
+    def spy(self, *args, **kwargs):
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    run_trial(tiny_spec(tiny_model_dir, sst2_dir, "lora", max_steps=4, max_grad_norm=1e-3), progress=False)
+    clipped, norms[:] = list(norms), []
+    run_trial(tiny_spec(tiny_model_dir, sst2_dir, "lora", max_steps=4), progress=False)
+    assert len(clipped) == len(norms) == 4
+    assert max(clipped) <= 1e-3 * (1 + 1e-4) and min(norms) > 1e-2

@@ -19,7 +19,7 @@ from elalora_auto.search.space import Param, SearchSpace
 # TrainingSettings fields that must be > 0 or >= 0 (the one rule set for `train` and the spaces' training_params).
 TRAINING_POSITIVE = ("learning_rate", "max_steps", "epochs", "batch_size", "eval_batch_size", "grad_accum",
                      "max_length", "log_every")
-TRAINING_NON_NEGATIVE = ("warmup_ratio", "weight_decay", "eval_every", "seed")
+TRAINING_NON_NEGATIVE = ("warmup_ratio", "weight_decay", "max_grad_norm", "eval_every", "seed")
 DATA_POSITIVE = ("max_train_samples", "max_eval_samples")
 DATA_NON_NEGATIVE = ("validation_fraction", "seed")
 # Shared-vocabulary names whose rules ElaLoraConfig states for every method (native PEFT names mapped back).
