@@ -33,9 +33,10 @@ def main() -> None:
     parser.add_argument("--task", choices=list(peers.STUDY_FILES), default="mnli")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/trainer_probe"))
     args = parser.parse_args()
+    bench = peers.parse_args(["--tasks", args.task, "--workdir", str(args.workdir)])
     key = {"task": args.task, "arm": "trainer-hps", "seed": args.seed, "trials": 1,
-           "steps": peers.planned_steps(argparse.Namespace(max_steps=None), args.task), "study": f"probe{args.seed}"}
-    plan = plan_study(peers.arm_settings(peers.parse_args(["--workdir", str(args.workdir)]), key))
+           "steps": peers.planned_steps(bench, args.task), "study": f"probe{args.seed}"}
+    plan = plan_study(peers.arm_settings(bench, key))
     hp_space, defaults = peers.lora_hp_space()
     log = peers.TrialLog(args.workdir / "log.jsonl", key, plan.primary_metric)
     trainer = peers.make_trainer(plan, args.workdir, log, hp_space,
