@@ -87,7 +87,10 @@ def _evaluate(
         columns = [c for c in dataset.column_names if c != "length"]
         preds, labels = [], []
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            for batch in DataLoader(dataset.select_columns(columns), batch_size=batch_size, collate_fn=collate):
+            # Its own generator: a DataLoader iterator draws its base seed from the global RNG otherwise, which
+            # shifted every later dropout mask, so the evaluation interval changed the training run.
+            for batch in DataLoader(dataset.select_columns(columns), batch_size=batch_size, collate_fn=collate,
+                                    generator=torch.Generator()):
                 batch = {k: v.to(device) for k, v in batch.items()}
                 logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
                 preds.append((logits.squeeze(-1) if task.is_regression else logits.argmax(-1)).cpu())
