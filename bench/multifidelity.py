@@ -54,7 +54,9 @@ def run_study(config: str, arm: str, seed: int, trials: int, eval_every: int, wo
         trial_rows.append({"number": t.number, "state": t.state.name, "steps": steps, "seconds": seconds,
                            "metric": t.values[0] if t.values else None,
                            "trainable_params": t.values[1] if t.values and len(t.values) > 1 else None,
-                           "reason": t.user_attrs.get("prune_reason") or t.user_attrs.get("fail_reason")})
+                           "reason": t.user_attrs.get("prune_reason") or t.user_attrs.get("fail_reason"),
+                           # the learning curve, so bench/rung_replay.py --results works without the journal
+                           "curve": {str(step): value for step, value in sorted(t.intermediate_values.items())}})
     return {"config": config, "arm": arm, "seed": seed, "trials": trials, "eval_every": eval_every,
             "total_steps": total, "baseline": study.user_attrs["settings"].get("baseline"),
             "run_wall_s": round(time.monotonic() - start, 1), "rows": trial_rows}

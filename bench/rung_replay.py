@@ -10,6 +10,7 @@ unpruned arm does not record sizes between evaluations; under the rank budget a 
 
     python bench/rung_replay.py                          # every unpruned study in bench/out/multifidelity
     python bench/rung_replay.py --variants 50:3 100:3 50:4
+    python bench/rung_replay.py --results bench/results/multifidelity_paired.jsonl   # no journal needed
 """
 
 from __future__ import annotations
@@ -49,6 +50,28 @@ def unpruned_curves(journal: Path) -> dict[str, tuple[list[Curve], int, float]]:
             curves = [(dict(t.intermediate_values), float(t.values[0]), float(t.values[1]))
                       for t in sorted(trials, key=lambda t: t.number)]
             out[summary.study_name] = (curves, int(settings["max_steps"]), float(settings["baseline"]))
+    return out
+
+
+def results_curves(results: Path) -> dict[str, tuple[list[Curve], int, float]]:
+    """The same, from bench/multifidelity.py's results file (rows written since the rows carry their curves), so a
+    replay outlives the journal, which lives under bench/out and goes with the worktree that ran the benchmark."""
+    import json
+
+    from multifidelity import study_name
+
+    out = {}
+    for line in results.read_text().splitlines():
+        study = json.loads(line)
+        if study["arm"] != "unpruned":
+            continue
+        rows = sorted((r for r in study["rows"] if r["state"] == "COMPLETE"), key=lambda r: r["number"])
+        if any("curve" not in r for r in rows):
+            raise SystemExit(f"{results}: the {study['config']} seed {study['seed']} unpruned study has no learning "
+                             "curves (written before rows carried them): replay its journal with --journal instead")
+        curves = [({int(s): v for s, v in r["curve"].items()}, r["metric"], r["trainable_params"]) for r in rows]
+        name = study_name(study["config"], "unpruned", study["seed"], study["trials"])
+        out[name] = (curves, int(study["total_steps"]), float(study["baseline"]))
     return out
 
 
@@ -123,6 +146,8 @@ def parse_variant(text: str) -> tuple[int, int]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--journal", type=Path, default=JOURNAL)
+    parser.add_argument("--results", type=Path, default=None,
+                        help="read the unpruned curves from bench/multifidelity.py's results file, not the journal")
     parser.add_argument("--variants", nargs="+", type=parse_variant, default=["50:3", "50:4", "100:3", "50:2"],
                         help="MIN_STEPS:REDUCTION_FACTOR")
     parser.add_argument("--margin", type=float, default=None,
@@ -131,10 +156,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--best-so-far", action="store_true",
                         help="judge a trial at a rung by its best evaluation so far (the search: the one at the rung)")
     args = parser.parse_args(argv)
-    if not args.journal.is_file():
-        raise SystemExit(f"no journal at {args.journal}: run bench/multifidelity.py first")
+    source = args.results or args.journal
+    if not source.is_file():
+        raise SystemExit(f"no file at {source}: run bench/multifidelity.py first")
     variants = [parse_variant(v) if isinstance(v, str) else v for v in args.variants]
-    print(table(unpruned_curves(args.journal), variants, args.margin, args.patience, args.best_so_far))
+    studies = results_curves(source) if args.results else unpruned_curves(source)
+    print(table(studies, variants, args.margin, args.patience, args.best_so_far))
 
 
 if __name__ == "__main__":

@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
+from types import ModuleType
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_replay():
+def load_module() -> ModuleType:
     sys.path.insert(0, str(ROOT / "bench"))
     spec = importlib.util.spec_from_file_location("rung_replay", ROOT / "bench" / "rung_replay.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.replay
+    return module
+
+
+def load_replay():
+    return load_module().replay
 
 
 def test_replay_stops_what_the_rules_stop() -> None:
@@ -40,3 +48,33 @@ def test_best_so_far_judges_a_dipping_curve_by_its_best_evaluation() -> None:
     args = dict(total=150, rungs=[100], reduction_factor=2, baseline=0.5, margin=0.02, patience=2)
     assert replay(curves, **args)[1] == [(0.80, 100.0)]
     assert replay(curves, **args, best_so_far=True)[1] == [(0.80, 100.0), (0.84, 100.0)]
+
+
+def study(arm: str, rows: list[dict]) -> dict:
+    return {"config": "sst2-minilm", "arm": arm, "seed": 42, "trials": len(rows), "total_steps": 150,
+            "baseline": 0.5, "rows": rows}
+
+
+def test_results_file_gives_the_unpruned_curves_in_trial_order(tmp_path: Path) -> None:
+    module = load_module()
+    rows = [{"number": 1, "state": "COMPLETE", "metric": 0.8, "trainable_params": 200.0,
+             "curve": {"50": 0.6, "100": 0.7, "150": 0.8}},
+            {"number": 0, "state": "COMPLETE", "metric": 0.85, "trainable_params": 100.0,
+             "curve": {"50": 0.7, "100": 0.8, "150": 0.85}},
+            {"number": 2, "state": "FAIL", "metric": None, "trainable_params": None, "curve": {}}]
+    results = tmp_path / "mf.jsonl"
+    results.write_text(json.dumps(study("halving", rows[:1])) + "\n" + json.dumps(study("unpruned", rows)) + "\n")
+    studies = module.results_curves(results)
+    assert list(studies) == ["mf-sst2-minilm-unpruned-t3-s42"]
+    curves, total, baseline = studies["mf-sst2-minilm-unpruned-t3-s42"]
+    assert (total, baseline) == (150, 0.5)
+    assert curves == [({50: 0.7, 100: 0.8, 150: 0.85}, 0.85, 100.0), ({50: 0.6, 100: 0.7, 150: 0.8}, 0.8, 200.0)]
+
+
+def test_results_rows_without_curves_name_the_journal_instead(tmp_path: Path) -> None:
+    module = load_module()
+    results = tmp_path / "mf.jsonl"
+    results.write_text(json.dumps(study("unpruned", [{"number": 0, "state": "COMPLETE", "metric": 0.8,
+                                                      "trainable_params": 1.0}])) + "\n")
+    with pytest.raises(SystemExit, match="--journal"):
+        module.results_curves(results)
