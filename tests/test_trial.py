@@ -216,7 +216,8 @@ def test_max_grad_norm_clips_what_the_optimizer_steps_on(tiny_model_dir, sst2_di
 @pytest.mark.parametrize("method", ["lora", "elalora"])
 def test_the_evaluation_interval_does_not_change_the_training_run(tiny_model_dir, sst2_dir, tmp_path, method):
     """Evaluating used to draw from the global RNG (a DataLoader's base seed), so every later dropout mask moved
-    and a study's eval_every changed its trials' results (seen on MiniLM/SST-2: 83.4% vs 84.4% for one config)."""
+    and a study's eval_every changed its trials' results (on MiniLM/SST-2, trial 0 of two seed-42 studies that
+    evaluated every 50 and every 100 steps, same configuration, ended at 83.4% and 84.4%)."""
     runs = [run_trial(tiny_spec(tiny_model_dir, sst2_dir, method, eval_every=every), listeners=[],
                       output_dir=tmp_path / f"every{every}", progress=False) for every in (2, 12)]
     often, once = runs
