@@ -91,3 +91,25 @@ def test_an_unreachable_store_costs_the_search_nothing_and_a_later_start_replays
         assert "ranks/rank_map.json" in {a.path for a in MlflowClient(default_tracking_uri(workdir)).list_artifacts(
             run.info.run_id, "ranks")}
     assert all(not path.read_text() for path in (workdir / "mlflow-spool").glob("*.jsonl"))
+
+
+def test_tracking_listens_and_never_changes_a_trial(study_file: Path) -> None:  # noqa: F811
+    """The same study tracked into a fresh MLflow store and untracked: the same configurations, losses, ranks
+    and results, step for step (the tracker consumes no random numbers and feeds nothing back)."""
+    from elalora_auto.cli import main
+
+    spec = yaml.safe_load(study_file.read_text())
+    outcomes = {}
+    for name, tracked in (("tracked", True), ("untracked", False)):
+        config = study_file.with_name(f"{name}.yaml")
+        workdir = study_file.parent / name
+        config.write_text(yaml.safe_dump({**spec, "no_tracking": not tracked, "workdir": str(workdir),
+                                          "trial0": {"learning_rate": 1.5e-3}}))
+        assert main(["search", "--config", str(config), "--study", "same", "--trials", "2", "--quiet"]) == 0
+        assert (workdir / "mlflow.db").is_file() == tracked
+        folders = [workdir / "trials" / "same" / str(n) for n in (0, 1)]
+        outcomes[name] = [{"spec": (f / "config.yaml").read_text().replace(str(workdir), "WORKDIR"),
+                           **{key: value for key, value in json.loads((f / "result.json").read_text()).items()
+                              if not key.endswith(("_s", "_per_s"))}}  # all but the timings
+                          for f in folders]
+    assert outcomes["tracked"] == outcomes["untracked"]
