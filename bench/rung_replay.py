@@ -76,11 +76,15 @@ def results_curves(results: Path) -> dict[str, tuple[list[Curve], int, float]]:
 
 
 def replay(curves: Sequence[Curve], total: int, rungs: Sequence[int], reduction_factor: int, baseline: float,
-           margin: float, patience: int, best_so_far: bool = False) -> tuple[int, list[tuple[float, float]]]:
+           margin: float, patience: int, best_so_far: bool = False,
+           ties: str = "hypervolume") -> tuple[int, list[tuple[float, float]]]:
     """Optimizer steps used and the (metric, size) points of the trials that would have run to the end.
 
     `best_so_far`: a trial enters a rung with its best evaluation up to it, not the one at it (an experiment: a
-    curve that dips at the rung step is not judged by the dip; the search itself uses the value at the rung)."""
+    curve that dips at the rung step is not judged by the dip; the search itself uses the value at the rung).
+    `ties`: "hypervolume" splits the front that overflows a rung's quota as the search does; "keep" lets the whole
+    front go on (the rule before 2026-12-03)."""
+    from elalora_auto.search.pareto import reference_point
     from elalora_auto.search.pruning import baseline_reason, rung_cutoff
     from elalora_auto.search.settings import PruningSettings
 
@@ -96,9 +100,10 @@ def replay(curves: Sequence[Curve], total: int, rungs: Sequence[int], reduction_
                 stopped_at = step
             elif step in reached:
                 point = (max(seen) if best_so_far else values[step], size)
-                ranks, _, cutoff = rung_cutoff([point] + reached[step], reduction_factor)
+                points = [point] + reached[step]
+                reference = reference_point(points, baseline) if ties == "hypervolume" else None
                 reached[step].append(point)
-                if ranks[0] > cutoff:
+                if not rung_cutoff(points, reduction_factor, reference)[2][0]:
                     stopped_at = step
             if stopped_at is not None:
                 break
@@ -109,26 +114,29 @@ def replay(curves: Sequence[Curve], total: int, rungs: Sequence[int], reduction_
 
 
 def table(studies: dict[str, tuple[list[Curve], int, float]], variants: Sequence[tuple[int, int]],
-          margin: float | None, patience: int, best_so_far: bool = False) -> str:
+          margin: float | None, patience: int, best_so_far: bool = False,
+          ties: Sequence[str] = ("hypervolume",)) -> str:
     """`margin` None: each study's own, from its study file (the name bench/multifidelity.py gives it)."""
     from multifidelity import baseline_margin
 
     from elalora_auto.search.pareto import hypervolume
     from elalora_auto.search.settings import PruningSettings
 
-    lines = ["| study | min_steps | reduction factor | rungs | complete | steps vs unpruned | hypervolume kept |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| study | min_steps | reduction factor | rungs | front overflowing the quota | complete | steps vs unpruned "
+             "| hypervolume kept |", "|---|---|---|---|---|---|---|---|"]
     for name, (curves, total, baseline) in sorted(studies.items()):
         full = [(final, size) for _, final, size in curves]
         ref = (baseline, 1.1 * max(size for _, size in full))
         full_volume = hypervolume(full, ref)
         study_margin = baseline_margin(config_of(name)) if margin is None else margin
-        for min_steps, factor in variants:
+        for (min_steps, factor), rule in ((variant, rule) for variant in variants for rule in ties):
             rungs = PruningSettings(rule="halving", min_steps=min_steps, reduction_factor=factor).rungs(
                 min_steps, total)
-            steps, complete = replay(curves, total, rungs, factor, baseline, study_margin, patience, best_so_far)
-            lines.append(f"| {name} | {min_steps} | {factor} | {', '.join(map(str, rungs))} | {len(complete)} of "
-                         f"{len(curves)} | {steps / (total * len(curves)):.0%} | "
+            steps, complete = replay(curves, total, rungs, factor, baseline, study_margin, patience, best_so_far,
+                                     rule)
+            lines.append(f"| {name} | {min_steps} | {factor} | {', '.join(map(str, rungs))} | "
+                         f"{'split by hypervolume contribution' if rule == 'hypervolume' else 'all go on'} | "
+                         f"{len(complete)} of {len(curves)} | {steps / (total * len(curves)):.0%} | "
                          f"{hypervolume(complete, ref) / full_volume:.1%} |")
     return "\n".join(lines)
 
@@ -155,13 +163,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--patience", type=int, default=2, help="the baseline rule's patience (the default 2)")
     parser.add_argument("--best-so-far", action="store_true",
                         help="judge a trial at a rung by its best evaluation so far (the search: the one at the rung)")
+    parser.add_argument("--ties", nargs="+", choices=("hypervolume", "keep"), default=["hypervolume", "keep"],
+                        help="how the front that overflows a rung's quota is treated: split by hypervolume "
+                             "contribution (the search) or all go on (the rule before 2026-12-03)")
     args = parser.parse_args(argv)
     source = args.results or args.journal
     if not source.is_file():
         raise SystemExit(f"no file at {source}: run bench/multifidelity.py first")
     variants = [parse_variant(v) if isinstance(v, str) else v for v in args.variants]
     studies = results_curves(source) if args.results else unpruned_curves(source)
-    print(table(studies, variants, args.margin, args.patience, args.best_so_far))
+    print(table(studies, variants, args.margin, args.patience, args.best_so_far, args.ties))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from elalora_auto.search.pareto import hypervolume, knee, pareto_front
+from elalora_auto.search.pareto import hypervolume, knee, pareto_front, reference_point
 
 # Hyperparameters worth a column in the terminal table (the rest are in trials.csv).
 KEY_PARAMS = ("r_init", "r_target", "b", "k", "lora_alpha", "target_modules", "learning_rate")
@@ -153,10 +153,9 @@ def point(row: Mapping[str, Any]) -> tuple[float, float]:
 def front_hypervolume(study: Any, rows: Sequence[Mapping[str, Any]]) -> tuple[float, tuple[float, float]]:
     """The front's hypervolume and its reference: (the majority-class baseline, 1.1 x the largest front size)."""
     on_front = front(rows)
-    baseline = study_settings(study).get("baseline")
-    reference = (baseline if baseline is not None else min(r["metric"] for r in on_front) - 1e-9,
-                 max(r["trainable_params"] for r in on_front) * 1.1)
-    return hypervolume([point(r) for r in on_front], reference), reference
+    points = [point(r) for r in on_front]
+    reference = reference_point(points, study_settings(study).get("baseline"))
+    return hypervolume(points, reference), reference
 
 
 def peer_rows(study: Any, storage: Any | None) -> list[dict[str, Any]]:

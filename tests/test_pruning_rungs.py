@@ -8,7 +8,7 @@ import pytest
 
 from elalora_auto.errors import ConfigError
 from elalora_auto.search.pareto import front_ranks
-from elalora_auto.search.pruning import RUNG_SIZES, PruningRule
+from elalora_auto.search.pruning import RUNG_SIZES, PruningRule, rung_cutoff
 from elalora_auto.search.settings import PruningSettings, SearchSettings
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -72,6 +72,23 @@ def test_pareto_halving_keeps_the_rungs_front_and_stops_what_it_dominates() -> N
     rule.check(small, 4, 0.1, 50)  # not a rung (and the baseline rule waits 99 evaluations)
     assert study.trials[small.number].user_attrs[RUNG_SIZES] == {"2": 50}
     assert study.trials[worse_and_bigger.number].intermediate_values == {2: 0.8}
+    # On the front too, but 4 trials at the rung leave room for 1: the front is split by hypervolume contribution
+    # (reference 0.5, 330 parameters): small 20, this one 7.5, big 6.5, so only small's place goes on.
+    middle = study.ask()
+    with pytest.raises(optuna.TrialPruned, match=r"0.8500 with 150 parameters is on non-dominated front 1 of 4 "
+                                                 r"trials; only the best 1 \(1/3, by front, then by hypervolume"):
+        rule.check(middle, 2, 0.85, 150)
+
+
+def test_rung_cutoff_fills_the_quota_by_front_then_by_hypervolume_contribution() -> None:
+    points = [(0.70, 50.0), (0.90, 200.0), (0.80, 300.0), (0.85, 150.0), (0.60, 400.0), (0.62, 30.0)]
+    ranks, kept, goes_on = rung_cutoff(points, 2, reference=(0.5, 440.0))
+    assert ranks == [0, 0, 1, 0, 2, 0] and kept == 3
+    # front 0 holds four points for three places. Areas each adds: (0.62, 30) 0.12 x 20 = 2.4, (0.70, 50) 0.08 x 100,
+    # (0.85, 150) 0.15 x 50, (0.90, 200) 0.05 x 240: the cheapest, barely above the floor, adds the least
+    assert goes_on == [True, True, False, True, False, False]
+    assert rung_cutoff(points, 2)[2] == [True, True, False, True, False, True]
+    assert rung_cutoff([(0.7, 50.0), (0.7, 50.0)], 2, reference=(0.5, 55.0))[2] == [True, False]  # equal: first  # no reference: the whole front goes on
 
 
 def test_rule_none_records_every_value_and_stops_nothing() -> None:

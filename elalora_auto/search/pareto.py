@@ -58,6 +58,13 @@ def knee(points: Sequence[Point]) -> int | None:
     return max(front, key=lambda i: (round(distance(i), 12), points[i][0], -points[i][1]))
 
 
+def reference_point(points: Sequence[Point], baseline: float | None) -> Point:
+    """The hypervolume reference used throughout: the majority-class baseline as the metric floor (just below the
+    worst point when there is none) and 1.1 x the largest cost, so the largest point still adds area."""
+    floor = baseline if baseline is not None else min(metric for metric, _ in points) - 1e-9
+    return floor, 1.1 * max(cost for _, cost in points)
+
+
 def hypervolume(points: Sequence[Point], reference: Point) -> float:
     """Area dominated by the points and bounded by `reference` (a metric floor, a cost ceiling).
 

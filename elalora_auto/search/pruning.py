@@ -19,8 +19,9 @@ around Optuna's own MedianPruner or SuccessiveHalvingPruner).
    goes on only if it is among the best 1/reduction_factor of all trials that reached that rung so far (any state;
    the first ones always go on). Single objective: Optuna's SuccessiveHalvingPruner (asynchronous successive
    halving) on the metric. Pareto mode: "best" is the non-dominated rank of (metric at the rung, trainable
-   parameters at the rung) among those trials, ties kept: a small trial on the rung's front goes on even if bigger
-   ones score more.
+   parameters at the rung) among those trials: whole fronts fill the quota, and the front that overflows it is
+   split by each point's hypervolume contribution, so a small trial on the rung's front goes on even if bigger
+   ones score more, as long as it adds area to the front.
 4. `none`: values are recorded, nothing is stopped.
 """
 
@@ -34,7 +35,7 @@ from typing import Any, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from elalora_auto.search.pareto import front_ranks
+from elalora_auto.search.pareto import front_ranks, hypervolume, reference_point
 from elalora_auto.search.settings import PruningSettings
 
 RUNG_SIZES = "rung_sizes"  # trial user attr: {rung step: trainable parameters there}, for the Pareto rung rule
@@ -55,12 +56,27 @@ def baseline_reason(values: Sequence[float], step: int, settings: PruningSetting
             f"(last {values[-1]:.4f} at step {step})")
 
 
-def rung_cutoff(points: Sequence[tuple[float, float]], reduction_factor: int) -> tuple[list[int], int, int]:
-    """At a Pareto rung, (metric, size) points: their non-dominated ranks, how many go on (the best
-    1/reduction_factor, at least one) and the worst rank that goes on (trials tied on it go on too)."""
+def rung_cutoff(points: Sequence[tuple[float, float]], reduction_factor: int,
+                reference: tuple[float, float] | None = None) -> tuple[list[int], int, list[bool]]:
+    """At a Pareto rung, (metric, size) points: their non-dominated ranks, the quota (the best 1/reduction_factor,
+    at least one) and which points go on.
+
+    Whole fronts fill the quota, best first. The front that overflows it is split by each point's hypervolume
+    contribution within that front, bounded by `reference` (a metric floor and a size ceiling), so no more than the
+    quota goes on; ties on size then favour the smaller adapter. Without a `reference` the whole front goes on
+    (the first rule: on SST-2 small adapters tied on one front then passed every rung, BENCHMARKS.md).
+    """
     ranks = front_ranks(points)
     kept = max(1, len(points) // reduction_factor)
-    return ranks, kept, sorted(ranks)[kept - 1]
+    cutoff = sorted(ranks)[kept - 1]
+    tied = [i for i, rank in enumerate(ranks) if rank == cutoff]
+    if reference is None:
+        return ranks, kept, [rank <= cutoff for rank in ranks]
+    room = kept - sum(rank < cutoff for rank in ranks)
+    whole = hypervolume([points[i] for i in tied], reference)
+    gain = {i: whole - hypervolume([points[j] for j in tied if j != i], reference) for i in tied}
+    chosen = set(sorted(tied, key=lambda i: (-gain[i], points[i][1], -points[i][0]))[:room])
+    return ranks, kept, [rank < cutoff or i in chosen for i, rank in enumerate(ranks)]
 
 
 def rung_of(step: int, rungs: Sequence[int]) -> int | None:
@@ -174,7 +190,7 @@ class PruningRule:
                 f"of {len(peers)} complete trials no larger than this one ({size:,} parameters)")
 
     def _rung_reason(self, trial: optuna.Trial, step: int, value: float, size: int) -> str | None:
-        """At a rung: go on if the trial's non-dominated rank is within the best 1/reduction_factor there."""
+        """At a rung: go on if the trial is among the best 1/reduction_factor there (`rung_cutoff`)."""
         if step not in self.rungs:
             return None
         sizes = {**trial.user_attrs.get(RUNG_SIZES, {}), str(step): size}
@@ -184,9 +200,10 @@ class PruningRule:
             for t in trial.study.get_trials(deepcopy=False)
             if t.number != trial.number and step in t.intermediate_values
             and str(step) in t.user_attrs.get(RUNG_SIZES, {})]
-        ranks, kept, cutoff = rung_cutoff(points, self.settings.reduction_factor)
-        if ranks[0] <= cutoff:
+        ranks, kept, goes_on = rung_cutoff(points, self.settings.reduction_factor,
+                                           reference_point(points, self.baseline))
+        if goes_on[0]:
             return None
         return (f"at rung {self.rungs.index(step)} (step {step}), {value:.4f} with {size:,} parameters is on "
                 f"non-dominated front {ranks[0] + 1} of {len(points)} trials; only the best {kept} "
-                f"(1/{self.settings.reduction_factor}, fronts 1-{cutoff + 1}) go on")
+                f"(1/{self.settings.reduction_factor}, by front, then by hypervolume contribution) go on")
