@@ -3,8 +3,8 @@ unpruned, 2 seeds; optimizer steps used and the hypervolume the rungs keep.
 
 Each study is elalora-auto's own search (`run_search`) on a built-in study file (default `sst2-minilm`), with
 evaluations every `--eval-every` steps in both arms (so the rungs have evaluations to sit on and both arms pay the
-same evaluation cost per step), `pruning: {rule: none}` for the unpruned arm and `{rule: halving}` (rungs at
-eval_every * 3**k) for the other. Targets: <= 50% of the unpruned steps, >= 98% of its hypervolume.
+same evaluation cost per step), `pruning: {rule: none}` for the unpruned arm and `{rule: halving}` (the search's default rungs, at
+eval_every * reduction_factor**k) for the other; each row records the pruning settings it ran with. Targets: <= 50% of the unpruned steps, >= 98% of its hypervolume.
 
 Resumable: the studies live in journal files under bench/out/multifidelity/ (a cut-short study resumes where it
 stopped), and one JSON line per finished study goes to bench/results/multifidelity.jsonl (a study already there is
@@ -17,6 +17,7 @@ not run again).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 import sys
@@ -58,7 +59,7 @@ def run_study(config: str, arm: str, seed: int, trials: int, eval_every: int, wo
                            # the learning curve, so bench/rung_replay.py --results works without the journal
                            "curve": {str(step): value for step, value in sorted(t.intermediate_values.items())}})
     return {"config": config, "arm": arm, "seed": seed, "trials": trials, "eval_every": eval_every,
-            "total_steps": total, "baseline": study.user_attrs["settings"].get("baseline"),
+            "total_steps": total, "pruning": dataclasses.asdict(settings.pruning), "baseline": study.user_attrs["settings"].get("baseline"),
             "run_wall_s": round(time.monotonic() - start, 1), "rows": trial_rows}
 
 

@@ -40,7 +40,7 @@ class PruningSettings:
     n_warmup_evals: int = 1
     baseline_patience: int = 2
     min_steps: int | None = None  # halving: the first rung; default: the evaluation interval
-    reduction_factor: int = 3
+    reduction_factor: int = 4  # Optuna's SuccessiveHalvingPruner default; measured in BENCHMARKS.md
 
     def validate(self) -> None:
         check_fields(self, "pruning.", positive=("n_startup_trials", "baseline_patience", "min_steps"),
