@@ -15,7 +15,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def test_rungs_sit_on_evaluations_before_the_end_of_the_run() -> None:
-    assert PruningSettings(rule="halving").rungs(50, 300) == [50, 200]  # factor 4 by default
+    assert PruningSettings(rule="halving").rungs(50, 300) == [50, 150]
     assert PruningSettings(rule="halving", min_steps=100, reduction_factor=2).rungs(50, 1000) == [100, 200, 400, 800]
     assert PruningSettings().rungs(50, 300) == [] and PruningSettings(rule="none").rungs(50, 300) == []
     with pytest.raises(ConfigError, match="min_steps 75 is not a multiple of eval_every 50.*use 50"):
@@ -27,6 +27,7 @@ def test_rungs_sit_on_evaluations_before_the_end_of_the_run() -> None:
 @pytest.mark.parametrize("pruning, message", [
     ({"rule": "hyperband"}, "pruning.rule 'hyperband': choose one of median, halving, none"),
     ({"rule": "halving", "reduction_factor": 1}, "pruning.reduction_factor: must be 2 or more"),
+    ({"rule": "halving", "rung_ties": "crowding"}, "pruning.rung_ties 'crowding': choose one of keep, hypervolume"),
     ({"rule": "halving", "min_steps": 0}, "pruning.min_steps: must be > 0"),
     ({"baseline_patience": 0}, "pruning.baseline_patience: must be > 0"),
 ])
@@ -59,7 +60,7 @@ def test_single_objective_halving_is_optunas_successive_halving_at_the_rungs() -
 def test_pareto_halving_keeps_the_rungs_front_and_stops_what_it_dominates() -> None:
     storage = optuna.storages.InMemoryStorage()
     study = optuna.create_study(storage=storage, directions=["maximize", "minimize"])
-    rule = PruningRule(PruningSettings(rule="halving", baseline_patience=99, reduction_factor=3), multi=True,
+    rule = PruningRule(PruningSettings(rule="halving", baseline_patience=99, rung_ties="hypervolume"), multi=True,
                        baseline=0.5, margin=0.05, storage=storage, rungs=[2, 6])
     big = study.ask()
     rule.check(big, 2, 0.9, 200)

@@ -144,7 +144,7 @@ def test_hopeless_trials_are_pruned_early_in_both_modes(study_file: Path, tmp_pa
 def test_halving_rungs_run_through_the_search_in_both_modes(study_file: Path, tmp_path: Path, objective: str) -> None:
     """Rungs at steps 3 and 9 of 12 (eval every 3): a trial stops only at a rung, with the rung rule's reason."""
     config = yaml.safe_load(study_file.read_text())
-    config["pruning"] = {"rule": "halving", "min_steps": 3, "reduction_factor": 3, "baseline_patience": 99}
+    config["pruning"] = {"rule": "halving", "min_steps": 3, "baseline_patience": 99}
     study_file.write_text(yaml.safe_dump(config))
     assert main(["search", "--config", str(study_file), "--space", str(_space(tmp_path)), "--study", objective,
                  "--objective", objective, "--trials", "4", "--quiet"]) == 0

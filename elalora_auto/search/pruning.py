@@ -19,9 +19,10 @@ around Optuna's own MedianPruner or SuccessiveHalvingPruner).
    goes on only if it is among the best 1/reduction_factor of all trials that reached that rung so far (any state;
    the first ones always go on). Single objective: Optuna's SuccessiveHalvingPruner (asynchronous successive
    halving) on the metric. Pareto mode: "best" is the non-dominated rank of (metric at the rung, trainable
-   parameters at the rung) among those trials: whole fronts fill the quota, and the front that overflows it is
-   split by each point's hypervolume contribution, so a small trial on the rung's front goes on even if bigger
-   ones score more, as long as it adds area to the front.
+   parameters at the rung) among those trials: whole fronts fill the quota, and the front that overflows it goes
+   on whole (`rung_ties: keep`, the default) or only up to the quota, by each point's hypervolume contribution
+   (`rung_ties: hypervolume`). Either way a small trial on the rung's front can go on even if bigger ones score
+   more.
 4. `none`: values are recorded, nothing is stopped.
 """
 
@@ -64,7 +65,7 @@ def rung_cutoff(points: Sequence[tuple[float, float]], reduction_factor: int,
     Whole fronts fill the quota, best first. The front that overflows it is split by each point's hypervolume
     contribution within that front, bounded by `reference` (a metric floor and a size ceiling), so no more than the
     quota goes on; ties on size then favour the smaller adapter. Without a `reference` the whole front goes on
-    (the first rule: on SST-2 small adapters tied on one front then passed every rung, BENCHMARKS.md).
+    (`rung_ties: keep`).
     """
     ranks = front_ranks(points)
     kept = max(1, len(points) // reduction_factor)
@@ -200,10 +201,12 @@ class PruningRule:
             for t in trial.study.get_trials(deepcopy=False)
             if t.number != trial.number and step in t.intermediate_values
             and str(step) in t.user_attrs.get(RUNG_SIZES, {})]
+        split = self.settings.rung_ties == "hypervolume"
         ranks, kept, goes_on = rung_cutoff(points, self.settings.reduction_factor,
-                                           reference_point(points, self.baseline))
+                                           reference_point(points, self.baseline) if split else None)
         if goes_on[0]:
             return None
         return (f"at rung {self.rungs.index(step)} (step {step}), {value:.4f} with {size:,} parameters is on "
                 f"non-dominated front {ranks[0] + 1} of {len(points)} trials; only the best {kept} "
-                f"(1/{self.settings.reduction_factor}, by front, then by hypervolume contribution) go on")
+                f"(1/{self.settings.reduction_factor}, by front{', then by hypervolume contribution' if split else ''}) "
+                "go on")

@@ -25,6 +25,7 @@ GRACE_PERIOD_S = 180
 
 
 PRUNING_RULES = ("median", "halving", "none")
+RUNG_TIES = ("keep", "hypervolume")
 
 
 @dataclass
@@ -40,7 +41,10 @@ class PruningSettings:
     n_warmup_evals: int = 1
     baseline_patience: int = 2
     min_steps: int | None = None  # halving: the first rung; default: the evaluation interval
-    reduction_factor: int = 4  # Optuna's SuccessiveHalvingPruner default; measured in BENCHMARKS.md
+    reduction_factor: int = 3
+    # Pareto halving: when a rung's quota ends inside a front, `keep` lets the whole front go on; `hypervolume` lets
+    # only the quota go on, by hypervolume contribution (fewer steps, but it lost 8.6% of a front: BENCHMARKS.md)
+    rung_ties: str = "keep"
 
     def validate(self) -> None:
         check_fields(self, "pruning.", positive=("n_startup_trials", "baseline_patience", "min_steps"),
@@ -49,6 +53,8 @@ class PruningSettings:
             raise ConfigError(f"pruning.rule {self.rule!r}: choose one of {', '.join(PRUNING_RULES)}")
         if self.reduction_factor < 2:
             raise ConfigError(f"pruning.reduction_factor: must be 2 or more, got {self.reduction_factor}")
+        if self.rung_ties not in RUNG_TIES:
+            raise ConfigError(f"pruning.rung_ties {self.rung_ties!r}: choose one of {', '.join(RUNG_TIES)}")
 
     def rungs(self, eval_every: int, total_steps: int) -> list[int]:
         """The halving rule's rung steps before the end of the run (empty for the other rules).
