@@ -111,7 +111,7 @@ def table(studies: list[dict[str, Any]]) -> str:
             full_steps = sum(r["steps"] for r in full["rows"])
             full_volume = hypervolume(front_points(full), reference)
             vs, kept = f"{steps / full_steps:.0%}", f"{volume / full_volume:.1%}" if full_volume else "n/a"
-            ratios.append((f"{config}, seed {seed}", steps / full_steps,
+            ratios.append((f"{config}, seed {seed}, {arm}", steps / full_steps,
                            volume / full_volume if full_volume else float("nan")))
         lines.append(f"| {config} | {seed} | {arm} | {len(states)} ({states.count('COMPLETE')} / "
                      f"{states.count('PRUNED')}) | {cleared} of {states.count('COMPLETE')} | {steps:,} | "
