@@ -63,7 +63,8 @@ def run_study(config: str, arm: str, seed: int, trials: int, eval_every: int, wo
                            # the learning curve, so bench/rung_replay.py --results works without the journal
                            "curve": {str(step): value for step, value in sorted(t.intermediate_values.items())}})
     return {"config": config, "arm": arm, "seed": seed, "trials": trials, "eval_every": eval_every,
-            "total_steps": total, "pruning": dataclasses.asdict(settings.pruning), "baseline": study.user_attrs["settings"].get("baseline"),
+            "total_steps": total, "pruning": dataclasses.asdict(settings.pruning),
+            "baseline": study.user_attrs["settings"].get("baseline"),
             "run_wall_s": round(time.monotonic() - start, 1), "rows": trial_rows}
 
 

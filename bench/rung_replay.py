@@ -25,6 +25,8 @@ from typing import Any, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OUT  # noqa: E402
 
+from elalora_auto.search.settings import RUNG_TIES  # noqa: E402
+
 JOURNAL = OUT / "multifidelity" / "optuna-journal.log"
 Curve = tuple[dict[int, float], float, float]  # {step: metric} before the end, final metric, final size
 
@@ -77,13 +79,13 @@ def results_curves(results: Path) -> dict[str, tuple[list[Curve], int, float]]:
 
 def replay(curves: Sequence[Curve], total: int, rungs: Sequence[int], reduction_factor: int, baseline: float,
            margin: float, patience: int, best_so_far: bool = False,
-           ties: str = "hypervolume") -> tuple[int, list[tuple[float, float]]]:
+           ties: str = "keep") -> tuple[int, list[tuple[float, float]]]:
     """Optimizer steps used and the (metric, size) points of the trials that would have run to the end.
 
     `best_so_far`: a trial enters a rung with its best evaluation up to it, not the one at it (an experiment: a
     curve that dips at the rung step is not judged by the dip; the search itself uses the value at the rung).
-    `ties`: "hypervolume" splits the front that overflows a rung's quota as the search does; "keep" lets the whole
-    front go on (the rule before 2026-12-03)."""
+    `ties`: the search's `pruning.rung_ties` for the front that overflows a rung's quota: "keep" (the default) lets
+    it go on whole, "hypervolume" splits it by hypervolume contribution."""
     from elalora_auto.search.pareto import reference_point
     from elalora_auto.search.pruning import baseline_reason, rung_cutoff
     from elalora_auto.search.settings import PruningSettings
@@ -115,7 +117,7 @@ def replay(curves: Sequence[Curve], total: int, rungs: Sequence[int], reduction_
 
 def table(studies: dict[str, tuple[list[Curve], int, float]], variants: Sequence[tuple[int, int]],
           margin: float | None, patience: int, best_so_far: bool = False,
-          ties: Sequence[str] = ("hypervolume",)) -> str:
+          ties: Sequence[str] = ("keep",)) -> str:
     """`margin` None: each study's own, from its study file (the name bench/multifidelity.py gives it)."""
     from multifidelity import baseline_margin
 
@@ -163,9 +165,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--patience", type=int, default=2, help="the baseline rule's patience (the default 2)")
     parser.add_argument("--best-so-far", action="store_true",
                         help="judge a trial at a rung by its best evaluation so far (the search: the one at the rung)")
-    parser.add_argument("--ties", nargs="+", choices=("hypervolume", "keep"), default=["hypervolume", "keep"],
-                        help="how the front that overflows a rung's quota is treated: split by hypervolume "
-                             "contribution (the search) or all go on (the rule before 2026-12-03)")
+    parser.add_argument("--ties", nargs="+", choices=RUNG_TIES, default=list(RUNG_TIES),
+                        help="the search's pruning.rung_ties values to replay (default: both): keep lets the front "
+                             "that overflows a rung's quota go on whole, hypervolume splits it by contribution")
     args = parser.parse_args(argv)
     source = args.results or args.journal
     if not source.is_file():

@@ -70,9 +70,9 @@ def rung_cutoff(points: Sequence[tuple[float, float]], reduction_factor: int,
     ranks = front_ranks(points)
     kept = max(1, len(points) // reduction_factor)
     cutoff = sorted(ranks)[kept - 1]
-    tied = [i for i, rank in enumerate(ranks) if rank == cutoff]
     if reference is None:
         return ranks, kept, [rank <= cutoff for rank in ranks]
+    tied = [i for i, rank in enumerate(ranks) if rank == cutoff]
     room = kept - sum(rank < cutoff for rank in ranks)
     whole = hypervolume([points[i] for i in tied], reference)
     gain = {i: whole - hypervolume([points[j] for j in tied if j != i], reference) for i in tied}
