@@ -33,7 +33,9 @@ from common import GLUE, OUT, append_jsonl, machine_note, read_jsonl  # noqa: E4
 RESULTS = Path(__file__).resolve().parent / "results" / "multifidelity.jsonl"
 ARMS = {"unpruned": {"rule": "none"}, "halving": {"rule": "halving"},
         # the quota-strict variant measured on 2026-12-03 (rung_ties: hypervolume, Optuna's reduction factor 4)
-        "halving-strict": {"rule": "halving", "reduction_factor": 4, "rung_ties": "hypervolume"}}
+        "halving-strict": {"rule": "halving", "reduction_factor": 4, "rung_ties": "hypervolume"},
+        # between the two: the whole front goes on until a rung holds 3 x 3 trials, then only the quota (2026-12-03)
+        "halving-adaptive": {"rule": "halving", "rung_ties": "adaptive"}}
 
 
 def study_name(config: str, arm: str, seed: int, trials: int) -> str:

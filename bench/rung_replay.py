@@ -25,9 +25,12 @@ from typing import Any, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OUT  # noqa: E402
 
+from elalora_auto.search.pruning import SPLIT_FROM  # noqa: E402
 from elalora_auto.search.settings import RUNG_TIES  # noqa: E402
 
 JOURNAL = OUT / "multifidelity" / "optuna-journal.log"
+TIES_LABEL = {"keep": "all go on", "hypervolume": "split by hypervolume contribution",
+              "adaptive": f"all go on until the rung holds {SPLIT_FROM} x the factor, then split"}
 Curve = tuple[dict[int, float], float, float]  # {step: metric} before the end, final metric, final size
 
 
@@ -85,9 +88,10 @@ def replay(curves: Sequence[Curve], total: int, rungs: Sequence[int], reduction_
     `best_so_far`: a trial enters a rung with its best evaluation up to it, not the one at it (an experiment: a
     curve that dips at the rung step is not judged by the dip; the search itself uses the value at the rung).
     `ties`: the search's `pruning.rung_ties` for the front that overflows a rung's quota: "keep" (the default) lets
-    it go on whole, "hypervolume" splits it by hypervolume contribution."""
+    it go on whole, "hypervolume" splits it by hypervolume contribution, "adaptive" splits it once the rung holds
+    pruning.SPLIT_FROM x reduction_factor trials."""
     from elalora_auto.search.pareto import reference_point
-    from elalora_auto.search.pruning import baseline_reason, rung_cutoff
+    from elalora_auto.search.pruning import baseline_reason, rung_cutoff, splits_front
     from elalora_auto.search.settings import PruningSettings
 
     settings = PruningSettings(rule="halving", baseline_patience=patience)
@@ -103,7 +107,8 @@ def replay(curves: Sequence[Curve], total: int, rungs: Sequence[int], reduction_
             elif step in reached:
                 point = (max(seen) if best_so_far else values[step], size)
                 points = [point] + reached[step]
-                reference = reference_point(points, baseline) if ties == "hypervolume" else None
+                reference = reference_point(points, baseline) if splits_front(ties, len(points), reduction_factor) \
+                    else None
                 reached[step].append(point)
                 if not rung_cutoff(points, reduction_factor, reference)[2][0]:
                     stopped_at = step
@@ -137,7 +142,7 @@ def table(studies: dict[str, tuple[list[Curve], int, float]], variants: Sequence
             steps, complete = replay(curves, total, rungs, factor, baseline, study_margin, patience, best_so_far,
                                      rule)
             lines.append(f"| {name} | {min_steps} | {factor} | {', '.join(map(str, rungs))} | "
-                         f"{'split by hypervolume contribution' if rule == 'hypervolume' else 'all go on'} | "
+                         f"{TIES_LABEL[rule]} | "
                          f"{len(complete)} of {len(curves)} | {steps / (total * len(curves)):.0%} | "
                          f"{hypervolume(complete, ref) / full_volume:.1%} |")
     return "\n".join(lines)
@@ -166,8 +171,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--best-so-far", action="store_true",
                         help="judge a trial at a rung by its best evaluation so far (the search: the one at the rung)")
     parser.add_argument("--ties", nargs="+", choices=RUNG_TIES, default=list(RUNG_TIES),
-                        help="the search's pruning.rung_ties values to replay (default: both): keep lets the front "
-                             "that overflows a rung's quota go on whole, hypervolume splits it by contribution")
+                        help="the search's pruning.rung_ties values to replay (default: all): keep lets the front "
+                             "that overflows a rung's quota go on whole, hypervolume splits it by contribution, "
+                             f"adaptive splits it once the rung holds {SPLIT_FROM} x the reduction factor trials")
     args = parser.parse_args(argv)
     source = args.results or args.journal
     if not source.is_file():

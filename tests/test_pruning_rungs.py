@@ -27,7 +27,8 @@ def test_rungs_sit_on_evaluations_before_the_end_of_the_run() -> None:
 @pytest.mark.parametrize("pruning, message", [
     ({"rule": "hyperband"}, "pruning.rule 'hyperband': choose one of median, halving, none"),
     ({"rule": "halving", "reduction_factor": 1}, "pruning.reduction_factor: must be 2 or more"),
-    ({"rule": "halving", "rung_ties": "crowding"}, "pruning.rung_ties 'crowding': choose one of keep, hypervolume"),
+    ({"rule": "halving", "rung_ties": "crowding"},
+     "pruning.rung_ties 'crowding': choose one of keep, hypervolume, adaptive"),
     ({"rule": "halving", "min_steps": 0}, "pruning.min_steps: must be > 0"),
     ({"baseline_patience": 0}, "pruning.baseline_patience: must be > 0"),
 ])
@@ -90,6 +91,25 @@ def test_rung_cutoff_fills_the_quota_by_front_then_by_hypervolume_contribution()
     assert goes_on == [True, True, False, True, False, False]
     assert rung_cutoff(points, 2)[2] == [True, True, False, True, False, True]
     assert rung_cutoff([(0.7, 50.0), (0.7, 50.0)], 2, reference=(0.5, 55.0))[2] == [True, False]  # equal: first  # no reference: the whole front goes on
+
+
+@pytest.mark.parametrize("earlier, goes_on", [(4, True), (5, False)])
+def test_adaptive_rung_ties_keep_the_whole_front_until_the_rung_holds_enough_trials(earlier: int,
+                                                                                     goes_on: bool) -> None:
+    """`rung_ties: adaptive`, factor 2: a rung of 5 trials lets its whole front go on, one of 6 (SPLIT_FROM x 2)
+    splits it. The last trial is on the front (the best metric) but adds almost no hypervolume."""
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, directions=["maximize", "minimize"])
+    rule = PruningRule(PruningSettings(rule="halving", baseline_patience=99, reduction_factor=2, rung_ties="adaptive"),
+                       multi=True, baseline=0.5, margin=0.05, storage=storage, rungs=[2])
+    for value, size in [(0.6, 10), (0.7, 20), (0.8, 40), (0.85, 80), (0.9, 160)][:earlier]:
+        rule.check(study.ask(), 2, value, size)  # every one on the front so far: all go on
+    last = study.ask()
+    if goes_on:
+        rule.check(last, 2, 0.901, 1000)
+    else:
+        with pytest.raises(optuna.TrialPruned, match=r"front 1 of 6 trials; only the best 3 \(1/2, by front, then by"):
+            rule.check(last, 2, 0.901, 1000)
 
 
 def test_rule_none_records_every_value_and_stops_nothing() -> None:

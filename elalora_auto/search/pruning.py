@@ -21,8 +21,10 @@ around Optuna's own MedianPruner or SuccessiveHalvingPruner).
    halving) on the metric. Pareto mode: "best" is the non-dominated rank of (metric at the rung, trainable
    parameters at the rung) among those trials: whole fronts fill the quota, and the front that overflows it goes
    on whole (`rung_ties: keep`, the default) or only up to the quota, by each point's hypervolume contribution
-   (`rung_ties: hypervolume`). Either way a small trial on the rung's front can go on even if bigger ones score
-   more.
+   (`rung_ties: hypervolume`), or whole until the rung holds `SPLIT_FROM` x reduction_factor trials and split
+   from then on (`rung_ties: adaptive`: a rung's first trials are TPE's random start-up, their front is thin and
+   its small end is still learning, so a strict quota there loses it). Either way a small trial on the rung's
+   front can go on even if bigger ones score more.
 4. `none`: values are recorded, nothing is stopped.
 """
 
@@ -45,6 +47,12 @@ RUNG_SIZES = "rung_sizes"  # trial user attr: {rung step: trainable parameters t
 # every Pareto search with a pruned trial crashed once TPE's startup trials were done. As infeasible points (what
 # they are as front candidates) TPE counts them among the bad trials without reading their values.
 PRUNED = "pruned"
+SPLIT_FROM = 3  # `rung_ties: adaptive` splits a rung's overflowing front once it holds this many x reduction_factor
+
+
+def splits_front(rung_ties: str, n_points: int, reduction_factor: int) -> bool:
+    """Whether a rung of `n_points` trials splits the front that overflows its quota (`PruningSettings.rung_ties`)."""
+    return rung_ties == "hypervolume" or (rung_ties == "adaptive" and n_points >= SPLIT_FROM * reduction_factor)
 
 
 def baseline_reason(values: Sequence[float], step: int, settings: PruningSettings, baseline: float | None,
@@ -201,7 +209,7 @@ class PruningRule:
             for t in trial.study.get_trials(deepcopy=False)
             if t.number != trial.number and step in t.intermediate_values
             and str(step) in t.user_attrs.get(RUNG_SIZES, {})]
-        split = self.settings.rung_ties == "hypervolume"
+        split = splits_front(self.settings.rung_ties, len(points), self.settings.reduction_factor)
         ranks, kept, goes_on = rung_cutoff(points, self.settings.reduction_factor,
                                            reference_point(points, self.baseline) if split else None)
         if goes_on[0]:

@@ -25,7 +25,7 @@ GRACE_PERIOD_S = 180
 
 
 PRUNING_RULES = ("median", "halving", "none")
-RUNG_TIES = ("keep", "hypervolume")
+RUNG_TIES = ("keep", "hypervolume", "adaptive")
 
 
 @dataclass
@@ -43,7 +43,8 @@ class PruningSettings:
     min_steps: int | None = None  # halving: the first rung; default: the evaluation interval
     reduction_factor: int = 3
     # Pareto halving: when a rung's quota ends inside a front, `keep` lets the whole front go on; `hypervolume` lets
-    # only the quota go on, by hypervolume contribution (fewer steps, but it lost 8.6% of a front: BENCHMARKS.md)
+    # only the quota go on, by hypervolume contribution (fewer steps, but it lost 8.6% of a front: BENCHMARKS.md);
+    # `adaptive` keeps while the rung holds fewer than SPLIT_FROM x reduction_factor trials, then splits
     rung_ties: str = "keep"
 
     def validate(self) -> None:
