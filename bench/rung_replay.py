@@ -82,14 +82,14 @@ def results_curves(results: Path) -> dict[str, tuple[list[Curve], int, float]]:
 
 def replay(curves: Sequence[Curve], total: int, rungs: Sequence[int], reduction_factor: int, baseline: float,
            margin: float, patience: int, best_so_far: bool = False,
-           ties: str = "keep") -> tuple[int, list[tuple[float, float]]]:
+           ties: str = "adaptive") -> tuple[int, list[tuple[float, float]]]:
     """Optimizer steps used and the (metric, size) points of the trials that would have run to the end.
 
     `best_so_far`: a trial enters a rung with its best evaluation up to it, not the one at it (an experiment: a
     curve that dips at the rung step is not judged by the dip; the search itself uses the value at the rung).
-    `ties`: the search's `pruning.rung_ties` for the front that overflows a rung's quota: "keep" (the default) lets
+    `ties`: the search's `pruning.rung_ties` for the front that overflows a rung's quota: "keep" lets
     it go on whole, "hypervolume" splits it by hypervolume contribution, "adaptive" splits it once the rung holds
-    pruning.SPLIT_FROM x reduction_factor trials."""
+    pruning.SPLIT_FROM x reduction_factor trials (the default)."""
     from elalora_auto.search.pareto import reference_point
     from elalora_auto.search.pruning import baseline_reason, rung_cutoff, splits_front
     from elalora_auto.search.settings import PruningSettings
@@ -122,7 +122,7 @@ def replay(curves: Sequence[Curve], total: int, rungs: Sequence[int], reduction_
 
 def table(studies: dict[str, tuple[list[Curve], int, float]], variants: Sequence[tuple[int, int]],
           margin: float | None, patience: int, best_so_far: bool = False,
-          ties: Sequence[str] = ("keep",)) -> str:
+          ties: Sequence[str] = ("adaptive",)) -> str:
     """`margin` None: each study's own, from its study file (the name bench/multifidelity.py gives it)."""
     from multifidelity import baseline_margin
 

@@ -25,7 +25,7 @@ def load_replay():
     return load_module().replay
 
 
-@pytest.mark.parametrize("ties", ["keep", "hypervolume"])
+@pytest.mark.parametrize("ties", ["keep", "hypervolume", "adaptive"])
 def test_replay_stops_what_the_rules_stop(ties: str) -> None:
     replay = load_replay()
     curves = [
@@ -33,13 +33,14 @@ def test_replay_stops_what_the_rules_stop(ties: str) -> None:
         ({50: 0.60, 100: 0.70}, 0.80, 200.0),  # worse and larger at step 50: dominated, only the best 1 of 2 go on
         # smallest, so on the front at step 50 with the first trial, 1 place for 2: "keep" lets both go on (then
         # the baseline rule stops it at step 100); split by hypervolume contribution it adds 0.01 x 50, the first
-        # trial 0.19 x 120, so it stops at the rung
+        # trial 0.19 x 120, so it stops at the rung; "adaptive" keeps like "keep" (3 trials at the rung, it splits
+        # from SPLIT_FROM x 2 = 6)
         ({50: 0.51, 100: 0.51}, 0.51, 50.0),
         ({50: 0.75, 100: 0.82}, 0.86, 100.0),  # dominates the first: goes on
     ]
     steps, complete = replay(curves, total=150, rungs=[50], reduction_factor=2, baseline=0.5, margin=0.02,
                              patience=2, ties=ties)
-    assert steps == 150 + 50 + (100 if ties == "keep" else 50) + 150
+    assert steps == 150 + 50 + (50 if ties == "hypervolume" else 100) + 150
     assert complete == [(0.85, 100.0), (0.86, 100.0)]
 
 

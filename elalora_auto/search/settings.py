@@ -44,8 +44,9 @@ class PruningSettings:
     reduction_factor: int = 3
     # Pareto halving: when a rung's quota ends inside a front, `keep` lets the whole front go on; `hypervolume` lets
     # only the quota go on, by hypervolume contribution (fewer steps, but it lost 8.6% of a front: BENCHMARKS.md);
-    # `adaptive` keeps while the rung holds fewer than SPLIT_FROM x reduction_factor trials, then splits
-    rung_ties: str = "keep"
+    # `adaptive` (the default: the one rule that met both multi-fidelity targets on both seeds) keeps while the rung
+    # holds fewer than pruning.SPLIT_FROM x reduction_factor trials, then splits
+    rung_ties: str = "adaptive"
 
     def validate(self) -> None:
         check_fields(self, "pruning.", positive=("n_startup_trials", "baseline_patience", "min_steps"),
