@@ -22,9 +22,9 @@ around Optuna's own MedianPruner or SuccessiveHalvingPruner).
    parameters at the rung) among those trials: whole fronts fill the quota, and the front that overflows it goes
    on whole (`rung_ties: keep`) or only up to the quota, by each point's hypervolume contribution
    (`rung_ties: hypervolume`), or whole until the rung holds `SPLIT_FROM` x reduction_factor trials and split
-   from then on (`rung_ties: adaptive`, the default: a rung's first trials are TPE's random start-up, their front is thin and
-   its small end is still learning, so a strict quota there loses it). Either way a small trial on the rung's
-   front can go on even if bigger ones score more.
+   from then on (`rung_ties: adaptive`, the default: a rung's first trials are TPE's random start-up, their front
+   is thin and its small end is still learning, so a strict quota there loses it). Either way a small trial on
+   the rung's front can go on even if bigger ones score more.
 4. `none`: values are recorded, nothing is stopped.
 """
 
