@@ -107,8 +107,8 @@ def replay(curves: Sequence[Curve], total: int, rungs: Sequence[int], reduction_
             elif step in reached:
                 point = (max(seen) if best_so_far else values[step], size)
                 points = [point] + reached[step]
-                reference = reference_point(points, baseline) if splits_front(ties, len(points), reduction_factor) \
-                    else None
+                split = splits_front(ties, len(points), reduction_factor)  # as PruningRule._rung_reason decides
+                reference = reference_point(points, baseline) if split else None
                 reached[step].append(point)
                 if not rung_cutoff(points, reduction_factor, reference)[2][0]:
                     stopped_at = step
