@@ -20,13 +20,13 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OUT  # noqa: E402
 
 from elalora_auto.search.pruning import SPLIT_FROM  # noqa: E402
-from elalora_auto.search.settings import RUNG_TIES  # noqa: E402
+from elalora_auto.search.settings import RUNG_TIES, PruningSettings  # noqa: E402
 
 JOURNAL = OUT / "multifidelity" / "optuna-journal.log"
 TIES_LABEL = {"keep": "all go on", "hypervolume": "split by hypervolume contribution",
@@ -80,10 +80,31 @@ def results_curves(results: Path) -> dict[str, tuple[list[Curve], int, float]]:
     return out
 
 
+def replay_loop(curves: Sequence[Curve], total: int, stops: Callable[[list[float], int, float, list[Curve]], bool],
+                every: int = 1) -> tuple[int, list[tuple[float, float]]]:
+    """Optimizer steps used and the (metric, size) points of the trials that would have run to the end.
+
+    Trials go in study order, each through its curve's evaluations before the end (`every`: only those at
+    multiples of it, for a rule replayed at a longer evaluation interval than the curves') until `stops(values so far, step, size, curves of the trials that ran to the end)` says so."""
+    steps, finished = 0, []
+    for values, final, size in curves:
+        seen: list[float] = []
+        stopped_at = None
+        for step in sorted(s for s in values if s < total and s % every == 0):
+            seen.append(values[step])
+            if stops(seen, step, size, finished):
+                stopped_at = step
+                break
+        steps += total if stopped_at is None else stopped_at
+        if stopped_at is None:
+            finished.append((values, final, size))
+    return steps, [(final, size) for _, final, size in finished]
+
+
 def replay(curves: Sequence[Curve], total: int, rungs: Sequence[int], reduction_factor: int, baseline: float,
            margin: float, patience: int, best_so_far: bool = False,
            ties: str = "adaptive") -> tuple[int, list[tuple[float, float]]]:
-    """Optimizer steps used and the (metric, size) points of the trials that would have run to the end.
+    """The halving rule: steps used and the points of the trials that run to the end (`replay_loop`).
 
     `best_so_far`: a trial enters a rung with its best evaluation up to it, not the one at it (an experiment: a
     curve that dips at the rung step is not judged by the dip; the search itself uses the value at the rung).
@@ -92,60 +113,76 @@ def replay(curves: Sequence[Curve], total: int, rungs: Sequence[int], reduction_
     pruning.SPLIT_FROM x reduction_factor trials (the default)."""
     from elalora_auto.search.pareto import reference_point
     from elalora_auto.search.pruning import baseline_reason, rung_cutoff, splits_front
-    from elalora_auto.search.settings import PruningSettings
-
     settings = PruningSettings(rule="halving", baseline_patience=patience)
     reached: dict[int, list[tuple[float, float]]] = {rung: [] for rung in rungs}
-    steps, complete = 0, []
-    for values, final, size in curves:
-        seen: list[float] = []
-        stopped_at = None
-        for step in sorted(s for s in values if s < total):
-            seen.append(values[step])
-            if baseline_reason(seen, step, settings, baseline, margin) is not None:
-                stopped_at = step
-            elif step in reached:
-                point = (max(seen) if best_so_far else values[step], size)
-                points = [point] + reached[step]
-                split = splits_front(ties, len(points), reduction_factor)  # as PruningRule._rung_reason decides
-                reference = reference_point(points, baseline) if split else None
-                reached[step].append(point)
-                if not rung_cutoff(points, reduction_factor, reference)[2][0]:
-                    stopped_at = step
-            if stopped_at is not None:
-                break
-        steps += total if stopped_at is None else stopped_at
-        if stopped_at is None:
-            complete.append((final, size))
-    return steps, complete
+
+    def stops(seen: list[float], step: int, size: float, finished: list[Curve]) -> bool:
+        if baseline_reason(seen, step, settings, baseline, margin) is not None:
+            return True
+        if step not in reached:
+            return False
+        point = (max(seen) if best_so_far else seen[-1], size)
+        points = [point] + reached[step]
+        split = splits_front(ties, len(points), reduction_factor)  # as PruningRule._rung_reason decides
+        reference = reference_point(points, baseline) if split else None
+        reached[step].append(point)
+        return not rung_cutoff(points, reduction_factor, reference)[2][0]
+
+    return replay_loop(curves, total, stops)
+
+
+def replay_median(curves: Sequence[Curve], total: int, every: int, baseline: float, margin: float,
+                  settings: PruningSettings) -> tuple[int, list[tuple[float, float]]]:
+    """The Pareto median rule (`pruning.median_reason`, plus the baseline rule) with evaluations every `every`
+    steps: the search's default rule, replayed on the same curves as the rungs so their costs compare."""
+    from elalora_auto.search.pruning import baseline_reason, median_reason
+
+    def stops(seen: list[float], step: int, size: float, finished: list[Curve]) -> bool:
+        peers = [values[step] for values, _, peer_size in finished if step in values and peer_size <= size]
+        return (baseline_reason(seen, step, settings, baseline, margin) is not None
+                or median_reason(seen, step, int(size), peers, settings) is not None)
+
+    return replay_loop(curves, total, stops, every)
 
 
 def table(studies: dict[str, tuple[list[Curve], int, float]], variants: Sequence[tuple[int, int]],
           margin: float | None, patience: int, best_so_far: bool = False,
-          ties: Sequence[str] = ("adaptive",)) -> str:
-    """`margin` None: each study's own, from its study file (the name bench/multifidelity.py gives it)."""
+          ties: Sequence[str] = ("adaptive",), median_every: Sequence[int] = ()) -> str:
+    """`margin` None: each study's own, from its study file (the name bench/multifidelity.py gives it).
+    `median_every`: evaluation intervals at which to replay the median rule too (its rows name no rungs)."""
     from multifidelity import baseline_margin
 
     from elalora_auto.search.pareto import hypervolume
-    from elalora_auto.search.settings import PruningSettings
 
-    lines = ["| study | min_steps | reduction factor | rungs | front overflowing the quota | complete | steps vs unpruned "
-             "| hypervolume kept |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| study | rule | min_steps | reduction factor | rungs | front overflowing the quota | complete "
+             "| steps vs unpruned | hypervolume kept |", "|---|---|---|---|---|---|---|---|---|"]
     for name, (curves, total, baseline) in sorted(studies.items()):
         full = [(final, size) for _, final, size in curves]
         ref = (baseline, 1.1 * max(size for _, size in full))
         full_volume = hypervolume(full, ref)
         study_margin = baseline_margin(config_of(name)) if margin is None else margin
-        for (min_steps, factor), rule in ((variant, rule) for variant in variants for rule in ties):
-            rungs = PruningSettings(rule="halving", min_steps=min_steps, reduction_factor=factor).rungs(
-                min_steps, total)
-            steps, complete = replay(curves, total, rungs, factor, baseline, study_margin, patience, best_so_far,
-                                     rule)
-            lines.append(f"| {name} | {min_steps} | {factor} | {', '.join(map(str, rungs))} | "
-                         f"{TIES_LABEL[rule]} | "
-                         f"{len(complete)} of {len(curves)} | {steps / (total * len(curves)):.0%} | "
-                         f"{hypervolume(complete, ref) / full_volume:.1%} |")
+        for cells, (steps, complete) in replays(curves, total, baseline, study_margin, patience, variants, ties,
+                                                best_so_far, median_every):
+            lines.append(f"| {name} | {cells} | {len(complete)} of {len(curves)} | "
+                         f"{steps / (total * len(curves)):.0%} | {hypervolume(complete, ref) / full_volume:.1%} |")
     return "\n".join(lines)
+
+
+def replays(curves: Sequence[Curve], total: int, baseline: float, margin: float, patience: int,
+            variants: Sequence[tuple[int, int]], ties: Sequence[str], best_so_far: bool,
+            median_every: Sequence[int]) -> list[tuple[str, tuple[int, list[tuple[float, float]]]]]:
+    """One study's replays as (table cells naming the rule, its result): each rung variant under each `ties`
+    rule, then the median rule at each evaluation interval (the search's median defaults otherwise)."""
+    out = []
+    for (min_steps, factor), rule in ((variant, rule) for variant in variants for rule in ties):
+        rungs = PruningSettings(rule="halving", min_steps=min_steps, reduction_factor=factor).rungs(min_steps, total)
+        out.append((f"halving | {min_steps} | {factor} | {', '.join(map(str, rungs))} | {TIES_LABEL[rule]}",
+                    replay(curves, total, rungs, factor, baseline, margin, patience, best_so_far, rule)))
+    for every in median_every:
+        settings = PruningSettings(rule="median", baseline_patience=patience)
+        out.append((f"median, evaluations every {every} steps | - | - | - | -",
+                    replay_median(curves, total, every, baseline, margin, settings)))
+    return out
 
 
 def config_of(study_name: str) -> str:
@@ -174,13 +211,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="the search's pruning.rung_ties values to replay (default: all): keep lets the front "
                              "that overflows a rung's quota go on whole, hypervolume splits it by contribution, "
                              f"adaptive splits it once the rung holds {SPLIT_FROM} x the reduction factor trials")
+    parser.add_argument("--median", nargs="*", type=int, default=[], metavar="EVAL_EVERY",
+                        help="also replay the median rule (the search's default) at these evaluation intervals, "
+                             "multiples of the curves' own (for example 50 100)")
     args = parser.parse_args(argv)
     source = args.results or args.journal
     if not source.is_file():
         raise SystemExit(f"no file at {source}: run bench/multifidelity.py first")
     variants = [parse_variant(v) if isinstance(v, str) else v for v in args.variants]
     studies = results_curves(source) if args.results else unpruned_curves(source)
-    print(table(studies, variants, args.margin, args.patience, args.best_so_far, args.ties))
+    print(table(studies, variants, args.margin, args.patience, args.best_so_far, args.ties, args.median))
 
 
 if __name__ == "__main__":

@@ -55,6 +55,24 @@ def test_best_so_far_judges_a_dipping_curve_by_its_best_evaluation() -> None:
     assert replay(curves, **args, best_so_far=True)[1] == [(0.80, 100.0), (0.84, 100.0)]
 
 
+def test_median_replay_stops_a_trial_below_the_median_of_no_larger_complete_trials() -> None:
+    from elalora_auto.search.settings import PruningSettings
+
+    replay_median = load_module().replay_median
+    peers = [({50: 0.70, 100: 0.80}, 0.85, 100.0), ({50: 0.72, 100: 0.82}, 0.86, 100.0),
+             ({50: 0.74, 100: 0.84}, 0.87, 100.0)]
+    curves = peers + [
+        ({50: 0.60, 100: 0.70}, 0.75, 100.0),  # below the median 0.82 of 3 peers at step 100: stops there
+        ({50: 0.60, 100: 0.70}, 0.75, 50.0),  # the same curve, smaller than every peer: nothing to compare, goes on
+    ]
+    args = dict(total=150, baseline=0.5, margin=0.02, settings=PruningSettings(rule="median"))
+    steps, complete = replay_median(curves, every=50, **args)
+    assert steps == 3 * 150 + 100 + 150
+    assert complete == [(0.85, 100.0), (0.86, 100.0), (0.87, 100.0), (0.75, 50.0)]
+    # evaluated every 100 steps, the step-100 evaluation is the trial's first, inside the warm-up: nothing stops
+    assert replay_median(curves, every=100, **args)[0] == 5 * 150
+
+
 def study(arm: str, rows: list[dict]) -> dict:
     return {"config": "sst2-minilm", "arm": arm, "seed": 42, "trials": len(rows), "total_steps": 150,
             "baseline": 0.5, "rows": rows}

@@ -65,6 +65,19 @@ def baseline_reason(values: Sequence[float], step: int, settings: PruningSetting
             f"(last {values[-1]:.4f} at step {step})")
 
 
+def median_reason(values: Sequence[float], step: int, size: int, peers: Sequence[float],
+                  settings: PruningSettings) -> str | None:
+    """The Pareto median rule: why a trial stops, `peers` being the values at `step` of the complete trials no
+    larger than it (`size` trainable parameters), else None. Pure, so bench/rung_replay.py replays the same rule."""
+    if len(values) <= settings.n_warmup_evals or len(peers) < settings.n_startup_trials:
+        return None
+    median = statistics.median(peers)
+    if values[-1] >= median:
+        return None
+    return (f"{values[-1]:.4f} at step {step} is below the median {median:.4f} "
+            f"of {len(peers)} complete trials no larger than this one ({size:,} parameters)")
+
+
 def rung_cutoff(points: Sequence[tuple[float, float]], reduction_factor: int,
                 reference: tuple[float, float] | None = None) -> tuple[list[int], int, list[bool]]:
     """At a Pareto rung, (metric, size) points: their non-dominated ranks, the quota (the best 1/reduction_factor,
@@ -188,15 +201,12 @@ class PruningRule:
             return reason
         if self.settings.rule == "halving":
             return self._rung_reason(trial, step, values[-1], size)
-        if len(values) <= self.settings.n_warmup_evals:
+        if len(values) <= self.settings.n_warmup_evals:  # spares the trial listing; median_reason checks it too
             return None
         peers = [t.intermediate_values[step]
                  for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                  if step in t.intermediate_values and t.user_attrs.get("trainable_params", math.inf) <= size]
-        if len(peers) < self.settings.n_startup_trials or values[-1] >= statistics.median(peers):
-            return None
-        return (f"{values[-1]:.4f} at step {step} is below the median {statistics.median(peers):.4f} "
-                f"of {len(peers)} complete trials no larger than this one ({size:,} parameters)")
+        return median_reason(values, step, size, peers, self.settings)
 
     def _rung_reason(self, trial: optuna.Trial, step: int, value: float, size: int) -> str | None:
         """At a rung: go on if the trial is among the best 1/reduction_factor there (`rung_cutoff`)."""
