@@ -85,7 +85,8 @@ def replay_loop(curves: Sequence[Curve], total: int, stops: Callable[[list[float
     """Optimizer steps used and the (metric, size) points of the trials that would have run to the end.
 
     Trials go in study order, each through its curve's evaluations before the end (`every`: only those at
-    multiples of it, for a rule replayed at a longer evaluation interval than the curves') until `stops(values so far, step, size, curves of the trials that ran to the end)` says so."""
+    multiples of it, for a rule replayed at a longer evaluation interval than the curves') until
+    `stops(values so far, step, size, curves of the trials that ran to the end)` says so."""
     steps, finished = 0, []
     for values, final, size in curves:
         seen: list[float] = []
@@ -113,6 +114,7 @@ def replay(curves: Sequence[Curve], total: int, rungs: Sequence[int], reduction_
     pruning.SPLIT_FROM x reduction_factor trials (the default)."""
     from elalora_auto.search.pareto import reference_point
     from elalora_auto.search.pruning import baseline_reason, rung_cutoff, splits_front
+
     settings = PruningSettings(rule="halving", baseline_patience=patience)
     reached: dict[int, list[tuple[float, float]]] = {rung: [] for rung in rungs}
 
