@@ -224,7 +224,7 @@ class PruningRule:
                                            reference_point(points, self.baseline) if split else None)
         if goes_on[0]:
             return None
+        order = "by front, then by hypervolume contribution" if split else "by front"
         return (f"at rung {self.rungs.index(step)} (step {step}), {value:.4f} with {size:,} parameters is on "
                 f"non-dominated front {ranks[0] + 1} of {len(points)} trials; only the best {kept} "
-                f"(1/{self.settings.reduction_factor}, by front{', then by hypervolume contribution' if split else ''}) "
-                "go on")
+                f"(1/{self.settings.reduction_factor}, {order}) go on")
