@@ -1,5 +1,8 @@
 """Which halving rungs would meet the multi-fidelity targets? A replay of the rung rule on unpruned studies.
 
+`--median` replays the search's default median rule (`pruning.median_reason`) on the same curves, at a given
+evaluation interval, so its cost compares with the rungs'.
+
 bench/multifidelity.py's unpruned arm evaluates every trial every 50 steps to the end, so its learning curves say
 what the Pareto rung rule (`pruning.rung_cutoff`, plus the baseline rule) would have stopped, for any first rung
 (`min_steps`) and reduction factor: trials are replayed in their study order, each compared at a rung with the
@@ -11,6 +14,7 @@ unpruned arm does not record sizes between evaluations; under the rank budget a 
     python bench/rung_replay.py                          # every unpruned study in bench/out/multifidelity
     python bench/rung_replay.py --variants 50:3 100:3 50:4
     python bench/rung_replay.py --results bench/results/multifidelity_paired.jsonl   # no journal needed
+    python bench/rung_replay.py --results bench/results/multifidelity_v3.jsonl --median 50 100
 """
 
 from __future__ import annotations
