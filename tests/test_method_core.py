@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import inspect
 import json
+import math
 
 import pytest
 import torch
@@ -84,6 +85,8 @@ def train(model: ElaLoraModel, optimizer, data, first_step: int = 1) -> list[flo
         ({"e_lr_scale": 0.0}, "e_lr_scale"),
         ({"init": "kaiming"}, "init='kaiming' must be one of"),
         ({"budget": "flops"}, "budget='flops' must be one of"),
+        ({"final_budget": 0.0}, r"final_budget=0.0 must be in \(0, 1\]"),
+        ({"final_budget": 1.5}, r"final_budget=1.5 must be in \(0, 1\]"),
     ],
 )
 def test_bad_config_raises_one_line_config_error(overrides, message):
@@ -249,6 +252,64 @@ def test_budget_decays_cubically_to_zero_with_the_scheduler():
     assert all(a >= b for a, b in zip(budgets, budgets[1:]))
     assert allocator.budget(60) == round(6 * (1 - 0.5**3))
     assert elastic_bert(b=6, scheduler=False).allocator.budget(30) == 6
+
+
+def train_recording(model: ElaLoraModel, steps: int, **adamw_args) -> list[tuple[int, int, int]]:
+    """Train on `batches(steps)` and return (step, total rank, adapter parameters) after every round."""
+    optimizer = adamw(model, **adamw_args)
+    seen = []
+    for step, batch in enumerate(batches(steps), start=1):
+        model(**batch).loss.backward()
+        optimizer.step()
+        if model.update_and_allocate(step, optimizer) is not None:
+            seen.append((step, sum(model.rank_map().values()), model.allocator.adapter_params()))
+        optimizer.zero_grad()
+    return seen
+
+
+def test_final_budget_shrinks_the_total_rank_on_a_cubic_schedule_while_rank_still_moves():
+    model = elastic_bert(r_init=4, final_budget=0.5, b=3, k=2)
+    allocator, matrices = model.allocator, len(model.layers)
+    initial = sum(model.rank_map().values())
+    assert initial == 4 * matrices
+    seen = train_recording(model, 38)
+    totals = [total for _, total, _ in seen]
+    expected = [max(math.ceil(allocator.budget_fraction(step) * initial), matrices) for step, _, _ in seen]
+    assert totals == expected  # every round lands exactly on its budget
+    assert totals[-1] == initial // 2 and seen[-1][0] == 34  # reached at the window's last round
+    assert all(a >= b for a, b in zip(totals, totals[1:])) and totals[0] < initial
+    assert allocator.budget_fraction(34) == 0.5 and allocator.budget_fraction(4) > 0.9
+    assert sum(r["cut"] for r in model.round_history) == initial // 2
+    assert any(r["grown"] for r in model.round_history)  # prune AND expand: moves go on beside the cuts
+    assert model.num_trainable_parameters() == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert min(model.rank_map().values()) >= 1
+
+
+def test_final_budget_stops_at_min_rank_per_matrix():
+    model = elastic_bert(r_init=4, min_rank=1, final_budget=0.1, b=3, k=3)
+    seen = train_recording(model, 38)
+    assert seen[-1][1] == len(model.layers) and set(model.rank_map().values()) == {1}
+
+
+def test_final_budget_under_the_params_budget_ends_within_one_component_of_its_target():
+    model = widths_model("params", final_budget=0.5)
+    allocator = model.allocator
+    target, largest = allocator.param_budget() / 2, max(allocator.component_costs().values())
+    teacher = Widths()
+    g = torch.Generator().manual_seed(0)
+    optimizer = adamw(model, lr=2e-2)
+    for step in range(1, 41):
+        x = torch.randn(32, 16, generator=g)
+        ((model(x) - teacher(x).detach()) ** 2).mean().backward()
+        optimizer.step()
+        model.update_and_allocate(step, optimizer)
+        optimizer.zero_grad()
+    history = model.round_history
+    budget = allocator.param_budget()
+    assert all(0 <= math.ceil(allocator.budget_fraction(r["step"]) * budget) - r["adapter_params"] < largest
+               for r in history)
+    assert 0 <= target - history[-1]["adapter_params"] < largest and any(r["cut"] for r in history)
+    assert all(count <= 2 for r in history for _, count in r["pruned"] + r["grown"])  # k
 
 
 def test_pool_exhaustion_is_recorded_not_fatal():
@@ -522,3 +583,19 @@ def test_params_budget_buys_narrow_components_with_a_wide_one():
     record = rank_mode.allocator.run_round(3, None)  # by raw score the wide matrices win
     assert record["pruned"][0][0].startswith("narrow") and record["grown"][0][0].startswith("wide")
     assert record["total_rank"] == 12 and record["adapter_params"] > rank_mode.allocator.param_budget()
+
+
+def test_a_shrinking_budget_cuts_the_weakest_by_score_or_by_score_per_parameter():
+    """At the window's last round half the budget goes: the rank budget cuts the low scorers (narrow), the params
+    budget the low scorers per parameter (wide)."""
+    rank_mode = widths_model("rank", final_budget=0.5)
+    plant_scores(rank_mode)
+    record = rank_mode.allocator.run_round(36, None)
+    assert record["total_rank"] == 6 and record["cut"] == 6
+    ranks = rank_mode.rank_map()
+    assert ranks["narrow1"] == ranks["narrow2"] == 1 and ranks["wide1"] + ranks["wide2"] == 4  # wide: ties
+    params_mode = widths_model("params", final_budget=0.5)
+    plant_scores(params_mode)
+    record = params_mode.allocator.run_round(36, None)
+    assert params_mode.rank_map() == {"narrow1": 3, "wide1": 1, "wide2": 1, "narrow2": 3}
+    assert record["adapter_params"] == 456 and params_mode.allocator.param_budget() // 2 - 456 < 129

@@ -30,10 +30,16 @@ Where this differs from the authors' code (github.com/HuandongChang/ElaLoRA), on
   constant: 0 <= initial parameters - current parameters < the largest component cost. Up to b components
   are pruned; the freed parameters buy as many (possibly more, possibly fewer) components elsewhere, each
   denser than the pruned component that paid for it. k, min_rank and max_rank hold as in the rank budget.
+- ``final_budget`` < 1 (beyond the paper, as PEFT AdaLoRA's target_r): the budget a round keeps decays cubically
+  from the initial one to ``final_budget`` of it across the window, reached at the window's last round. A round
+  first cuts its excess (the weakest prunable pool entries: by score under the rank budget, by score per parameter
+  under the params budget), then moves up to b components among the rest as usual. The target never goes below
+  ``min_rank`` per matrix; what k keeps a round from cutting is cut by the next ones (``pool_short``).
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Any
 
@@ -164,20 +170,21 @@ class RankAllocator:
         moved = next((i for i, (p, g) in enumerate(zip(prune, grow)) if g[0] <= p[0]), min(len(prune), len(grow)))
         return prune[:moved], grow[:moved]
 
-    def _select_by_params(self, pool: list[PoolEntry], b: int) -> tuple[list[PoolEntry], list[PoolEntry]]:
+    def _select_by_params(self, pool: list[PoolEntry], b: int,
+                          available: int) -> tuple[list[PoolEntry], list[PoolEntry]]:
         """Compare by score per parameter; keep 0 <= budget - adapter parameters < the largest component cost.
 
-        Prunes the (up to) b entries of lowest density (score / cost) while some allowed grower is denser; after
-        each prune, grows the densest allowed entries that beat it and fit in the parameters freed so far
-        (skipping a wide one that does not fit for a narrower one that does). Prunes whose parameters were not
-        spent are undone, last first, so the slack stays below one component's cost.
+        ``available``: the parameters the round may spend (its budget minus the adapter after its cuts). Prunes the
+        (up to) b entries of lowest density (score / cost) while some allowed grower is denser; after each prune,
+        grows the densest allowed entries that beat it and fit in the parameters freed so far (skipping a wide one
+        that does not fit for a narrower one that does). Prunes whose parameters were not spent are undone, last
+        first, so the slack stays below one component's cost.
         """
         cost = self.component_costs()
         density = {(e[1], e[2]): e[0] / cost[e[1]] for e in pool}
         weakest = sorted((e for e in pool if e[3]), key=lambda e: density[e[1], e[2]])[:b]
         chosen = {(e[1], e[2]) for e in weakest}
         candidates = sorted((e for e in pool if (e[1], e[2]) not in chosen), key=lambda e: -density[e[1], e[2]])
-        available = self.param_budget() - self.adapter_params()
         prune: list[PoolEntry] = []
         grow: list[PoolEntry] = []
         gained: Counter[str] = Counter()
@@ -199,21 +206,66 @@ class RankAllocator:
             available -= cost[prune.pop()[1]]
         return prune, grow
 
+    def budget_fraction(self, step: int) -> float:
+        """The fraction of the initial budget a round at ``step`` keeps: 1, or the cubic decay to final_budget."""
+        cfg = self.config
+        if cfg.final_budget >= 1.0:
+            return 1.0
+        end = self.total_steps() - cfg.t_final
+        progress = 1.0 if step + cfg.delta_t >= end else min(max((step - cfg.t_init) / (end - cfg.t_init), 0.0), 1.0)
+        return cfg.final_budget + (1.0 - cfg.final_budget) * (1.0 - progress) ** 3
+
+    def _over_budget(self, step: int) -> int:
+        """The adapter minus this round's budget, in components (rank budget) or parameters (params); negative
+        when there is room. The budget never goes below min_rank per matrix."""
+        fraction, floor = self.budget_fraction(step), self.config.min_rank
+        if self.config.budget == "params":
+            cost = self.component_costs()
+            target = max(fraction * self.param_budget(), sum(floor * c for c in cost.values()))
+            return self.adapter_params() - math.ceil(target)
+        target = max(fraction * sum(self.initial_ranks.values()), floor * len(self.layers))
+        return sum(layer.rank for layer in self.layers.values()) - math.ceil(target)
+
+    def _cut(self, pool: list[PoolEntry], excess: int) -> list[PoolEntry]:
+        """The weakest prunable entries (by score, or score per parameter) whose removal covers the excess."""
+        if excess <= 0:
+            return []
+        by_params = self.config.budget == "params"
+        cost = self.component_costs()
+        key = (lambda e: e[0] / cost[e[1]]) if by_params else (lambda e: e[0])
+        cut: list[PoolEntry] = []
+        freed = 0
+        for entry in sorted((e for e in pool if e[3]), key=key):
+            if freed >= excess:
+                break
+            cut.append(entry)
+            freed += cost[entry[1]] if by_params else 1
+        return cut
+
     @torch.no_grad()
     def run_round(self, step: int, optimizer: torch.optim.Optimizer | None) -> RoundRecord | None:
-        """Pool the weakest components, prune the weakest, grow the strongest (total rank or parameters constant)."""
+        """Pool the weakest components, cut any excess over a shrinking budget, then prune the weakest and grow
+        the strongest (total rank or parameters constant within the round's budget)."""
         cfg = self.config
         b = self.budget(step)
-        if b <= 0:
+        over = self._over_budget(step)
+        excess = max(over, 0)
+        if b <= 0 and excess <= 0:
             return None
         round_number = self.round_index + 1
         pool = self._pool(round_number)
-        select = self._select_by_params if cfg.budget == "params" else self._select_by_rank
-        prune, grow = select(pool, b)
+        cut = self._cut(pool, excess)
+        cut_keys = {(e[1], e[2]) for e in cut}
+        rest = [e for e in pool if (e[1], e[2]) not in cut_keys]
+        if cfg.budget == "params":
+            cost = self.component_costs()
+            prune, grow = self._select_by_params(rest, b, sum(cost[e[1]] for e in cut) - over)
+        else:
+            prune, grow = self._select_by_rank(rest, b)
         gained = Counter(entry[1] for entry in grow)
         self.round_index = round_number
         dropped: dict[str, list[int]] = {}
-        for _, name, index, _ in prune:
+        for _, name, index, _ in cut + prune:
             dropped.setdefault(name, []).append(index)
         for name, indices in dropped.items():
             self.layers[name].prune(indices, optimizer)
@@ -226,8 +278,9 @@ class RankAllocator:
             "step": step,
             "b": b,
             "moved": len(prune),
+            "cut": len(cut),
             "pool_size": len(pool),
-            "pool_short": len(prune) < b,
+            "pool_short": len(prune) < b or self._over_budget(step) > 0,
             "pruned": sorted([name, len(indices)] for name, indices in dropped.items()),
             "grown": sorted([name, count] for name, count in gained.items()),
             "total_rank": sum(layer.rank for layer in self.layers.values()),

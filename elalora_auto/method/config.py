@@ -90,6 +90,15 @@ class ElaLoraConfig:
             "parameter (a component of an in x out matrix costs in + out + 1), so wide matrices are not free."
         ),
     )
+    final_budget: float = field(
+        default=1.0,
+        metadata=_help(
+            "Fraction of the initial budget (total rank, or adapter parameters under budget 'params') kept at the "
+            "end of the adjustment window. 1.0 (the paper): constant. Below 1, rounds also prune the weakest "
+            "components beyond their moves, on a cubic decay from 1 to final_budget (as PEFT AdaLoRA's target_r), "
+            "so the adapter trains wide and ends small; never below min_rank per matrix."
+        ),
+    )
     grace_rounds: int = field(
         default=0,
         metadata=_help(
@@ -159,6 +168,8 @@ class ElaLoraConfig:
             raise ConfigError(f"e_lr_scale={self.e_lr_scale} must be > 0 (1.0 reproduces the paper)")
         if self.budget not in BUDGET_CHOICES:
             raise ConfigError(f"budget={self.budget!r} must be one of {BUDGET_CHOICES}")
+        if not 0.0 < self.final_budget <= 1.0:
+            raise ConfigError(f"final_budget={self.final_budget} must be in (0, 1] (1.0: constant budget, the paper)")
         if self.grace_rounds < 0:
             raise ConfigError(f"grace_rounds={self.grace_rounds} must be >= 0")
         if self.new_importance not in NEW_IMPORTANCE_CHOICES:
