@@ -140,14 +140,7 @@ class ElaLoraConfig:
                 re.compile(self.target_modules)
             except re.error as exc:
                 raise ConfigError(f"target_modules regex {self.target_modules!r} is invalid: {exc}") from None
-        if self.r_init < 1:
-            raise ConfigError(f"r_init={self.r_init} must be >= 1")
-        if self.min_rank < 1:
-            raise ConfigError(f"min_rank={self.min_rank} must be >= 1 (a matrix never loses its last component)")
-        if self.min_rank > self.r_init:
-            raise ConfigError(f"min_rank={self.min_rank} > r_init={self.r_init}: lower min_rank or raise r_init")
-        if self.max_rank is not None and self.max_rank < self.r_init:
-            raise ConfigError(f"max_rank={self.max_rank} < r_init={self.r_init}: raise max_rank or lower r_init")
+        self._validate_ranks_and_budget()
         if self.b < 0:
             raise ConfigError(f"b={self.b} must be >= 0 (components moved per round)")
         if self.k < 1:
@@ -166,10 +159,6 @@ class ElaLoraConfig:
             raise ConfigError(f"orth_reg_weight={self.orth_reg_weight} must be >= 0")
         if self.e_lr_scale is None or self.e_lr_scale <= 0:
             raise ConfigError(f"e_lr_scale={self.e_lr_scale} must be > 0 (1.0 reproduces the paper)")
-        if self.budget not in BUDGET_CHOICES:
-            raise ConfigError(f"budget={self.budget!r} must be one of {BUDGET_CHOICES}")
-        if not 0.0 < self.final_budget <= 1.0:
-            raise ConfigError(f"final_budget={self.final_budget} must be in (0, 1] (1.0: constant budget, the paper)")
         if self.grace_rounds < 0:
             raise ConfigError(f"grace_rounds={self.grace_rounds} must be >= 0")
         if self.new_importance not in NEW_IMPORTANCE_CHOICES:
@@ -190,6 +179,21 @@ class ElaLoraConfig:
                     f"b={self.b} exceeds what the pool can supply ({num_matrices} matrices x "
                     f"min(k={self.k}, r_init-min_rank={self.r_init - self.min_rank}) = {supply}); lower b"
                 )
+
+    def _validate_ranks_and_budget(self) -> None:
+        """The rank limits and what a round keeps (part of ``validate``)."""
+        if self.r_init < 1:
+            raise ConfigError(f"r_init={self.r_init} must be >= 1")
+        if self.min_rank < 1:
+            raise ConfigError(f"min_rank={self.min_rank} must be >= 1 (a matrix never loses its last component)")
+        if self.min_rank > self.r_init:
+            raise ConfigError(f"min_rank={self.min_rank} > r_init={self.r_init}: lower min_rank or raise r_init")
+        if self.max_rank is not None and self.max_rank < self.r_init:
+            raise ConfigError(f"max_rank={self.max_rank} < r_init={self.r_init}: raise max_rank or lower r_init")
+        if self.budget not in BUDGET_CHOICES:
+            raise ConfigError(f"budget={self.budget!r} must be one of {BUDGET_CHOICES}")
+        if not 0.0 < self.final_budget <= 1.0:
+            raise ConfigError(f"final_budget={self.final_budget} must be in (0, 1] (1.0: constant budget, the paper)")
 
     # ------------------------------------------------------------------ target matching
     def matches(self, name: str) -> bool:
