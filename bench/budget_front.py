@@ -59,36 +59,49 @@ def rerun_key(row: Record) -> tuple[Any, ...]:
     return row["task"], row["seed"], row["study"], row["number"], row["budget"]
 
 
-def rerun(plan: Any, study: Record, trial: Record, budget: str) -> Record:
-    """Train one configuration of the study with `budget`, as the study's own objective would have."""
+def train_params(plan: Any, study: Record, trial: Record, params: dict[str, Any]) -> Record:
+    """Train one configuration of the study with `params` (its own, some changed), as the study's own objective
+    would have: the same resolution of the space's values (`trial_spec` on a FixedTrial), steps, data and seed.
+    A name the space does not sample (e.g. final_budget in the shipped space) is set on the method's params."""
     import optuna
 
     from elalora_auto.trial import run_trial
 
-    params = {**trial["params"], "budget": budget}
     spec = plan.trial_spec(optuna.trial.FixedTrial(params))
+    sampled = {param.name for param in plan.space.params}
+    spec.params |= {name: value for name, value in params.items() if name not in sampled}
     start = time.perf_counter()
     result = run_trial(spec, progress=False)
     return {"task": study["task"], "seed": study["seed"], "study": study["study"], "number": trial["number"],
-            "budget": budget, "sampled_budget": trial["params"]["budget"], "params": params,
-            "status": result.status, "accuracy": result.primary, "trainable_params": result.trainable_params,
-            "total_rank": sum(result.rank_map.values()), "wall_time_s": round(time.perf_counter() - start, 1),
+            "params": params, "status": result.status, "accuracy": result.primary,
+            "trainable_params": result.trainable_params, "total_rank": sum(result.rank_map.values()),
+            "wall_time_s": round(time.perf_counter() - start, 1),
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def rerun(plan: Any, study: Record, trial: Record, budget: str) -> Record:
+    """Train one configuration of the study with `budget`."""
+    row = train_params(plan, study, trial, {**trial["params"], "budget": budget})
+    return {**row, "budget": budget, "sampled_budget": trial["params"]["budget"]}
+
+
+def study_plan(args: argparse.Namespace, study: Record) -> Any:
+    """The StudyPlan the ElaLoRA study ran under (its study file, steps, seed), to re-run its configurations."""
+    from elalora_auto.search.plan import plan_study
+
+    return plan_study(arm_settings(args, {"task": study["task"], "arm": "elalora", "seed": study["seed"],
+                                          "trials": study["trials"], "steps": study["steps"], "study": study["study"]}))
 
 
 def run_all(args: argparse.Namespace, study: Record, trials: Sequence[Record]) -> None:
     """The flipped budget of every configuration, then the `--check` ones with their own budget; resumable."""
-    from elalora_auto.search.plan import plan_study
-
     done = {rerun_key(r) for r in read_jsonl(args.results)}
     todo = [(t, b) for t in trials for b in BUDGETS if b != t["params"]["budget"]]
     todo += [(t, t["params"]["budget"]) for t in trials if t["number"] in args.check]
     todo = [(t, b) for t, b in todo if (study["task"], study["seed"], study["study"], t["number"], b) not in done]
     if not todo:
         return
-    settings = arm_settings(args, {"task": study["task"], "arm": "elalora", "seed": study["seed"],
-                                   "trials": study["trials"], "steps": study["steps"], "study": study["study"]})
-    plan = plan_study(settings)
+    plan = study_plan(args, study)
     for i, (trial, budget) in enumerate(todo, 1):
         print(f"[{i}/{len(todo)}] trial {trial['number']} with budget {budget}", flush=True)
         row = rerun(plan, study, trial, budget)

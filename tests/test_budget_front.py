@@ -42,3 +42,27 @@ def test_paired_rerun_reproduces_the_study(tmp_path: Path) -> None:
     assert (tmp_path / "budget_front_smoke_s42.png").is_file()
     bench(*args)  # resumes: nothing left to run
     assert len(reruns.read_text().splitlines()) == 2
+
+
+def test_setting_front_reruns_each_configuration_with_a_changed_setting(tmp_path: Path) -> None:
+    """bench/setting_front.py: final_budget=1.0 is the study's own setting, so that re-run must reproduce the trial
+    exactly; final_budget=0.5 must end smaller. Both are reported against the LoRA search of the same seed."""
+    for module in ("peft", "optuna", "matplotlib"):
+        pytest.importorskip(module)
+    studies, reruns = tmp_path / "studies.jsonl", tmp_path / "reruns.jsonl"
+    bench("search_vs_peers.py", "--smoke", "--seeds", "42", "--max-steps", "12", "--trials", "1", "--arms", "elalora",
+          "lora", "--results", str(studies), "--workdir", str(tmp_path / "work"), "--plots", str(tmp_path))
+    args = ("setting_front.py", "--task", "smoke", "--seed", "42", "--set", "final_budget=1.0", "--set",
+            "final_budget=0.5", "--studies", str(studies), "--results", str(reruns), "--workdir",
+            str(tmp_path / "work"), "--plots", str(tmp_path))
+    out = bench(*args)
+    rows = {r["setting"]: r for r in map(json.loads, reruns.read_text().splitlines())}
+    trial = next(json.loads(line) for line in studies.read_text().splitlines()
+                 if '"kind": "trial"' in line and '"arm": "elalora"' in line)
+    same = rows["final_budget=1.0"]
+    assert (same["accuracy"], same["trainable_params"]) == (trial["accuracy"], trial["trainable_params"])
+    assert rows["final_budget=0.5"]["trainable_params"] < trial["trainable_params"]
+    assert "lora search" in out and "final_budget=0.5: 1 configurations re-run" in out, out
+    assert (tmp_path / "setting_front_smoke_s42.png").is_file()
+    bench(*args)  # resumes: nothing left to run
+    assert len(reruns.read_text().splitlines()) == 2
