@@ -12,6 +12,7 @@ cut-short run resumes).
 
     OMP_NUM_THREADS=1 python bench/setting_front.py --task sst2 --seed 44 --set final_budget=0.5 \\
         --studies bench/results/search_vs_peers_v2.jsonl                      # 12 re-runs of ~2 min on this CPU
+    ... --numbers 0 1 2 3 4 5   and   ... --numbers 6 7 8 9 10 11           # the same as two processes
     python bench/setting_front.py --task sst2 --seed 44 --set final_budget=0.5 \\
         --studies bench/results/search_vs_peers_v2.jsonl --table              # the report (and its plot) only
 """
@@ -57,7 +58,8 @@ def parse_setting(text: str) -> tuple[str, Any]:
 def run_all(args: argparse.Namespace, study: Record, trials: Sequence[Record]) -> None:
     """Every configuration under every --set, skipping those already in the results."""
     done = {(r["study"], r["number"], r["setting"]) for r in read_jsonl(args.results)}
-    todo = [(t, s) for s in args.set for t in trials if (study["study"], t["number"], s) not in done]
+    todo = [(t, s) for s in args.set for t in trials if (study["study"], t["number"], s) not in done
+            and (args.numbers is None or t["number"] in args.numbers)]
     if not todo:
         return
     plan = study_plan(args, study)
@@ -185,6 +187,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=44)
     parser.add_argument("--set", action="append", required=True, metavar="NAME=VALUE",
                         help="a method setting to re-run every configuration with (repeatable)")
+    parser.add_argument("--numbers", nargs="+", type=int, default=None,
+                        help="re-run only these trial numbers (to share the work between processes)")
     parser.add_argument("--budgets", nargs=3, type=int, default=None, help="P values (default: size quantiles)")
     parser.add_argument("--data-dir", type=Path, default=GLUE)
     parser.add_argument("--studies", type=Path, default=STUDY_RESULTS, help="search_vs_peers results (JSONL)")
