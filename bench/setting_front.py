@@ -167,7 +167,7 @@ def plot(study: Record, trials: Sequence[Record], found: dict[str, dict[int, Rec
         ax.step([c for _, c in front] + [right], [100 * m for m, _ in front] + [100 * front[-1][0]], where="post",
                 color=colour, linestyle=style, linewidth=1.6)
     ax.set_title(f"{study['task']} seed {study['seed']}: the ElaLoRA study's configurations re-run with each setting "
-                 "(grey: same configuration)")
+                 "\n(grey: same configuration; steps: each set's Pareto front, dashed: the peer searches)")
     return save_front_plot(fig, ax, folder / f"setting_front_{study['task']}_s{study['seed']}.png", loc="upper left",
                            bbox_to_anchor=(1.01, 1.0))
 
