@@ -127,9 +127,12 @@ def summary_lines(study: Record, trials: Sequence[Record], found: dict[str, dict
     ref, budgets = reference(shaped), task_budgets(shaped, budgets_given)
     lines.append(f"- Hypervolume on one reference (majority {100 * ref[0]:.1f}%, {ref[1]:,.0f} parameters): "
                  + "; ".join(f"{name} {normalised_hv(pts, ref):.4f}" for name, pts in fronts.items()) + ".")
-    base = fronts["study (as searched)"]
     for name, pts in list(fronts.items())[1:]:
-        lines.append(f"- {name}: its front {relation(pts, base)} the study's.")
+        # a variant against the study, the other variants and the peers; a peer against the study and the variants
+        against = [other for other in fronts if other != name and not (name.endswith(" search")
+                                                                       and other.endswith(" search"))]
+        lines.append(f"- {name}: its front " + "; ".join(f"{relation(pts, fronts[other])} that of the {other}"
+                                                        for other in against) + ".")
     for budget in budgets:
         lines.append(f"- best at <= {budget:,} parameters: " + "; ".join(
             f"{name} {fmt(best_at(pts, budget))}%" for name, pts in fronts.items()))
