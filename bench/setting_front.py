@@ -158,8 +158,8 @@ def plot(study: Record, trials: Sequence[Record], found: dict[str, dict[int, Rec
     series = [("ElaLoRA study", points_of(trials), "tab:red", "o", "-")]
     series += [(f"ElaLoRA, {s}", points_of(list(r.values())), colour, ".", "-")
                for (s, r), colour in zip(found.items(), ("tab:orange", "tab:purple", "tab:brown"))]
-    series += [(f"{arm} search", complete_points(s), colour, "x", "--")
-               for (arm, s), colour in zip(peers.items(), ("tab:blue", "tab:green"))]
+    series += [(f"{arm} search", complete_points(peers[arm]), colour, "x", "--")
+               for arm, colour in zip(PEER_ARMS, ("tab:blue", "tab:green")) if arm in peers]
     right = 1.05 * max(c for _, pts, *_ in series for _, c in pts)
     for label, pts, colour, marker, style in series:
         if not pts:
