@@ -62,12 +62,13 @@ def rerun_key(row: Record) -> tuple[Any, ...]:
 def train_params(plan: Any, study: Record, trial: Record, params: dict[str, Any]) -> Record:
     """Train one configuration of the study with `params` (its own, some changed), as the study's own objective
     would have: the same resolution of the space's values (`trial_spec` on a FixedTrial), steps, data and seed.
-    A name the space does not sample (e.g. final_budget in the shipped space) is set on the method's params."""
+    A name the space samples but the study did not (added to the space later) takes its default, the value that
+    study ran with; a name the space does not sample is set on the method's params."""
     import optuna
 
     from elalora_auto.trial import run_trial
 
-    spec = plan.trial_spec(optuna.trial.FixedTrial(params))
+    spec = plan.trial_spec(optuna.trial.FixedTrial({**plan.space.default_params(), **params}))
     sampled = {param.name for param in plan.space.params}
     spec.params |= {name: value for name, value in params.items() if name not in sampled}
     start = time.perf_counter()
