@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, ROOT, append_jsonl, read_jsonl  # noqa: E402
+from common import GLUE, OUT, ROOT, append_jsonl, read_jsonl  # noqa: E402
 from search_vs_peers import (  # noqa: E402
     RESULTS as STUDY_RESULTS, arm_settings, best_at, fmt, normalised_hv, reference, relation, save_front_plot,
     study_key, task_budgets,
@@ -219,27 +219,38 @@ def report(study: Record, trials: Sequence[Record], reruns: Sequence[Record], fo
     return "\n".join([head, "", *body, "", f"Plot: {plot(study, pairs, folder)}"])
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def rerun_parser(description: str, seed: int, results: Path, workdir: str) -> argparse.ArgumentParser:
+    """The arguments every paired re-run bench takes (this one and setting_front.py)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--task", default="sst2", help="a task of bench/search_vs_peers.py")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--check", nargs="*", type=int, default=[4],
-                        help="trial numbers also re-run with their own budget (reproduction check)")
-    parser.add_argument("--data-dir", type=Path, default=Path("/work/shared/data/glue"))
+    parser.add_argument("--seed", type=int, default=seed)
+    parser.add_argument("--data-dir", type=Path, default=GLUE)
     parser.add_argument("--studies", type=Path, default=STUDY_RESULTS, help="search_vs_peers results (JSONL)")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="re-runs, appended and resumed (JSONL)")
-    parser.add_argument("--workdir", type=Path, default=OUT / "budget_front", help="data cache of the re-runs")
+    parser.add_argument("--results", type=Path, default=results, help="re-runs, appended and resumed (JSONL)")
+    parser.add_argument("--workdir", type=Path, default=OUT / workdir, help="data cache of the re-runs")
     parser.add_argument("--plots", type=Path, default=OUT)
     parser.add_argument("--pruning-json", default='{"rule": "none"}', help=argparse.SUPPRESS)
     parser.add_argument("--table", action="store_true", help="print the report from the results and exit")
+    return parser
+
+
+def load_study(args: argparse.Namespace) -> tuple[list[Record], Record, list[Record]]:
+    """The studies file, its latest ElaLoRA study for --task and --seed, and that study's complete trials."""
+    records = read_jsonl(args.studies)
+    study = elalora_study(records, args.task, args.seed)
+    return records, study, study_trials(records, study)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = rerun_parser(__doc__.splitlines()[0], 42, RESULTS, "budget_front")
+    parser.add_argument("--check", nargs="*", type=int, default=[4],
+                        help="trial numbers also re-run with their own budget (reproduction check)")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    records = read_jsonl(args.studies)
-    study = elalora_study(records, args.task, args.seed)
-    trials = study_trials(records, study)
+    _, study, trials = load_study(args)
     if not args.table:
         run_all(args, study, trials)
     print(report(study, trials, read_jsonl(args.results), args.plots))

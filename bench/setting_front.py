@@ -28,11 +28,10 @@ from typing import Any, Sequence
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from budget_front import as_study, elalora_study, study_plan, study_trials, train_params  # noqa: E402
-from common import GLUE, OUT, ROOT, append_jsonl, read_jsonl  # noqa: E402
+from budget_front import as_study, load_study, rerun_parser, study_plan, train_params  # noqa: E402
+from common import ROOT, append_jsonl, read_jsonl  # noqa: E402
 from search_vs_peers import (  # noqa: E402
-    RESULTS as STUDY_RESULTS, best_at, complete_points, fmt, normalised_hv, reference, relation, save_front_plot,
-    task_budgets,
+    best_at, complete_points, fmt, normalised_hv, reference, relation, save_front_plot, task_budgets,
 )
 
 RESULTS = ROOT / "bench" / "results" / "setting_front.jsonl"
@@ -91,8 +90,8 @@ def peer_studies(records: Sequence[Record], study: Record) -> dict[str, Record]:
             and all(r[k] == study[k] for k in same)}
 
 
-def pair_table(trials: Sequence[Record], found: dict[str, dict[int, Record]]) -> list[str]:
-    head = "| trial | r_init | targets | own: accuracy, params | " + " | ".join(
+def pair_table(label: str, trials: Sequence[Record], found: dict[str, dict[int, Record]]) -> list[str]:
+    head = f"| trial | r_init | targets | {label}: accuracy, params | " + " | ".join(
         f"{s}: accuracy, params (size, points)" for s in found) + " |"
     lines = [head, "|" + "---|" * (4 + len(found))]
     for trial in trials:
@@ -108,10 +107,10 @@ def pair_table(trials: Sequence[Record], found: dict[str, dict[int, Record]]) ->
     return lines
 
 
-def summary_lines(study: Record, trials: Sequence[Record], found: dict[str, dict[int, Record]],
+def summary_lines(label: str, study: Record, trials: Sequence[Record], found: dict[str, dict[int, Record]],
                   peers: dict[str, Record], budgets_given: Sequence[int] | None) -> list[str]:
     own = {t["number"]: t for t in trials}
-    fronts: dict[str, list[Point]] = {"study (as searched)": points_of(trials)}
+    fronts: dict[str, list[Point]] = {label: points_of(trials)}
     lines = []
     for setting, runs in found.items():
         if not runs:
@@ -139,8 +138,8 @@ def summary_lines(study: Record, trials: Sequence[Record], found: dict[str, dict
     return lines
 
 
-def plot(study: Record, trials: Sequence[Record], found: dict[str, dict[int, Record]], peers: dict[str, Record],
-         folder: Path) -> Path:
+def plot(label: str, study: Record, trials: Sequence[Record], found: dict[str, dict[int, Record]],
+         peers: dict[str, Record], folder: Path) -> Path:
     """The study's points (rings), each variant's (dots) joined to their configuration, every front as a step."""
     import matplotlib
 
@@ -155,7 +154,7 @@ def plot(study: Record, trials: Sequence[Record], found: dict[str, dict[int, Rec
         for number, row in runs.items():
             ax.plot([own[number]["trainable_params"], row["trainable_params"]],
                     [100 * own[number]["accuracy"], 100 * row["accuracy"]], color="grey", linewidth=0.7, alpha=0.5)
-    series = [("ElaLoRA study", points_of(trials), "tab:red", "o", "-")]
+    series = [(f"ElaLoRA, {label}", points_of(trials), "tab:red", "o", "-")]
     series += [(f"ElaLoRA, {s}", points_of(list(r.values())), colour, ".", "-")
                for (s, r), colour in zip(found.items(), ("tab:orange", "tab:purple", "tab:brown"))]
     series += [(f"{arm} search", complete_points(peers[arm]), colour, "x", "--")
@@ -178,39 +177,41 @@ def plot(study: Record, trials: Sequence[Record], found: dict[str, dict[int, Rec
 def report(args: argparse.Namespace, records: Sequence[Record], study: Record, trials: Sequence[Record]) -> str:
     found = variants(study, trials, read_jsonl(args.results), args.set)
     peers = peer_studies(records, study)
+    label = "study (as searched)"
+    if args.baseline:  # compare with re-runs at the study's own setting, made in the variants' environment
+        runs = found.pop(args.baseline)
+        trials = [{**t, **{k: runs[t["number"]][k] for k in ("accuracy", "trainable_params")}}
+                  for t in trials if t["number"] in runs]
+        label = f"{args.baseline} re-run"
+        kept = {t["number"] for t in trials}
+        found = {setting: {n: r for n, r in rows.items() if n in kept} for setting, rows in found.items()}
     head = (f"### {study['task']}, seed {study['seed']}: study {study['study']} ({study['steps_per_trial']} steps per "
-            f"trial), {len(trials)} configurations; re-run with {', '.join(args.set)}")
-    body = pair_table(trials, found) + [""] + summary_lines(study, trials, found, peers, args.budgets)
-    return "\n".join([head, "", *body, "", f"Plot: {plot(study, trials, found, peers, args.plots)}"])
+            f"trial), {len(trials)} configurations; {', '.join(found)} against the {label}")
+    body = pair_table(label, trials, found) + [""] + summary_lines(label, study, trials, found, peers, args.budgets)
+    return "\n".join([head, "", *body, "", f"Plot: {plot(label, study, trials, found, peers, args.plots)}"])
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", default="sst2", help="a task of bench/search_vs_peers.py")
-    parser.add_argument("--seed", type=int, default=44)
+    parser = rerun_parser(__doc__.splitlines()[0], 44, RESULTS, "setting_front")
     parser.add_argument("--set", action="append", required=True, metavar="NAME=VALUE",
                         help="a method setting to re-run every configuration with (repeatable)")
+    parser.add_argument("--baseline", default=None, metavar="NAME=VALUE",
+                        help="one of the --set settings to compare the others with instead of the study's own results "
+                             "(its re-runs share the variants' code and environment)")
     parser.add_argument("--numbers", nargs="+", type=int, default=None,
                         help="re-run only these trial numbers (to share the work between processes)")
     parser.add_argument("--budgets", nargs=3, type=int, default=None, help="P values (default: size quantiles)")
-    parser.add_argument("--data-dir", type=Path, default=GLUE)
-    parser.add_argument("--studies", type=Path, default=STUDY_RESULTS, help="search_vs_peers results (JSONL)")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="re-runs, appended and resumed (JSONL)")
-    parser.add_argument("--workdir", type=Path, default=OUT / "setting_front", help="data cache of the re-runs")
-    parser.add_argument("--plots", type=Path, default=OUT)
-    parser.add_argument("--pruning-json", default='{"rule": "none"}', help=argparse.SUPPRESS)
-    parser.add_argument("--table", action="store_true", help="print the report from the results and exit")
     args = parser.parse_args(argv)
     for setting in args.set:
         parse_setting(setting)
+    if args.baseline is not None and args.baseline not in args.set:
+        parser.error(f"--baseline {args.baseline} must also be given as --set")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    records = read_jsonl(args.studies)
-    study = elalora_study(records, args.task, args.seed)
-    trials = study_trials(records, study)
+    records, study, trials = load_study(args)
     if not args.table:
         run_all(args, study, trials)
     print(report(args, records, study, trials))

@@ -66,3 +66,6 @@ def test_setting_front_reruns_each_configuration_with_a_changed_setting(tmp_path
     assert (tmp_path / "setting_front_smoke_s42.png").is_file()
     bench(*args)  # resumes: nothing left to run
     assert len(reruns.read_text().splitlines()) == 2
+    against = bench(*args, "--baseline", "final_budget=1.0", "--table")
+    assert "final_budget=0.5 against the final_budget=1.0 re-run" in against, against
+    assert "final_budget=0.5: 1 configurations re-run. Size change" in against
