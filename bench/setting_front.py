@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from budget_front import as_study, load_study, rerun_parser, study_plan, train_params  # noqa: E402
 from common import ROOT, append_jsonl, read_jsonl  # noqa: E402
 from search_vs_peers import (  # noqa: E402
-    best_at, complete_points, fmt, normalised_hv, reference, relation, save_front_plot, task_budgets,
+    best_at, fmt, normalised_hv, reference, relation, save_front_plot, task_budgets,
 )
 
 RESULTS = ROOT / "bench" / "results" / "setting_front.jsonl"
@@ -121,7 +121,7 @@ def summary_lines(label: str, study: Record, trials: Sequence[Record], found: di
                      f"{statistics.median(size):+.1f}% (range {min(size):+.1f}% to {max(size):+.1f}%); accuracy "
                      f"change: mean {statistics.mean(gain):+.2f} points (range {min(gain):+.1f} to {max(gain):+.1f}).")
         fronts[setting] = points_of(list(runs.values()))
-    fronts |= {f"{arm} search": complete_points(s) for arm, s in peers.items()}
+    fronts |= {f"{arm} search": points_of(s["rows"]) for arm, s in peers.items()}
     shaped = [as_study(study, pts) for pts in fronts.values()]
     ref, budgets = reference(shaped), task_budgets(shaped, budgets_given)
     lines.append(f"- Hypervolume on one reference (majority {100 * ref[0]:.1f}%, {ref[1]:,.0f} parameters): "
@@ -157,7 +157,7 @@ def plot(label: str, study: Record, trials: Sequence[Record], found: dict[str, d
     series = [(f"ElaLoRA, {label}", points_of(trials), "tab:red", "o", "-")]
     series += [(f"ElaLoRA, {s}", points_of(list(r.values())), colour, ".", "-")
                for (s, r), colour in zip(found.items(), ("tab:orange", "tab:purple", "tab:brown"))]
-    series += [(f"{arm} search", complete_points(peers[arm]), colour, "x", "--")
+    series += [(f"{arm} search", points_of(peers[arm]["rows"]), colour, "x", "--")
                for arm, colour in zip(PEER_ARMS, ("tab:blue", "tab:green")) if arm in peers]
     right = 1.05 * max(c for _, pts, *_ in series for _, c in pts)
     for label, pts, colour, marker, style in series:

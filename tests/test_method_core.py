@@ -255,29 +255,17 @@ def test_budget_decays_cubically_to_zero_with_the_scheduler():
     assert elastic_bert(b=6, scheduler=False).allocator.budget(30) == 6
 
 
-def train_recording(model: ElaLoraModel, steps: int, **adamw_args) -> list[tuple[int, int, int]]:
-    """Train on `batches(steps)` and return (step, total rank, adapter parameters) after every round."""
-    optimizer = adamw(model, **adamw_args)
-    seen = []
-    for step, batch in enumerate(batches(steps), start=1):
-        model(**batch).loss.backward()
-        optimizer.step()
-        if model.update_and_allocate(step, optimizer) is not None:
-            seen.append((step, sum(model.rank_map().values()), model.allocator.adapter_params()))
-        optimizer.zero_grad()
-    return seen
-
-
 def test_final_budget_shrinks_the_total_rank_on_a_cubic_schedule_while_rank_still_moves():
     model = elastic_bert(r_init=4, final_budget=0.5, b=3, k=2)
     allocator, matrices = model.allocator, len(model.layers)
     initial = sum(model.rank_map().values())
     assert initial == 4 * matrices
-    seen = train_recording(model, 38)
-    totals = [total for _, total, _ in seen]
-    expected = [max(math.ceil(allocator.budget_fraction(step) * initial), matrices) for step, _, _ in seen]
+    train(model, adamw(model), batches(38))
+    history = model.round_history
+    totals = [r["total_rank"] for r in history]
+    expected = [max(math.ceil(allocator.budget_fraction(r["step"]) * initial), matrices) for r in history]
     assert totals == expected  # every round lands exactly on its budget
-    assert totals[-1] == initial // 2 and seen[-1][0] == 34  # reached at the window's last round
+    assert totals[-1] == initial // 2 and history[-1]["step"] == 34  # reached at the window's last round
     assert all(a >= b for a, b in zip(totals, totals[1:])) and totals[0] < initial
     assert allocator.budget_fraction(34) == 0.5 and allocator.budget_fraction(4) > 0.9
     assert sum(r["cut"] for r in model.round_history) == initial // 2
@@ -288,8 +276,8 @@ def test_final_budget_shrinks_the_total_rank_on_a_cubic_schedule_while_rank_stil
 
 def test_final_budget_stops_at_min_rank_per_matrix():
     model = elastic_bert(r_init=4, min_rank=1, final_budget=0.1, b=3, k=3)
-    seen = train_recording(model, 38)
-    assert seen[-1][1] == len(model.layers) and set(model.rank_map().values()) == {1}
+    train(model, adamw(model), batches(38))
+    assert model.round_history[-1]["total_rank"] == len(model.layers) and set(model.rank_map().values()) == {1}
 
 
 def test_pool_exhaustion_is_recorded_not_fatal():
