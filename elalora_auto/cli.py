@@ -8,6 +8,7 @@ from typing import Sequence
 
 from elalora_auto.adapters import METHODS
 from elalora_auto.errors import UserError
+from elalora_auto.output import library_output
 
 
 # -- argument types: a wrong value fails in the parser, before any file is written or any study touched ------
@@ -76,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(sub)
     _add_search_parsers(sub)
     _add_results_parsers(sub)
+    for command in sub.choices.values():
+        command.add_argument("--verbose", action="store_true", help="library warnings and log lines here too")
     return parser
 
 
@@ -380,7 +383,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with library_output(getattr(args, "workdir", None) or getattr(args, "export", None) or "elalora_runs",
+                            args.verbose):
+            return int(args.func(args) or 0)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

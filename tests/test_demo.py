@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from elalora_auto.cli import main
 from elalora_auto.demo import TASK_TEXT, write_dataset
+from elalora_auto.output import LOG_NAME, VERBOSE_ENV, library_output
 
 
 def test_dataset_is_deterministic_and_balanced(tmp_path: Path) -> None:
@@ -47,3 +49,47 @@ def test_search_config_demo_runs_the_builtin_demo_study(tmp_path: Path, capsys) 
     assert "study demo: 1 trials" in capsys.readouterr().out
     result = json.loads((workdir / "trials" / "demo" / "0" / "result.json").read_text())
     assert result["state"] == "COMPLETE" and result["primary"] >= 0.75
+
+
+def test_demo_prints_no_library_warning_or_log_line(tmp_path: Path) -> None:
+    """The real command in its own process: stdout and stderr hold our lines and progress bars only; the library
+    warnings and log lines (transformers' FutureWarning, Optuna's study line, MLflow's migration) go to the log file."""
+    import os
+    import subprocess
+    import sys
+
+    workdir = tmp_path / "quiet-demo"
+    env = {k: v for k, v in os.environ.items() if k not in ("TRANSFORMERS_VERBOSITY", VERBOSE_ENV)}
+    done = subprocess.run([sys.executable, "-m", "elalora_auto.cli", "demo", "--workdir", str(workdir), "--trials", "2"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in (done.stdout + done.stderr).replace("\r", "\n").splitlines() if line.strip()]
+    noise = [line for line in lines if re.search(r"Warning|warn\(|\bINFO\b|^\[[IWE] |Writing model shards", line)]
+    assert not noise, noise
+    bars = [line for line in done.stderr.replace("\r", "\n").splitlines() if line.strip()]
+    assert all(re.search(r"\| *\d+/\d+ \[", line) for line in bars), bars  # tqdm bars only
+    log = (workdir / LOG_NAME).read_text()
+    assert "A new study created" in log and "mlflow" in log, log[:2000]
+
+
+def test_library_output_goes_to_the_log_file_and_to_stderr_only_when_verbose(tmp_path: Path, capsys,
+                                                                            monkeypatch) -> None:
+    import logging
+    import warnings
+
+    monkeypatch.delenv(VERBOSE_ENV, raising=False)
+    for verbose in (False, True):
+        with library_output(tmp_path / str(verbose), verbose=verbose) as log:
+            warnings.warn(f"library says {verbose}", FutureWarning)
+            logging.getLogger("optuna.storages").info(f"optuna line {verbose}")
+            logging.getLogger("elalora_auto.tracking").warning(f"our own warning {verbose}")
+        err = capsys.readouterr().err
+        text = log.read_text()
+        assert f"library says {verbose}" in text and f"optuna line {verbose}" in text and f"our own warning {verbose}" in text
+        assert f"our own warning {verbose}" in err  # the project's warnings always reach the user
+        assert (f"library says {verbose}" in err) is verbose and (f"optuna line {verbose}" in err) is verbose
+    monkeypatch.delenv(VERBOSE_ENV, raising=False)
+    with warnings.catch_warnings(record=True) as seen:  # restored afterwards: warnings flow as before
+        warnings.simplefilter("always")
+        warnings.warn("after", UserWarning)
+    assert [str(w.message) for w in seen] == ["after"]
