@@ -183,3 +183,10 @@ def test_the_checks_catch_what_they_claim(tmp_path: Path) -> None:
     assert long_functions(root) == [f"elalora_auto.search.study.g: {MAX_FUNCTION_LINES + 1} lines"]
     with pytest.raises(AssertionError, match="'tasks' is not in"):
         layer_of("elalora_auto.tasks.loaders", layer_order(doc))
+
+
+def test_bench_readme_names_every_bench_script() -> None:
+    """bench/README.md is the index a newcomer reads: a script it does not name is a question nobody can find."""
+    index = (ROOT / "bench" / "README.md").read_text()
+    missing = [path.name for path in sorted((ROOT / "bench").glob("*.py")) if f"`{path.name}`" not in index]
+    assert not missing, f"bench/README.md does not name {missing}: add a row (question, results, BENCHMARKS section)"
