@@ -127,9 +127,10 @@ def run_project_arm(settings: Any, results: Path, key: Record) -> tuple[Any, Any
     """elalora-auto's own search; resumes the study when it exists (journal in the workdir)."""
     from elalora_auto.search import run_search
     from elalora_auto.search.plan import plan_study
+    from elalora_auto.workdir import Workdir
 
     study = run_search(settings, [trial_listener(results, key)], progress=False)
-    return study, plan_study(settings), Path(settings.workdir) / "trials" / study.study_name
+    return study, plan_study(settings), Workdir(settings.workdir).trials(study.study_name)
 
 
 def study_rows_of(study: Any, trials_dir: Path | None) -> list[Record]:

@@ -9,6 +9,7 @@ from typing import Sequence
 from elalora_auto.adapters import METHODS
 from elalora_auto.errors import UserError
 from elalora_auto.output import library_output
+from elalora_auto.workdir import Workdir
 
 
 # -- argument types: a wrong value fails in the parser, before any file is written or any study touched ------
@@ -189,21 +190,19 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from elalora_auto.results import open_study, summary_table, write_study_report
 
     study, storage = open_study(args.study, args.workdir, args.storage)
-    out = Path(args.out or Path(args.workdir) / "reports" / args.study)
-    rows = write_study_report(study, out, Path(args.workdir) / "trials" / args.study, storage)
+    out = Path(args.out or Workdir(args.workdir).reports(args.study))
+    rows = write_study_report(study, out, Workdir(args.workdir).trials(args.study), storage)
     print(summary_table(study, rows))
     print(f"plots: {(out / 'index.html').resolve()}")
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from elalora_auto.export import export_trial, pick_trial
     from elalora_auto.results import load_study, study_rows
 
     study = load_study(args.study, args.workdir, args.storage)
-    trials_dir = Path(args.workdir) / "trials" / args.study
+    trials_dir = Workdir(args.workdir).trials(args.study)
     row = pick_trial(study_rows(study, trials_dir), args.trial, args.pick, args.max_params)
     out = export_trial(study, row, trials_dir / str(row["number"]), args.out, merge=args.merge, force=args.force)
     print(f"trial {row['number']} ({row['metric']:.4f}, {int(row['trainable_params']):,} trainable parameters) "

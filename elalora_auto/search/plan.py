@@ -6,12 +6,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from elalora_auto.errors import ConfigError, UserError, reject_unknown
 from elalora_auto.search.settings import SearchSettings
 from elalora_auto.search.space import SearchSpace
+from elalora_auto.workdir import Workdir
 
 
 @dataclass
@@ -54,7 +54,7 @@ class StudyPlan:
             training=dataclasses.replace(training, **overrides),
             data=DataSettings(data_dir=settings.data_dir, max_train_samples=settings.max_train_samples,
                               max_eval_samples=settings.max_eval_samples,
-                              cache_dir=str(Path(settings.workdir) / "cache")),
+                              cache_dir=str(Workdir(settings.workdir).cache)),
             custom=settings.custom,
         )
 

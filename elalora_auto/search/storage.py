@@ -42,8 +42,8 @@ from typing import Any, Callable, Mapping, Protocol
 
 from elalora_auto.errors import UserError
 from elalora_auto.search.settings import HeartbeatSettings
+from elalora_auto.workdir import Workdir
 
-JOURNAL_FILE = "optuna-journal.log"
 STORAGE_ENV = "ELALORA_STORAGE"
 
 
@@ -55,7 +55,7 @@ def resolve_storage(uri: str | None) -> str | None:
 def storage_uri(settings_storage: str | None, workdir: str | Path) -> str:
     """The storage for messages and events, password hidden (the journal file as its path)."""
     uri = resolve_storage(settings_storage)
-    return redact(uri) if uri and "://" in uri else uri or str((Path(workdir) / JOURNAL_FILE).resolve())
+    return redact(uri) if uri and "://" in uri else uri or str(Workdir(workdir).journal.resolve())
 
 
 def redacted_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -99,7 +99,7 @@ def open_storage(uri: str | None, workdir: str | Path, create: bool = True,
 
 def journal_path(uri: str | None, workdir: str | Path) -> Path:
     """The journal file of a storage that is not a URL: the given *.log path, else WORKDIR/optuna-journal.log."""
-    return Path(uri) if uri else Path(workdir) / JOURNAL_FILE
+    return Path(uri) if uri else Workdir(workdir).journal
 
 
 class _FileGate:

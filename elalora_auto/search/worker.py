@@ -25,6 +25,7 @@ from elalora_auto.search.plan import StudyPlan
 from elalora_auto.search.pruning import RUNG_SIZES, PruningRule
 from elalora_auto.search.storage import SigintHold, TrialGate, redact, redacted_settings
 from elalora_auto.search.study import INTERRUPTED, USER_ERRORS, counted_trials, recover_orphans
+from elalora_auto.workdir import Workdir
 
 MAX_CONSECUTIVE_USER_ERRORS = 3  # then the study stops with the error: its trials would all fail the same way
 MAX_CONSECUTIVE_CRASHES = 3  # trials in a row failed by an unexpected exception: then the study stops too
@@ -154,7 +155,7 @@ class Worker:
                             os.getpid() if salt is None else salt)
         study.sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
         self.budget = int(study.user_attrs.get("settings", {}).get("trials", settings.trials))
-        self.trials_dir = Path(settings.workdir) / "trials" / study.study_name
+        self.trials_dir = Workdir(settings.workdir).trials(study.study_name)
         self.failures = _failure_types()
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.results: dict[int, dict[str, Any]] = {}  # this process's finished trials, until `finished` reports them

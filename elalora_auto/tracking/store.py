@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from elalora_auto.workdir import Workdir
+
 # Per MLflow HTTP call: at most ~3 attempts of <= 5 s each, instead of MLflow's default of several minutes.
 HTTP_LIMITS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
@@ -25,8 +27,8 @@ _LOCK_TIMEOUT_S = 120.0
 
 
 def default_tracking_uri(workdir: str | Path) -> str:
-    """The store that needs no server: an SQLite file in the workdir (absolute, so any cwd finds it)."""
-    return f"sqlite:///{(Path(workdir) / 'mlflow.db').resolve()}"
+    """The store that needs no server: WORKDIR/mlflow.db (the layout is workdir.py's)."""
+    return Workdir(workdir).tracking_uri()
 
 
 def sqlite_path(tracking_uri: str) -> Path | None:

@@ -22,7 +22,7 @@ from elalora_auto.events import Event
 from elalora_auto.tracking import artifacts, models
 from elalora_auto.tracking.runs import TAG_REASON, TAG_ROLE, TAG_STATE, TAG_STUDY, TAG_TRIAL, RunIndex, flatten
 from elalora_auto.tracking.spool import Record, Spool
-from elalora_auto.tracking.store import default_tracking_uri
+from elalora_auto.workdir import Workdir
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +52,13 @@ class MlflowTracker:
 
     def __init__(self, tracking_uri: str | None = None, workdir: str | Path = "elalora_runs",
                  refresh_every_s: float = 0.0, drain_timeout_s: float = 120.0) -> None:
-        self.workdir = Path(workdir)
-        self.tracking_uri = tracking_uri or default_tracking_uri(self.workdir)
+        self.workdir = Workdir(workdir)
+        self.tracking_uri = tracking_uri or self.workdir.tracking_uri()
         self.refresh_every_s, self.drain_timeout_s = refresh_every_s, drain_timeout_s
         self.runs = RunIndex(self.tracking_uri)
         self._trials: dict[tuple[str, int], _TrialRun] = {}
         self._live: dict[str, dict[str, Any]] = {}  # study name -> its live Optuna objects (study, backend)
-        self.spool = Spool(self.workdir / "mlflow-spool", self._apply, self._probe)
+        self.spool = Spool(self.workdir.spool, self._apply, self._probe)
 
     # -- the listener (training thread): enqueue only -------------------------------------------------
     def __call__(self, event: Event) -> None:
@@ -162,7 +162,7 @@ class MlflowTracker:
             return
         if state == "COMPLETE" and data.get("output_dir"):
             artifacts.log_adapter_if_on_front(self.client, study, number, trial.run_id, Path(data["output_dir"]),
-                                              self.workdir / "trials" / name)
+                                              self.workdir.trials(name))
         if time.monotonic() - runs.last_refresh >= self.refresh_every_s:
             self._refresh(study, name, number)
 
@@ -183,12 +183,12 @@ class MlflowTracker:
 
             self.client.log_batch(runs.parent_run_id, tags=[RunTag("elalora.outcome", note)])
             self.client.set_terminated(runs.parent_run_id, status=status)
-        models.log_front_models(self.client, study, runs.experiment_id, self.workdir / "trials" / name)  # slowest
+        models.log_front_models(self.client, study, runs.experiment_id, self.workdir.trials(name))  # slowest
 
     def _refresh(self, study: Any, name: str, step: int) -> None:
         runs = self.study_runs(name)
         backend = self._live.get(name, {}).get("backend")
-        artifacts.refresh_study(self.client, study, runs, self.workdir / "trials" / name, backend, step)
+        artifacts.refresh_study(self.client, study, runs, self.workdir.trials(name), backend, step)
         runs.last_refresh = time.monotonic()
 
     def _reconcile(self, study: Any, name: str) -> None:
