@@ -19,7 +19,6 @@ largest difference.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import sys
 import time
 from pathlib import Path
@@ -28,15 +27,9 @@ from typing import Any, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import search_vs_peers as peers  # noqa: E402
-from common import GLUE, OUT, machine_note  # noqa: E402
+from common import GLUE, OUT, machine_note, versions  # noqa: E402
 
 WORKDIR = OUT / "loop_replay"
-VERSIONS = ("torch", "transformers", "peft", "accelerate")
-
-
-def versions() -> dict[str, str]:
-    """The libraries whose code the two loops run."""
-    return {name: importlib.metadata.version(name) for name in VERSIONS}
 
 
 def replay_plan(args: argparse.Namespace) -> Any:
@@ -151,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     before, start = machine_note(), time.perf_counter()
     plan = replay_plan(args)
-    trainer_losses, trainer_metric, trainer = trainer_arm(plan, args.workdir)
+    trainer_losses, trainer_metric, trainer = trainer_arm(plan, Path(plan.settings.workdir))
     trainer_args = trainer.args
     spec = project_spec(plan, trainer_args, args.plant)
     loop_losses, loop_metric = project_arm(spec, trainer)
