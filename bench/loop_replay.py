@@ -69,23 +69,28 @@ class LossTap:
             self.losses.append(float(output.loss.detach()))
 
 
-def trainer_arm(plan: Any, workdir: Path) -> tuple[list[float], float | None, Any]:
+def trainer_arm(plan: Any, workdir: Path, learning_rate: float) -> tuple[list[float], float | None, Any]:
     """(per-step losses, final metric, the Trainer) of the trainer-hps arm's Trainer at lora.yaml's defaults."""
     hp_space, defaults = peers.lora_hp_space()
     log = peers.TrialLog(workdir / "trainer_log.jsonl", {}, plan.primary_metric)
     trainer = peers.make_trainer(plan, workdir, log, hp_space, defaults)
+    trainer.args.learning_rate = learning_rate
     tap = LossTap()
     trainer.add_callback(tap.callback)
     trainer.train()
     return tap.losses, log.value, trainer
 
 
-def project_spec(plan: Any, trainer_args: Any, plant: Sequence[str]) -> Any:
-    """The lora space's trial 0 as the study would run it, with the Trainer's clipping and random stream, a loss
-    logged every step, and the planted overrides (none for the real check)."""
+def trial0_spec(plan: Any) -> Any:
+    """The lora space's trial 0 as the study would run it (the Trainer arm takes its learning rate)."""
     import optuna
 
-    spec = plan.trial_spec(optuna.trial.FixedTrial(plan.space.default_params()))
+    return plan.trial_spec(optuna.trial.FixedTrial(plan.space.default_params()))
+
+
+def project_spec(spec: Any, trainer_args: Any, plant: Sequence[str]) -> Any:
+    """Trial 0 with the Trainer's clipping and random stream, a loss logged every step, and the planted
+    overrides (none for the real check)."""
     spec.training.max_grad_norm = trainer_args.max_grad_norm
     spec.training.trainer_rng = True
     spec.training.log_every = 1
@@ -144,9 +149,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     before, start = machine_note(), time.perf_counter()
     plan = replay_plan(args)
-    trainer_losses, trainer_metric, trainer = trainer_arm(plan, Path(plan.settings.workdir))
+    spec = trial0_spec(plan)
+    trainer_losses, trainer_metric, trainer = trainer_arm(plan, Path(plan.settings.workdir),
+                                                          spec.training.learning_rate)
     trainer_args = trainer.args
-    spec = project_spec(plan, trainer_args, args.plant)
+    spec = project_spec(spec, trainer_args, args.plant)
     loop_losses, loop_metric = project_arm(spec, trainer)
     worst = largest_difference(trainer_losses, loop_losses)
     for step, (a, b) in enumerate(zip(trainer_losses, loop_losses), 1):
