@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if abs(a - b) > args.tol:
             print(f"first step over {args.tol:g}: {step} (Trainer {a:.8f}, loop {b:.8f})")
             break
-    print(f"{plan.task.name} on {Path(plan.model_path).name}, seed {args.seed}, {plan.total_steps} steps, "
+    print(f"{plan.task.name} on {args.model}, seed {args.seed}, {plan.total_steps} steps, "
           f"evaluation every {plan.eval_every}; optimizer {trainer_args.optim}, clipping {trainer_args.max_grad_norm}"
           f"{'; planted ' + ' '.join(args.plant) if args.plant else ''}")
     print(f"steps: Trainer {len(trainer_losses)}, loop {len(loop_losses)}; final {plan.primary_metric}: Trainer "
