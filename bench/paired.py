@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import math
 import statistics
 import sys
@@ -116,7 +117,8 @@ def run_arm(args: argparse.Namespace, key: Record, method: str, overrides: list[
 def search_arm(args: argparse.Namespace, key: Record, method: str, overrides: list[str]) -> Record:
     """One whole study (search_vs_peers' project arm; resumes from its journal), as its complete trials' points."""
     space = next((o.partition("=")[2] for o in overrides if o.startswith("space=")), None)
-    settings = study_settings(args, method, key["seed"], f"{args.task}-{key['arm']}-seed{key['seed']}", space)
+    tag = hashlib.sha1(f"{key['arm_spec']} {args.steps} {args.trials}".encode()).hexdigest()[:8]  # a new arm: a new study
+    settings = study_settings(args, method, key["seed"], f"{args.task}-{key['arm']}-{tag}-seed{key['seed']}", space)
     study, plan, trials_dir = peers.run_project_arm(settings, args.workdir / "trials.jsonl", key)
     rows = peers.study_rows_of(study, trials_dir)
     points = peers.complete_points({"rows": rows})
@@ -170,15 +172,18 @@ def interval_row(label: str, values: dict[str, dict[int, float]], arm: str, base
     seeds = sorted(set(values.get(arm, {})) & set(values.get(base, {})))
     diffs = [scale * (values[arm][s] - values[base][s]) for s in seeds]
     if not seeds:
-        return f"| {label} | {arm} - {base} | 0 | - | - | - | - | - | no seed has both |"
+        return f"| {label} | {arm} - {base} | 0 | - | - | - | - | - | - | no seed has both |"
     ci = paired_interval(diffs)
     means = [statistics.fmean(scale * values[a][s] for s in seeds) for a in (arm, base)]
+    power = detectable(ci["sd"], ci["n"]) if ci["n"] > 1 else math.nan
     return (f"| {label} | {arm} - {base} | {ci['n']} | {means[0]:.2f} | {means[1]:.2f} | {ci['mean']:+.2f} | "
-            f"{ci['sd']:.2f} | [{ci['low']:+.2f}, {ci['high']:+.2f}] | {' '.join(f'{d:+.2f}' for d in diffs)} |")
+            f"{ci['sd']:.2f} | [{ci['low']:+.2f}, {ci['high']:+.2f}] | {power:.2f} | "
+            f"{' '.join(f'{d:+.2f}' for d in diffs)} |")
 
 
-HEADER = ["| measure | difference | seeds | arm mean | baseline mean | mean difference | SD | 95% CI | per seed |",
-          "|---|---|---|---|---|---|---|---|---|"]
+# "detectable": the true difference these seeds would find 80% of the time at this SD (what a null result rules out)
+HEADER = ["| measure | difference | seeds | arm mean | baseline mean | mean difference | SD | 95% CI | detectable | "
+          "per seed |", "|---|---|---|---|---|---|---|---|---|---|"]
 
 
 def run_lines(rows: list[Record], base: str) -> list[str]:

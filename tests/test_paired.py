@@ -56,8 +56,9 @@ def test_report_pairs_seeds_and_leaves_out_other_versions(bench: ModuleType) -> 
     text = bench.report(rows, args)
     assert text.startswith("left out 1 row(s) run under other library versions (")
     # seeds 1-3 paired (seed 4's baseline ran under other versions): diffs +1.0 -0.5 +2.5 points, mean 1.0,
-    # SD 1.5, t(0.975, 2 df) = 4.303: 1.0 +- 4.303 x 1.5 / sqrt(3) = [-2.73, +4.73]
-    assert ("| accuracy (points) | b - a | 3 | 61.00 | 60.00 | +1.00 | 1.50 | [-2.73, +4.73] | "
+    # SD 1.5, t(0.975, 2 df) = 4.303: 1.0 +- 4.303 x 1.5 / sqrt(3) = [-2.73, +4.73]; detectable at 80% power:
+    # (4.3027 + t(0.8, 2 df) = 1.0607) x 1.5 / sqrt(3) = 4.6448
+    assert ("| accuracy (points) | b - a | 3 | 61.00 | 60.00 | +1.00 | 1.50 | [-2.73, +4.73] | 4.64 | "
             "+1.00 -0.50 +2.50 |") in text
 
 
