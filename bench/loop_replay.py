@@ -9,7 +9,8 @@ length-grouped shuffle and every DataLoader's base seed come from it, so each ev
 Trainer arm is bench/search_vs_peers.py's trainer-hps arm (`make_trainer`, its `model_init`) outside the search.
 The project arm is the real `setup_trial` + `train_loop`; only its optimizer and schedule are swapped for the ones
 the Trainer builds. Exit 0 only when every per-step training loss matches to --tol; the last line printed is the
-largest difference.
+largest difference. (The tasks here have one evaluation split: with several, the loop would draw once per split
+and the Trainer arm, which evaluates the primary split, once.)
 
     OMP_NUM_THREADS=1 python bench/loop_replay.py --steps 50           # MiniLM on the MNLI subset (GLUE folder)
     python bench/loop_replay.py --model tiny --steps 20                # tiny BERT, synthetic task: a smoke test
