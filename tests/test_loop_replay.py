@@ -24,6 +24,7 @@ def replay(workdir: Path, steps: int, *extra: str) -> tuple[int, list[str]]:
     return run.returncode, run.stdout.strip().splitlines()
 
 
+@pytest.mark.slow
 def test_replay_matches_every_loss(tmp_path: Path) -> None:
     code, lines = replay(tmp_path, 56)  # past the 800-row set's epoch end (50 batches of 16)
     assert code == 0, lines
@@ -31,6 +32,7 @@ def test_replay_matches_every_loss(tmp_path: Path) -> None:
     assert "steps: Trainer 56, loop 56" in lines[-3]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("plant", ["learning_rate=6e-4", "training.trainer_rng=false"])
 def test_planted_difference_fails(tmp_path: Path, plant: str) -> None:
     code, lines = replay(tmp_path, 24, "--plant", plant)

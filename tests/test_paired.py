@@ -70,6 +70,7 @@ def smoke(tmp_path: Path) -> subprocess.CompletedProcess:
          "--workdir", str(tmp_path / "work")], capture_output=True, text=True, env=ENV, timeout=900)
 
 
+@pytest.mark.slow
 def test_smoke_protocol_then_resume(tmp_path: Path) -> None:
     first = smoke(tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
