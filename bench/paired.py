@@ -117,7 +117,8 @@ def run_arm(args: argparse.Namespace, key: Record, method: str, overrides: list[
 def search_arm(args: argparse.Namespace, key: Record, method: str, overrides: list[str]) -> Record:
     """One whole study (search_vs_peers' project arm; resumes from its journal), as its complete trials' points."""
     space = next((o.partition("=")[2] for o in overrides if o.startswith("space=")), None)
-    tag = hashlib.sha1(f"{key['arm_spec']} {args.steps} {args.trials}".encode()).hexdigest()[:8]  # a new arm: a new study
+    # the arm's definition in the study's name: a changed arm starts its own study, never resumes another's
+    tag = hashlib.sha1(f"{key['arm_spec']} {args.steps} {args.trials}".encode()).hexdigest()[:8]
     settings = study_settings(args, method, key["seed"], f"{args.task}-{key['arm']}-{tag}-seed{key['seed']}", space)
     study, plan, trials_dir = peers.run_project_arm(settings, args.workdir / "trials.jsonl", key)
     rows = peers.study_rows_of(study, trials_dir)
