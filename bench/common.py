@@ -81,6 +81,15 @@ def machine_note() -> str:
     return note
 
 
+def versions() -> dict[str, str]:
+    """Python's and the libraries' versions a training run's numbers depend on (stamped on every result row: rows
+    of different versions are not compared with each other)."""
+    import importlib.metadata
+
+    names = ("torch", "transformers", "peft", "accelerate", "optuna", "datasets")
+    return {"python": platform.python_version(), **{n: importlib.metadata.version(n) for n in names}}
+
+
 def command_line() -> str:
     return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
 

@@ -106,15 +106,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from elalora_auto.search.checks import check_method_params, check_training
+    from elalora_auto.search.plan import train_spec
     from elalora_auto.tasks import resolve_task
     from elalora_auto.trial import TrialSpec, load_base_model, load_tokenizer, run_trial
 
     if args.config:
         if not Path(args.config).is_file():
             raise UserError(f"config file {args.config} not found")
-        spec = TrialSpec.from_yaml(args.config)
+        base = TrialSpec.from_yaml(args.config)
     elif args.task:
-        spec = TrialSpec(task=args.task)
+        base = TrialSpec(task=args.task)
     else:
         raise UserError("give --task NAME or --config FILE.yaml")
     flags = {
@@ -122,15 +123,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "training.max_steps": args.max_steps, "data.max_train_samples": args.max_train_samples,
         "data.max_eval_samples": args.max_eval_samples,
     }
-    spec = spec.apply_overrides(
-        [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None] + list(args.set)
-    )
+    overrides = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None] + list(args.set)
+    spec = base.apply_overrides(overrides)
     check_training(spec)
     task = resolve_task(spec.task, spec.custom)
     if spec.data.data_dir and not Path(spec.data.data_dir).is_dir():
         raise UserError(f"data directory {spec.data.data_dir} does not exist; fix --data-dir")
     load_tokenizer(spec.model)  # a bad model fails now, before any data is read (both are cached for the trial)
     load_base_model(spec.model, task.num_labels, task.problem_type)
+    spec = train_spec(base, overrides, fresh=not args.config)  # the method's defaults: its space's, as trial 0's
     if spec.training.max_steps is not None:  # the adapter's rules, before the data is tokenised
         check_method_params(spec.method, spec.params, spec.training.max_steps)
     if args.quiet:

@@ -32,6 +32,10 @@ class TrainingSettings:
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda
     bf16: Any = "auto"  # auto | true | false; auto = bf16 autocast on CUDA when supported
+    # true: the data order and every DataLoader's base seed come from the global torch generator, as in
+    # transformers.Trainer (bench/loop_replay.py replays a Trainer run with it); false: the loop's own generator per
+    # seed and epoch, so an evaluation leaves training's random stream (dropout) alone
+    trainer_rng: bool = False
 
 
 @dataclass

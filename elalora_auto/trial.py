@@ -52,29 +52,31 @@ def _device_and_dtype(training: TrainingSettings) -> tuple[torch.device, torch.d
 
 
 # ---------------------------------------------------------------------------------------------- the loop
-def _batches(dataset: Any, batch_size: int, collate: Any, seed: int, epoch: int) -> Iterable[dict]:
-    """Length-grouped shuffled batches with dynamic padding (less padding, same randomness per seed)."""
+def _batches(dataset: Any, batch_size: int, collate: Any, seed: int, epoch: int,
+             trainer_rng: bool = False) -> Iterable[dict]:
+    """Length-grouped shuffled batches with dynamic padding (less padding, same randomness per seed); with
+    `trainer_rng` the shuffle draws from the global generator, as the Trainer's LengthGroupedSampler does."""
     from torch.utils.data import DataLoader
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
     lengths = list(dataset["length"]) if "length" in dataset.column_names else None
     columns = [c for c in dataset.column_names if c != "length"]
-    generator = torch.Generator().manual_seed(seed * 1000 + epoch)
+    generator = None if trainer_rng else torch.Generator().manual_seed(seed * 1000 + epoch)
     sampler = LengthGroupedSampler(batch_size, dataset=dataset if lengths is None else None, lengths=lengths,
                                    generator=generator)
     return DataLoader(dataset.select_columns(columns), batch_size=batch_size, sampler=sampler, collate_fn=collate)
 
 
-def _infinite(dataset: Any, batch_size: int, collate: Any, seed: int) -> Iterable[dict]:
+def _infinite(dataset: Any, batch_size: int, collate: Any, seed: int, trainer_rng: bool = False) -> Iterable[dict]:
     epoch = 0
     while True:
-        yield from _batches(dataset, batch_size, collate, seed, epoch)
+        yield from _batches(dataset, batch_size, collate, seed, epoch, trainer_rng)
         epoch += 1
 
 
 def _evaluate(
     model: nn.Module, task: Any, evals: dict[str, Any], collate: Any, batch_size: int, device: torch.device,
-    dtype: torch.dtype | None,
+    dtype: torch.dtype | None, trainer_rng: bool = False,
 ) -> dict[str, float]:
     """Metrics on every eval split, prefixed '<split>_' when there are several."""
     from torch.utils.data import DataLoader
@@ -88,9 +90,10 @@ def _evaluate(
         preds, labels = [], []
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             # Its own generator: a DataLoader iterator draws its base seed from the global RNG otherwise, which
-            # shifted every later dropout mask, so the evaluation interval changed the training run.
+            # shifted every later dropout mask, so the evaluation interval changed the training run (the Trainer
+            # does draw it: `trainer_rng` follows it there).
             for batch in DataLoader(dataset.select_columns(columns), batch_size=batch_size, collate_fn=collate,
-                                    generator=torch.Generator()):
+                                    generator=None if trainer_rng else torch.Generator()):
                 batch = {k: v.to(device) for k, v in batch.items()}
                 logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
                 preds.append((logits.squeeze(-1) if task.is_regression else logits.argmax(-1)).cpu())
@@ -211,11 +214,11 @@ def _optimizer_step(setup: TrialSetup, batches: Any, grad_accum: int, max_grad_n
 
 
 def evaluate_step(setup: TrialSetup, step: int, out: LoopOutcome, eval_batch_size: int,
-                  listeners: list[Listener]) -> float:
+                  listeners: list[Listener], trainer_rng: bool = False) -> float:
     """Evaluate every split now, record it in `out`, emit `eval`; returns the primary metric."""
     start = time.perf_counter()
     out.metrics = _evaluate(setup.adapter.model, setup.task, setup.data.evals, setup.collate, eval_batch_size,
-                            setup.device, setup.dtype)
+                            setup.device, setup.dtype, trainer_rng)
     out.eval_time_s += time.perf_counter() - start
     out.eval_history.append({"step": step, "metrics": out.metrics})
     emit(listeners, Event("eval", step, {"metrics": out.metrics, "primary": out.metrics[setup.primary_key]}))
@@ -231,7 +234,7 @@ def train_loop(spec: TrialSpec, setup: TrialSetup, reporter: Reporter | None, li
     from tqdm.auto import tqdm
 
     tr, adapter, last = spec.training, setup.adapter, setup.total_steps
-    batches = iter(_infinite(setup.data.train, tr.batch_size, setup.collate, tr.seed))
+    batches = iter(_infinite(setup.data.train, tr.batch_size, setup.collate, tr.seed, tr.trainer_rng))
     out = LoopOutcome() if out is None else out
     with tqdm(total=last, disable=not progress, desc=f"{spec.method} {spec.task}", leave=False) as bar:
         for step in range(1, last + 1):
@@ -249,7 +252,7 @@ def train_loop(spec: TrialSpec, setup: TrialSetup, reporter: Reporter | None, li
                     "loss": loss, "lr": setup.scheduler.get_last_lr()[0], "total_rank": sum(adapter.rank_map().values()),
                     "trainable_params": adapter.num_trainable_parameters()}))
             if step == last or (tr.eval_every and step % tr.eval_every == 0):
-                primary = evaluate_step(setup, step, out, tr.eval_batch_size, listeners)
+                primary = evaluate_step(setup, step, out, tr.eval_batch_size, listeners, tr.trainer_rng)
                 if reporter is not None and step < last:
                     reporter(step, primary, adapter.num_trainable_parameters())
     return out

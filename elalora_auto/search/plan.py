@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from elalora_auto.errors import ConfigError, UserError, reject_unknown
 from elalora_auto.search.settings import SearchSettings
@@ -98,6 +98,59 @@ def plan_study(settings: SearchSettings) -> StudyPlan:
     baseline, margin = majority_baseline(task, next(iter(data.evals.values())))
     return StudyPlan(settings, space, task, model_path, model_type, steps, eval_every, task.primary_metric,
                      baseline, margin, rungs)
+
+
+def train_spec(base: Any, overrides: Sequence[str], fresh: bool) -> Any:
+    """The `train` command's TrialSpec: `base` (a trial config file's spec, or a fresh one when `fresh`) under the
+    `overrides`, and whatever neither gives taken from the method's built-in space (`SearchSpace.defaults`,
+    resolved for this run's length and model), where a study's trial 0 takes it from: so `train --method X --set
+    ...` and a search's trial 0 with the same settings build the same adapter (issue 27). A config file gives all
+    its training settings (export writes every field); given params win over the defaults under any alias."""
+    spec = base.apply_overrides(overrides)
+    params, training = SearchSpace.load(spec.method).defaults(
+        {"total_steps": _run_steps(spec), "model_type": _model_type(spec)})
+    if fresh and training:
+        spec = dataclasses.replace(base, training=dataclasses.replace(base.training, **training))
+        spec = spec.apply_overrides(overrides)
+    given = dict(spec.params)
+    spec.params = {**{k: v for k, v in params.items() if not _named(spec.method, given, k)}, **given}
+    return spec
+
+
+def _named(method: str, params: dict[str, Any], name: str) -> bool:
+    """Whether `params` give `name` already, under it or an alias (a user's r for ElaLoRA's r_init)."""
+    from elalora_auto.adapters import native_params
+
+    if name in params:
+        return True
+    try:
+        native_params(method, {**params, name: None}, 1)
+    except ConfigError:  # "given twice": an alias of it is there
+        return True
+    return False
+
+
+def _run_steps(spec: Any) -> int:
+    """The run's optimizer steps: max_steps, else epochs over the training rows (read for it)."""
+    from elalora_auto.spec import total_steps
+    from elalora_auto.tasks import load_task_data, resolve_task
+
+    if spec.training.max_steps is not None:
+        return int(spec.training.max_steps)
+    ds = spec.data
+    data = load_task_data(resolve_task(spec.task, spec.custom), data_dir=ds.data_dir,
+                          max_train_samples=ds.max_train_samples, max_eval_samples=ds.max_eval_samples,
+                          validation_fraction=ds.validation_fraction, seed=ds.seed)
+    return total_steps(spec.training, len(data.train))
+
+
+def _model_type(spec: Any) -> str:
+    """The model's type (its default targets, a module set's names); the base model is cached for the trial."""
+    from elalora_auto.loading import load_base_model
+    from elalora_auto.tasks import resolve_task
+
+    task = resolve_task(spec.task, spec.custom)
+    return load_base_model(spec.model, task.num_labels, task.problem_type)[0].config.model_type
 
 
 def check_device(device: str) -> None:

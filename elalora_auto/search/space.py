@@ -246,20 +246,36 @@ class SearchSpace:
         """
         import optuna
 
+        method_params, training, values = self._resolve({p.name: p.suggest(trial) for p in self.params}, context)
+        for expr in self.constraints:
+            if not expr(values):
+                raise optuna.TrialPruned(f"constraint {expr.text!r} does not hold")
+        return method_params, training
+
+    def defaults(self, context: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Trial 0's configuration (every `default`) resolved as a trial resolves its draw (fractions to steps,
+        module sets to the model's names): the method's defaults wherever a run is built outside a study (`train`),
+        so a run and a study's trial 0 with the same settings build the same adapter. A parameter without a default
+        is left to the adapter; the constraints are the caller's to check (on the values it finally trains)."""
+        method_params, training, _ = self._resolve(
+            {p.name: p.default for p in self.params if p.default is not None}, context)
+        return method_params, training
+
+    def _resolve(self, raw: Mapping[str, Any],
+                 context: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """(method params, training overrides, every resolved value by name) from raw values in Optuna's
+        coordinates, in the space's order (an `of` expression reads the parameters before it)."""
         values: dict[str, Any] = {name: context[name] for name in CONTEXT_NAMES}
         sections: dict[str, dict[str, Any]] = {"method_params": {}, "training_params": {}}
-        for param in self.params:
-            value = param.resolve(param.suggest(trial), values)
+        for param in (p for p in self.params if p.name in raw):
+            value = param.resolve(raw[param.name], values)
             values[param.name] = value
             if param.name == "target_modules":
                 if value == DEFAULT_MODULES:
                     continue
                 value = self.module_names(value, context.get("model_type"))
             sections[param.section][param.name] = value
-        for expr in self.constraints:
-            if not expr(values):
-                raise optuna.TrialPruned(f"constraint {expr.text!r} does not hold")
-        return sections["method_params"], sections["training_params"]
+        return sections["method_params"], sections["training_params"], values
 
     def default_params(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Trial 0 in Optuna's coordinates: every `default`, then `overrides` (a study's `trial0`)."""

@@ -1,0 +1,290 @@
+"""Paired comparison with common random numbers (issue 27): arms compared seed by seed, each difference reported as
+the mean of the per-seed differences with its 95% t-interval, not as means alone.
+
+One seed fixes, for every arm alike, the data order (the loop's shuffle), the head's and the adapter's
+initialisation and the dropout masks (`training.seed`), and for a search arm its sampler's draws; the rows trained
+and evaluated on are the study file's fixed sample (data seed 0) for every arm and seed. So what differs between two
+arms of one seed is the arm, and the seed-to-seed noise they share cancels in the difference.
+
+Two kinds of arm, both on a built-in study file's task, data, model, batch, length and steps (--task):
+- `--arm NAME=METHOD[,KEY=VALUE...]`: one training run per seed: the study's trial 0 for METHOD (its space's
+  defaults, as `train --method METHOD` builds it) with the TrialSpec overrides, e.g.
+  `--arm half=elalora,params.final_budget=0.5`. Compared on the final metric.
+- `--search-arm NAME=METHOD[,space=YAML]`: one whole study of --trials trials per seed (search_vs_peers' project
+  arm, no pruning). Compared on the hypervolume of its (metric, trainable parameters) front and on the best metric at
+  <= P parameters for three budgets P; also on how many seeds each arm's hypervolume is the largest.
+
+Rows: one JSON line per finished run or study (bench/results/paired.jsonl), with the library versions and commit on
+every row. A re-run skips every row already there for this environment's versions (so it resumes); the report
+compares only rows of this environment's versions and says how many it left out.
+
+    OMP_NUM_THREADS=1 python bench/paired.py --task mnli --seeds 42 43 44 45 46 47 \\
+        --arm elalora=elalora --arm lora=lora --baseline lora         # 12 runs of 300 steps
+    python bench/paired.py --task sst2 --seeds 42 43 44 45 46 47 --trials 12 \\
+        --search-arm ela=elalora --search-arm lora=lora --baseline lora   # 12 studies
+    python bench/paired.py --task mnli ... --report                  # the report only, from the rows
+    python bench/paired.py --smoke --arm a=lora --arm b=lora,learning_rate=1e-3 --baseline a   # tiny model
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import search_vs_peers as peers  # noqa: E402
+from common import GLUE, OUT, ROOT, append_jsonl, command_line, machine_note, read_jsonl, versions  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "paired.jsonl"
+WORKDIR = OUT / "paired"
+Record = dict[str, Any]
+
+
+# -- the statistics -------------------------------------------------------------------------------------------
+def paired_interval(diffs: Sequence[float], level: float = 0.95) -> dict[str, Any]:
+    """Mean of the per-seed differences, their SD and the two-sided t-interval (n - 1 degrees of freedom); no
+    interval from fewer than 2 seeds."""
+    from scipy.stats import t
+
+    n = len(diffs)
+    mean = statistics.fmean(diffs) if diffs else math.nan
+    if n < 2:
+        return {"n": n, "mean": mean, "sd": math.nan, "low": math.nan, "high": math.nan}
+    sd = statistics.stdev(diffs)
+    half = float(t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+    return {"n": n, "mean": mean, "sd": sd, "low": mean - half, "high": mean + half}
+
+
+def detectable(sd: float, n: int, power: float = 0.8, level: float = 0.95) -> float:
+    """The true mean difference a paired t-test at `level` finds with `power` over n seeds, given the SD of the
+    per-seed differences (the usual (t_alpha/2 + t_beta) x SD / sqrt(n) approximation)."""
+    from scipy.stats import t
+
+    return (float(t.ppf(0.5 + level / 2, n - 1)) + float(t.ppf(power, n - 1))) * sd / math.sqrt(n)
+
+
+# -- the arms -------------------------------------------------------------------------------------------------
+def parse_arm(text: str) -> tuple[str, str, list[str]]:
+    """'NAME=METHOD[,KEY=VALUE...]' -> (name, method, overrides)."""
+    name, sep, rest = text.partition("=")
+    method, *overrides = rest.split(",")
+    if not sep or not name or not method:
+        raise SystemExit(f"error: an arm is NAME=METHOD[,KEY=VALUE...], got {text!r}")
+    return name, method, overrides
+
+
+def arm_key(args: argparse.Namespace, kind: str, arm: str, spec: str, seed: int) -> Record:
+    """What makes two rows the same measurement (the versions are checked beside it)."""
+    return {"kind": kind, "task": args.task, "arm": arm, "arm_spec": spec, "seed": seed, "steps": args.steps,
+            "trials": args.trials if kind == "study" else 1}
+
+
+def study_settings(args: argparse.Namespace, method: str, seed: int, study: str, space: str | None = None) -> Any:
+    """The study file's settings for this task, method and seed (search_vs_peers' arm_settings)."""
+    bench = peers.parse_args([*(["--smoke"] if args.smoke else ["--tasks", args.task]), "--workdir",
+                              str(args.workdir), "--max-steps", str(args.steps), "--data-dir", str(args.data_dir)])
+    key = {"task": args.task, "arm": method, "seed": seed, "trials": args.trials, "steps": args.steps,
+           "study": study, **({"space": space} if space else {})}
+    return peers.arm_settings(bench, key)
+
+
+def run_arm(args: argparse.Namespace, key: Record, method: str, overrides: list[str]) -> Record:
+    """One training run: the study's trial 0 for `method` with `overrides`, evaluated at the end only (the loop's
+    evaluations draw nothing from the training stream, so they would not change it, only cost time)."""
+    import optuna
+
+    from elalora_auto.search.plan import plan_study
+    from elalora_auto.trial import run_trial
+
+    plan = plan_study(study_settings(args, method, key["seed"], f"run-{key['arm']}-{key['seed']}"))
+    spec = plan.trial_spec(optuna.trial.FixedTrial(plan.space.default_params(plan.settings.trial0)))
+    spec.training.eval_every = 0
+    spec = spec.apply_overrides(overrides)
+    result = run_trial(spec, progress=False)
+    return {**key, "metric": result.primary_metric, "value": result.primary, "baseline": plan.baseline,
+            "trainable_params": result.trainable_params, "wall_time_s": round(result.wall_time_s, 1),
+            "params": spec.params, "learning_rate": spec.training.learning_rate}
+
+
+def search_arm(args: argparse.Namespace, key: Record, method: str, overrides: list[str]) -> Record:
+    """One whole study (search_vs_peers' project arm; resumes from its journal), as its complete trials' points."""
+    space = next((o.partition("=")[2] for o in overrides if o.startswith("space=")), None)
+    # the arm's definition in the study's name: a changed arm starts its own study, never resumes another's
+    tag = hashlib.sha1(f"{key['arm_spec']} {args.steps} {args.trials}".encode()).hexdigest()[:8]
+    settings = study_settings(args, method, key["seed"], f"{args.task}-{key['arm']}-{tag}-seed{key['seed']}", space)
+    study, plan, trials_dir = peers.run_project_arm(settings, args.workdir / "trials.jsonl", key)
+    rows = peers.study_rows_of(study, trials_dir)
+    points = peers.complete_points({"rows": rows})
+    return {**key, "metric": plan.primary_metric, "baseline": plan.baseline, "points": points,
+            "wall_time_s": round(sum(r["wall_time_s"] or 0.0 for r in rows), 1)}
+
+
+def run_all(args: argparse.Namespace) -> None:
+    """Every (seed, arm) row not yet in the results for this environment's versions, seed-major (a cut-short
+    protocol has whole seeds: pairs)."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    mine = versions()
+    done = {tuple(sorted(r["key"].items())) for r in read_jsonl(args.results) if r.get("versions") == mine}
+    arms = [("run", a) for a in args.arm] + [("study", a) for a in args.search_arm]
+    for seed in args.seeds:
+        for kind, text in arms:
+            name, method, overrides = parse_arm(text)
+            key = arm_key(args, kind, name, text, seed)
+            if tuple(sorted(key.items())) in done:
+                print(f"skip {kind} {name} seed {seed} (in {args.results})", flush=True)
+                continue
+            print(f"{time.strftime('%H:%M:%S')} {kind} {name} seed {seed}", flush=True)
+            before = machine_note()
+            row = (run_arm if kind == "run" else search_arm)(args, key, method, overrides)
+            append_jsonl(args.results, {"key": key, **row, "versions": mine, "commit": peers.git_commit(),
+                                        "command": command_line(), "machine_before": before,
+                                        "date": datetime.datetime.now(datetime.timezone.utc).strftime(
+                                            "%Y-%m-%d %H:%M UTC")})
+
+
+# -- the report -----------------------------------------------------------------------------------------------
+def comparable(records: list[Record], args: argparse.Namespace) -> tuple[list[Record], list[str]]:
+    """This comparison's rows (task, steps, the arms and seeds asked for) run under this environment's versions,
+    and a line naming what was left out for other versions (never mixed into one comparison)."""
+    mine = versions()
+    names = {parse_arm(a)[0]: a for a in [*args.arm, *args.search_arm]}
+    wanted = [r for r in records if r["task"] == args.task and r["steps"] == args.steps and r["seed"] in args.seeds
+              and names.get(r["arm"]) == r["arm_spec"] and r["trials"] == (args.trials if r["kind"] == "study" else 1)]
+    kept = [r for r in wanted if r["versions"] == mine]
+    other = [r for r in wanted if r["versions"] != mine]
+    lines = [f"left out {len(other)} row(s) run under other library versions ("
+             + "; ".join(sorted({", ".join(f"{k} {v}" for k, v in r["versions"].items()) for r in other}))
+             + f"); this comparison: {', '.join(f'{k} {v}' for k, v in mine.items())}"] if other else []
+    return kept, lines
+
+
+def interval_row(label: str, values: dict[str, dict[int, float]], arm: str, base: str, scale: float) -> str:
+    """One markdown row: the arm minus the baseline over the seeds both have."""
+    seeds = sorted(set(values.get(arm, {})) & set(values.get(base, {})))
+    diffs = [scale * (values[arm][s] - values[base][s]) for s in seeds]
+    if not seeds:
+        return f"| {label} | {arm} - {base} | 0 | - | - | - | - | - | - | no seed has both |"
+    ci = paired_interval(diffs)
+    means = [statistics.fmean(scale * values[a][s] for s in seeds) for a in (arm, base)]
+    power = detectable(ci["sd"], ci["n"]) if ci["n"] > 1 else math.nan
+    return (f"| {label} | {arm} - {base} | {ci['n']} | {means[0]:.2f} | {means[1]:.2f} | {ci['mean']:+.2f} | "
+            f"{ci['sd']:.2f} | [{ci['low']:+.2f}, {ci['high']:+.2f}] | {power:.2f} | "
+            f"{' '.join(f'{d:+.2f}' for d in diffs)} |")
+
+
+# "detectable": the true difference these seeds would find 80% of the time at this SD (what a null result rules out)
+HEADER = ["| measure | difference | seeds | arm mean | baseline mean | mean difference | SD | 95% CI | detectable | "
+          "per seed |", "|---|---|---|---|---|---|---|---|---|---|"]
+
+
+def run_lines(rows: list[Record], base: str) -> list[str]:
+    """Run arms: the final metric (in points) and the trainable parameters, each arm against the baseline."""
+    metric = {r["arm"]: {} for r in rows}
+    size = {r["arm"]: {} for r in rows}
+    for r in rows:
+        metric[r["arm"]][r["seed"]], size[r["arm"]][r["seed"]] = r["value"], r["trainable_params"]
+    arms = [a for a in metric if a != base]
+    name = rows[0]["metric"]
+    return HEADER + [line for a in arms for line in (interval_row(f"{name} (points)", metric, a, base, 100.0),
+                                                      interval_row("trainable parameters", size, a, base, 1.0))]
+
+
+def search_lines(rows: list[Record], base: str, budgets: Sequence[int] | None) -> list[str]:
+    """Search arms: normalised hypervolume (one reference for every arm and seed) and best metric at <= P."""
+    sizes = sorted(p[1] for r in rows for p in r["points"])
+    ref = (float(rows[0]["baseline"]), 1.1 * (sizes[-1] if sizes else 1.0))
+    quantiles = [int(sizes[int(q * (len(sizes) - 1))]) for q in (0.25, 0.5, 0.75)] if sizes else []
+    budgets = list(budgets or quantiles)
+    hv = {r["arm"]: {} for r in rows}
+    best = {(r["arm"], b): {} for r in rows for b in budgets}
+    for r in rows:
+        points = [tuple(p) for p in r["points"]]
+        hv[r["arm"]][r["seed"]] = peers.normalised_hv(points, ref)
+        for b in budgets:
+            if (value := peers.best_at(points, b)) is not None:
+                best[(r["arm"], b)][r["seed"]] = value
+    arms = [a for a in hv if a != base]
+    lines = [f"Reference: metric floor {ref[0]:.4f} (majority class), cost ceiling {ref[1]:,.0f}; budgets P: "
+             + ", ".join(f"{b:,}" for b in budgets), "", *HEADER]
+    for arm in arms:
+        lines.append(interval_row("HV (x100)", hv, arm, base, 100.0))
+        for b in budgets:
+            pair = {a: best[(a, b)] for a in (arm, base)}
+            lines.append(interval_row(f"best at <= {b:,} (points)", pair, arm, base, 100.0))
+    seeds = sorted({r["seed"] for r in rows})
+    wins = {a: sum(1 for s in seeds if s in hv[a] and hv[a][s] == max(v[s] for v in hv.values() if s in v))
+            for a in hv}
+    lines += ["", "Largest hypervolume (a tie counts for each): "
+              + ", ".join(f"{a} on {k} of {len(seeds)} seeds" for a, k in wins.items())]
+    return lines
+
+
+def report(records: list[Record], args: argparse.Namespace) -> str:
+    """Per kind of arm, every arm paired with that kind's baseline, from this comparison's rows."""
+    rows, lines = comparable(records, args)
+    for kind, title in (("run", "Runs"), ("study", "Searches")):
+        mine = [r for r in rows if r["kind"] == kind]
+        base = args.baselines.get(kind)
+        if not mine:
+            continue
+        if base not in {r["arm"] for r in mine}:
+            lines.append(f"{title}: no rows of the baseline arm {base!r} yet; nothing to pair")
+            continue
+        body = run_lines(mine, base) if kind == "run" else search_lines(mine, base, args.budgets)
+        lines += ["", f"**{title}: {args.task}, {args.steps} steps, paired over seeds "
+                  f"{', '.join(map(str, sorted({r['seed'] for r in mine})))}**", "", *body]
+    return "\n".join(lines) if lines else f"no rows for this comparison in {args.results}"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=list(peers.STUDY_FILES), default="mnli")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44, 45, 46, 47])
+    parser.add_argument("--arm", action="append", default=[], help="NAME=METHOD[,KEY=VALUE...]: one run per seed")
+    parser.add_argument("--search-arm", action="append", default=[], help="NAME=METHOD[,space=YAML]: a study per seed")
+    parser.add_argument("--baseline", action="append", required=True,
+                        help="the arm every other arm of its kind is paired with (one per kind: --arm, --search-arm)")
+    parser.add_argument("--steps", type=int, default=None, help="per run or trial (default: the study file's)")
+    parser.add_argument("--trials", type=int, default=12, help="per search-arm study")
+    parser.add_argument("--budgets", nargs=3, type=int, default=None, help="P values (default: size quantiles)")
+    parser.add_argument("--data-dir", type=Path, default=GLUE)
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--workdir", type=Path, default=WORKDIR, help="study journals, trial folders, caches")
+    parser.add_argument("--report", action="store_true", help="print the report from the results and exit")
+    parser.add_argument("--smoke", action="store_true", help="the tiny model on the demo's synthetic task")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.task = peers.SMOKE_TASK
+    kinds = {"run": [parse_arm(a)[0] for a in args.arm], "study": [parse_arm(a)[0] for a in args.search_arm]}
+    names = kinds["run"] + kinds["study"]
+    args.baselines = {kind: next((b for b in args.baseline if b in arms), None) for kind, arms in kinds.items()}
+    if (len(set(names)) != len(names) or set(args.baseline) - set(names)
+            or any(arms and args.baselines[kind] is None for kind, arms in kinds.items())):
+        parser.error(f"arm names must differ and --baseline must name one arm of each kind given (--arm: "
+                     f"{', '.join(kinds['run']) or 'none'}; --search-arm: {', '.join(kinds['study']) or 'none'})")
+    if len(args.seeds) < 2:
+        parser.error("a paired comparison needs 2 or more --seeds (the protocol asks for 6)")
+    args.steps = args.steps or peers.planned_steps(argparse.Namespace(max_steps=None), args.task)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    if not args.report:
+        run_all(args)
+    print(report(read_jsonl(args.results), args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""bench/paired.py: the paired t-interval against a hand computation, the report's pairing and version filter on
+hand-made rows, and a --smoke protocol on the tiny model that a second run resumes (skips every row) from."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "bench" / "paired.py"
+ENV = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+       "PYTHONPATH": str(ROOT)}
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    sys.path.insert(0, str(SCRIPT.parent))
+    spec = importlib.util.spec_from_file_location("paired", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_interval_by_hand(bench: ModuleType) -> None:
+    # diffs 1..6: mean 3.5; SD sqrt(17.5 / 5) = 1.8708; t(0.975, 5 df) = 2.5706 (table);
+    # half-width 2.5706 x 1.8708 / sqrt(6) = 1.9633 -> [1.5367, 5.4633]
+    ci = bench.paired_interval([1, 2, 3, 4, 5, 6])
+    assert ci["n"] == 6 and ci["mean"] == 3.5 and ci["sd"] == pytest.approx(1.8708, abs=1e-4)
+    assert ci["low"] == pytest.approx(1.5367, abs=1e-3) and ci["high"] == pytest.approx(5.4633, abs=1e-3)
+    assert math.isnan(bench.paired_interval([2.0])["low"])  # one seed: no interval
+    # (t(0.975, 5) + t(0.8, 5)) x SD / sqrt(6) = (2.5706 + 0.9195) / 2.4495 = 1.4248 SDs
+    assert bench.detectable(1.0, 6) == pytest.approx(1.4248, abs=1e-3)
+
+
+def row(bench: ModuleType, arm: str, seed: int, value: float, other_versions: bool = False) -> dict:
+    key = {"kind": "run", "task": "smoke", "arm": arm, "arm_spec": f"{arm}=lora", "seed": seed, "steps": 20,
+           "trials": 1}
+    versions = {**bench.versions(), "torch": "0.0-other"} if other_versions else bench.versions()
+    return {"key": key, **key, "metric": "accuracy", "value": value, "trainable_params": 100, "versions": versions}
+
+
+def test_report_pairs_seeds_and_leaves_out_other_versions(bench: ModuleType) -> None:
+    args = bench.parse_args(["--smoke", "--seeds", "1", "2", "3", "4", "--arm", "a=lora", "--arm", "b=lora",
+                             "--baseline", "a"])
+    rows = [row(bench, "a", 1, 0.50), row(bench, "a", 2, 0.60), row(bench, "a", 3, 0.70),
+            row(bench, "b", 1, 0.51), row(bench, "b", 2, 0.595), row(bench, "b", 3, 0.725),
+            row(bench, "a", 4, 0.0, other_versions=True), row(bench, "b", 4, 1.0)]
+    text = bench.report(rows, args)
+    assert text.startswith("left out 1 row(s) run under other library versions (")
+    # seeds 1-3 paired (seed 4's baseline ran under other versions): diffs +1.0 -0.5 +2.5 points, mean 1.0,
+    # SD 1.5, t(0.975, 2 df) = 4.303: 1.0 +- 4.303 x 1.5 / sqrt(3) = [-2.73, +4.73]; detectable at 80% power:
+    # (4.3027 + t(0.8, 2 df) = 1.0607) x 1.5 / sqrt(3) = 4.6448
+    assert ("| accuracy (points) | b - a | 3 | 61.00 | 60.00 | +1.00 | 1.50 | [-2.73, +4.73] | 4.64 | "
+            "+1.00 -0.50 +2.50 |") in text
+
+
+def smoke(tmp_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--smoke", "--seeds", "1", "2", "--steps", "8", "--trials", "2",
+         "--arm", "a=lora", "--arm", "b=lora,learning_rate=2e-3", "--search-arm", "s=lora", "--search-arm",
+         "t=elalora", "--baseline", "a", "--baseline", "s", "--results", str(tmp_path / "rows.jsonl"),
+         "--workdir", str(tmp_path / "work")], capture_output=True, text=True, env=ENV, timeout=900)
+
+
+@pytest.mark.slow
+def test_smoke_protocol_then_resume(tmp_path: Path) -> None:
+    first = smoke(tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert sorted((r["kind"], r["arm"], r["seed"]) for r in rows) == sorted(
+        (kind, arm, seed) for kind, arm in (("run", "a"), ("run", "b"), ("study", "s"), ("study", "t"))
+        for seed in (1, 2))
+    assert all(r["versions"]["torch"] and r["commit"] for r in rows)
+    assert all(len(r["points"]) >= 1 for r in rows if r["kind"] == "study")
+    assert "| accuracy (points) | b - a | 2 |" in first.stdout and "| HV (x100) | t - s | 2 |" in first.stdout
+
+    second = smoke(tmp_path)  # everything is there: nothing re-runs, the same report
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.count("skip ") == 8 and len((tmp_path / "rows.jsonl").read_text().splitlines()) == 8
+    assert second.stdout.split("**Runs")[1] == first.stdout.split("**Runs")[1]
