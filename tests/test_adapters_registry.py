@@ -17,11 +17,13 @@ from elalora_auto.adapters import (Adapter, LoraAdapter, Method, build_adapter, 
                                    method_names, register)
 from elalora_auto.adapters import base as adapters_base
 from elalora_auto.errors import ConfigError, UserError
+from elalora_auto.results import write_study_report
 from elalora_auto.search.checks import check_space
 from elalora_auto.search.space import SearchSpace
+from elalora_auto.search.storage import open_storage
 from elalora_auto.trial import TrialSpec, run_trial
 
-from test_search_study import _study, study_file  # noqa: F401 - the tiny study fixture
+from test_search_study import _space, _study, study_file  # noqa: F401 - the tiny study fixture
 from test_trial import tiny_spec, write_tiny_sst2
 
 
@@ -196,3 +198,8 @@ def test_eva_is_searched_like_the_others(study_file: Path, tmp_path: Path) -> No
     trials = _study(tmp_path, "e").get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
     assert trials[0].params["rho"] == 2.0 and all(t.values[1] > 0 for t in trials)
+    # An ElaLoRA study of the same task in the same workdir draws the EVA trials on its Pareto plot.
+    assert main(["search", "--config", str(study_file), "--space", str(_space(tmp_path)), "--study", "el",
+                 "--trials", "1", "--quiet"]) == 0
+    write_study_report(_study(tmp_path, "el"), tmp_path / "report", storage=open_storage(None, tmp_path / "runs"))
+    assert "eva (e) (2)" in (tmp_path / "report" / "pareto_front.html").read_text()
