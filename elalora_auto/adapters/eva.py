@@ -5,7 +5,8 @@ at most round(r * rho), the total stays the LoRA budget), so rank allocation cos
 is a stock LoRA folder whose rank_pattern/alpha_pattern carry the redistribution.
 
 Names: LoRA's (r_init -> r, lora_alpha, lora_dropout, target_modules, bias) plus EvaConfig's rho, tau, whiten,
-adjust_scaling_factors, and eva_batches: how many training batches the SVD may cycle over (the adapter's own knob).
+adjust_scaling_factors, and eva_batches: how many of the first training batches the SVD may use (the adapter's own
+knob; the first epoch's order, so the same batches the training starts with).
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ if TYPE_CHECKING:
     from torch import nn
 
 EVA_KEYS = ("rho", "tau", "whiten", "adjust_scaling_factors")
-DEFAULT_BATCHES = 8
-# EVA's SVD loops over the batches until every layer's components settle (cosine >= tau); this bounds that loop.
-MAX_PASSES_PER_BATCH = 50
+# EVA's SVD takes batches until every layer's components settle (cosine >= tau, PEFT's default 0.99), cycling when
+# they run out. Measured on MiniLM-L6 / SST-2 (BENCHMARKS.md, "EVA initialisation cost"): 64 batches of 16 settle
+# after 45 forward passes (r 8, rho 2) and 97 (r 16, rho 3); 8 batches of 32 cycled had not settled after 200.
+DEFAULT_BATCHES = 64
+# A ceiling on the passes (per distinct batch), so a non-settling SVD fails its trial instead of hanging it.
+MAX_PASSES_PER_BATCH = 10
 
 
 def _split(native: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], int]:
@@ -82,14 +86,14 @@ def _layer_rows(layer_input: Any, token_rows: Any, layer_name: str) -> Any:
 class EvaAdapter(LoraAdapter):
     """PEFT LoRA initialised by EVA in `prepare`; until then its ranks are the plain LoRA ones."""
 
-    batches: int = DEFAULT_BATCHES
+    eva_batches: int = DEFAULT_BATCHES
     planned: dict[str, int] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.planned = LoraAdapter.rank_map(self)  # every target, so a layer EVA gives rank 0 still shows as 0
 
     def prepare(self, batches: Iterable[dict[str, Any]]) -> None:
-        """EVA from the first `batches` training batches, recorded as a round at step 0. Labels are left out
+        """EVA from the first `eva_batches` training batches, recorded as a round at step 0. Labels are left out
         (a sequence label is not a token mask); batches are merged until each has a row per component, as a
         sequence-level layer (BERT's pooler) sees one input row per sequence."""
         from peft import initialize_lora_eva_weights
@@ -97,7 +101,7 @@ class EvaAdapter(LoraAdapter):
         config = self.model.peft_config["default"]
         components = round(config.r * config.eva_config.rho)
         taken = [{k: v for k, v in batch.items() if k != "labels"}
-                 for batch in itertools.islice(batches, self.batches)]
+                 for batch in itertools.islice(batches, self.eva_batches)]
         merged = _merge(taken, components)
         if not merged:
             raise ConfigError(f"EVA needs {components} training rows (r_init x rho) for its SVD, the first "
@@ -147,4 +151,4 @@ class EvaMethod(Method):
         with warnings.catch_warnings():  # "eva used with low_cpu_mem_usage=False": a memory hint for large models
             warnings.simplefilter("ignore")
             peft_model = get_peft_model(model, _eva_lora_config(native, heads))
-        return EvaAdapter(peft_model, self.name, batches=_split(native)[2])
+        return EvaAdapter(peft_model, self.name, eva_batches=_split(native)[2])
