@@ -170,7 +170,8 @@ class Method(ABC):
         return inverse.get(native, native)
 
     def names(self) -> list[str]:
-        """What a configuration may name, as the error hint spells it: the shared names first, other spellings."""
+        """What a configuration may name, as the error hint spells it: the shared names and the other accepted
+        spellings, sorted."""
         keys = set(self.native_keys())
         shared = {self.shared_name(k) for k in keys}
         return sorted(shared | {a for a, own in self.aliases.items() if own in keys}
