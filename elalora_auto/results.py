@@ -159,7 +159,7 @@ def front_hypervolume(study: Any, rows: Sequence[Mapping[str, Any]]) -> tuple[fl
 
 
 def peer_rows(study: Any, storage: Any | None) -> list[dict[str, Any]]:
-    """Complete trials of the other studies in `storage` for the same task (LoRA/AdaLoRA peers)."""
+    """Complete trials of the other studies in `storage` for the same task (LoRA, AdaLoRA, EVA peers)."""
     import optuna
 
     task = study_settings(study).get("task")

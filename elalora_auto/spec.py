@@ -61,10 +61,10 @@ class TrialSpec:
     custom: dict[str, Any] | None = None  # keyword arguments of tasks.custom_task for a user's own files
 
     def __post_init__(self) -> None:
-        from elalora_auto.adapters import METHODS
+        from elalora_auto.adapters import method_names
 
-        if self.method not in METHODS:
-            raise UserError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.method not in method_names():
+            raise UserError(f"unknown method {self.method!r}; choose one of {', '.join(method_names())}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

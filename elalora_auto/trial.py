@@ -11,8 +11,9 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -65,6 +66,12 @@ def _batches(dataset: Any, batch_size: int, collate: Any, seed: int, epoch: int,
     sampler = LengthGroupedSampler(batch_size, dataset=dataset if lengths is None else None, lengths=lengths,
                                    generator=generator)
     return DataLoader(dataset.select_columns(columns), batch_size=batch_size, sampler=sampler, collate_fn=collate)
+
+
+def _first_epoch(dataset: Any, batch_size: int, collate: Any, seed: int) -> Iterator[dict]:
+    """The first epoch's batches for an adapter's `prepare`, built only when it draws one, so a method that needs
+    no data leaves the trial's random stream as it was."""
+    yield from _batches(dataset, batch_size, collate, seed, 0)
 
 
 def _infinite(dataset: Any, batch_size: int, collate: Any, seed: int, trainer_rng: bool = False) -> Iterable[dict]:
@@ -155,7 +162,7 @@ def setup_trial(spec: TrialSpec, adapter_factory: AdapterFactory | None = None) 
     """Seed, data (loaded, tokenised), a fresh copy of the cached base model wrapped by the adapter, optimizer."""
     from transformers import get_linear_schedule_with_warmup, set_seed
 
-    from elalora_auto.adapters import build_adapter
+    from elalora_auto.adapters import build_adapter, get_method
     from elalora_auto.tasks import load_task_data, make_collator, resolve_task, tokenize_cached
 
     tr, ds = spec.training, spec.data
@@ -176,16 +183,20 @@ def setup_trial(spec: TrialSpec, adapter_factory: AdapterFactory | None = None) 
     reset_fresh_head(model, missing, tr.seed)
     params = dict(spec.params)
     heads = params.pop("modules_to_save", None)
-    if spec.method == "elalora":
-        params.setdefault("seed", tr.seed)
-    adapter = (adapter_factory or build_adapter)(model, spec.method, params, steps, heads)
+    seed_param = get_method(spec.method).seed_param
+    if seed_param:
+        params.setdefault(seed_param, tr.seed)
+    # Validated where the configuration entered (the search's plan, `train`): the build translates names only.
+    adapter = (adapter_factory or partial(build_adapter, validate=False))(model, spec.method, params, steps, heads)
     adapter.model.to(device).train()
+    collate = make_collator(tokenizer)
+    adapter.prepare(_first_epoch(data.train, tr.batch_size, collate, tr.seed))  # may replace parameters (EVA)
     optimizer = torch.optim.AdamW(
         adapter.param_groups(tr.learning_rate), lr=tr.learning_rate, weight_decay=tr.weight_decay,
         **({"fused": True} if device.type == "cuda" else {"foreach": True}),
     )
     scheduler = get_linear_schedule_with_warmup(optimizer, round(tr.warmup_ratio * steps), steps)
-    return TrialSetup(task, data, make_collator(tokenizer), adapter, optimizer, scheduler, device, dtype, steps,
+    return TrialSetup(task, data, collate, adapter, optimizer, scheduler, device, dtype, steps,
                       _primary_key(task, data.evals))
 
 

@@ -3,17 +3,16 @@
 A space is validated at its corners: each parameter at its low and high end (each choice of a categorical), the
 others at their defaults, resolved by the space's own `suggest` (so fractions become step counts exactly as in a
 trial) and skipped where the space's constraints prune the combination anyway. Each corner must make a valid
-method configuration: ElaLoraConfig for ElaLoRA; for LoRA and AdaLoRA the same rules for the shared vocabulary
-(r_init >= 1, dropout and betas in [0, 1), schedule steps, ...), r_target < r_init, and PEFT's own config;
-training parameters obey the TrialSpec's training rules. Parameter names are checked first, naming the valid ones.
+method configuration by the method's own rules (`adapters.get_method(name).configure`: the names, naming the valid
+ones; the shared vocabulary's rules; the method's config, e.g. ElaLoraConfig or PEFT's LoraConfig); training
+parameters obey the TrialSpec's training rules.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Iterator
 
-from elalora_auto.errors import ConfigError, check_fields, reject_unknown
+from elalora_auto.errors import ConfigError, check_fields
 from elalora_auto.search.space import Param, SearchSpace
 
 # TrainingSettings fields that must be > 0 or >= 0 (the one rule set for `train` and the spaces' training_params).
@@ -22,11 +21,6 @@ TRAINING_POSITIVE = ("learning_rate", "max_steps", "epochs", "batch_size", "eval
 TRAINING_NON_NEGATIVE = ("warmup_ratio", "weight_decay", "max_grad_norm", "eval_every", "seed")
 DATA_POSITIVE = ("max_train_samples", "max_eval_samples")
 DATA_NON_NEGATIVE = ("validation_fraction", "seed")
-# Shared-vocabulary names whose rules ElaLoraConfig states for every method (native PEFT names mapped back).
-_SHARED_RULES = {"r_init": "r_init", "r": "r_init", "init_r": "r_init", "lora_alpha": "lora_alpha",
-                 "lora_dropout": "lora_dropout", "t_init": "t_init", "tinit": "t_init", "t_final": "t_final",
-                 "tfinal": "t_final", "delta_t": "delta_t", "deltaT": "delta_t", "beta1": "beta1", "beta2": "beta2",
-                 "orth_reg_weight": "orth_reg_weight", "gamma": "orth_reg_weight"}
 
 
 def check_training(spec: Any) -> None:
@@ -35,13 +29,6 @@ def check_training(spec: Any) -> None:
     check_fields(spec.data, "data.", DATA_POSITIVE, DATA_NON_NEGATIVE)
     if not 0 <= spec.data.validation_fraction < 1:
         raise ConfigError(f"data.validation_fraction: must be in [0, 1), got {spec.data.validation_fraction}")
-
-
-def elalora_names() -> list[str]:
-    """What an ElaLoRA space may name: ElaLoraConfig's fields and the shared aliases (the run length is not one)."""
-    from elalora_auto.method.config import ElaLoraConfig
-
-    return sorted({f.name for f in dataclasses.fields(ElaLoraConfig)} - {"total_steps"} | {"r", "gamma"})
 
 
 def check_space(space: SearchSpace, total_steps: int) -> None:
@@ -92,41 +79,11 @@ def _resolve(space: SearchSpace, raw: dict[str, Any], total_steps: int,
 
 
 def check_method_params(method: str, params: dict[str, Any], total_steps: int) -> None:
-    """One corner's method parameters against the method's rules (ConfigError, one line)."""
-    from elalora_auto.adapters import native_params
-    from elalora_auto.method.config import ElaLoraConfig
+    """One corner's method parameters against the method's rules, as the registry states them (ConfigError, one
+    line); the module names are checked on the model (`plan.check_target_modules`)."""
+    from elalora_auto.adapters import check_params
 
-    params = {k: v for k, v in params.items() if k not in ("target_modules", "modules_to_save")}
-    if method == "elalora":
-        reject_unknown(params, elalora_names(), "unknown elalora parameter")
-    native = native_params(method, params, total_steps)
-    try:
-        if method == "elalora":
-            config = ElaLoraConfig.from_dict({**native, "total_steps": total_steps})
-        else:  # the shared vocabulary obeys ElaLoraConfig's rules whatever the method, then PEFT's own config
-            config = ElaLoraConfig(**{_SHARED_RULES[k]: v for k, v in native.items() if k in _SHARED_RULES})
-    except TypeError:  # a rule compared a number with text: name the text values instead
-        text = {k: v for k, v in params.items() if isinstance(v, str)}
-        raise ConfigError(f"a number is expected where these are text: {text or params}") from None
-    check_fields(config)
-    if method != "elalora":
-        _check_peft_config(method, native, total_steps)
-
-
-def _check_peft_config(method: str, native: dict[str, Any], total_steps: int) -> None:
-    from peft import AdaLoraConfig, LoraConfig, TaskType
-
-    try:
-        if method == "lora":
-            LoraConfig(task_type=TaskType.SEQ_CLS, **native)
-            return
-        config = AdaLoraConfig(task_type=TaskType.SEQ_CLS, total_step=total_steps, **native)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"bad {method} parameters: {' '.join(str(exc).split())}") from None
-    if isinstance(config.target_r, bool) or not isinstance(config.target_r, int) or \
-            not 1 <= config.target_r < config.init_r:
-        raise ConfigError(f"r_target={config.target_r!r} must be a whole number in [1, r_init - 1 = "
-                          f"{config.init_r - 1}] (PEFT's AdaLoRA fails when there is nothing to prune)")
+    check_params(method, {k: v for k, v in params.items() if k != "target_modules"}, total_steps)
 
 
 def _check_training_values(training: dict[str, Any]) -> None:

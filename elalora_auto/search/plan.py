@@ -94,7 +94,6 @@ def plan_study(settings: SearchSettings) -> StudyPlan:
     load_tokenizer(model_path)
     load_base_model(model_path, task.num_labels, task.problem_type)  # cached: the process's trials reuse it
     model_type = check_target_modules(model_path, task.num_labels, space)
-    check_adapter(model_path, task.num_labels, space, steps, model_type)
     baseline, margin = majority_baseline(task, next(iter(data.evals.values())))
     return StudyPlan(settings, space, task, model_path, model_type, steps, eval_every, task.primary_metric,
                      baseline, margin, rungs)
@@ -190,33 +189,28 @@ def _meta_model(model_path: str, num_labels: int) -> Any:
 
 
 def check_target_modules(model_path: str, num_labels: int, space: SearchSpace) -> str:
-    """Every module name of every set must exist in the model (checked on a meta copy).
+    """Every module name of every set, and the model type's default targets where the space can leave the
+    targets to them, must exist in the model (checked on a meta copy).
 
     Returns the model_type, which picks the space's module aliases.
     """
+    from elalora_auto.adapters import default_targets
     from elalora_auto.method.config import ElaLoraConfig
+    from elalora_auto.search.space import DEFAULT_MODULES
 
     model = _meta_model(model_path, num_labels)
     model_type = model.config.model_type
-    for set_name in space.module_sets:
+    sets = {f"module_sets.{name}": space.module_names(name, model_type) for name in space.module_sets}
+    choice = next((p for p in space.params if p.name == "target_modules"), None)
+    if choice is None or DEFAULT_MODULES in (choice.choices or ()):
         try:
-            ElaLoraConfig(target_modules=space.module_names(set_name, model_type)).match_targets(model)
+            sets["target_modules: default"] = default_targets(model_type)[0]
         except ConfigError as exc:
-            raise ConfigError(f"{space.source}: module_sets.{set_name}: {exc} in {model_type} "
-                              f"(add module_aliases.{model_type})") from None
+            raise ConfigError(f"{space.source}: target_modules: {exc}") from None
+    for where, names in sets.items():
+        try:
+            ElaLoraConfig(target_modules=names).match_targets(model)
+        except ConfigError as exc:
+            fix = f"add module_aliases.{model_type}" if where.startswith("module_sets") else "name a module set"
+            raise ConfigError(f"{space.source}: {where}: {exc} in {model_type} ({fix})") from None
     return model_type
-
-
-def check_adapter(model_path: str, num_labels: int, space: SearchSpace, steps: int, model_type: str) -> None:
-    """Trial 0 built for real on a meta copy: the adapter's own parameter-name check (naming the valid ones) and
-    PEFT's, for the PEFT methods (ElaLoRA's names and values are checked without a model, by `check_space`)."""
-    from elalora_auto.adapters import build_adapter
-    from elalora_auto.search.checks import corners
-
-    if space.method == "elalora":
-        return
-    _, params, _ = next(corners(space, steps, model_type))
-    try:
-        build_adapter(_meta_model(model_path, num_labels), space.method, params, steps)
-    except ConfigError as exc:
-        raise ConfigError(f"{space.source}: method_params: {exc}") from None

@@ -1,7 +1,7 @@
 """Search spaces as YAML: validated on load, turned into Optuna suggestions per trial.
 
 A space file has the sections
-  method:          elalora | adalora | lora (which adapter the suggested parameters are for)
+  method:          elalora | adalora | lora | eva (a registered method: adapters.method_names())
   method_params:   {name: PARAM}   passed to the adapter (`adapters.build_adapter(params=...)`)
   training_params: {name: PARAM}   overrides of the TrialSpec training settings (e.g. learning_rate)
   module_sets:     {set name: [logical module names]}   choices for a categorical `target_modules`; the
@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-from elalora_auto.adapters import METHODS, model_module_names
+from elalora_auto.adapters import method_names, model_module_names
 from elalora_auto.errors import ConfigError, UserError, close_hint, reject_unknown
 
 TYPES = ("int", "float", "log", "step", "categorical")
@@ -200,9 +200,10 @@ class SearchSpace:
             raise ConfigError(f"{source}: expected a mapping at the top level")
         reject_unknown(data, _TOP_KEYS, f"{source}: unknown key")
         if "method" not in data:
-            raise ConfigError(f"{source}: missing key 'method' (one of {', '.join(METHODS)})")
-        if data["method"] not in METHODS:
-            raise ConfigError(f"{source}: method: unknown method {data['method']!r} (one of {', '.join(METHODS)})")
+            raise ConfigError(f"{source}: missing key 'method' (one of {', '.join(method_names())})")
+        if data["method"] not in method_names():
+            raise ConfigError(f"{source}: method: unknown method {data['method']!r} "
+                              f"(one of {', '.join(method_names())})")
         module_sets = data.get("module_sets") or {}
         if not isinstance(module_sets, dict) or not all(
                 isinstance(v, list) and v and all(isinstance(m, str) for m in v) for v in module_sets.values()):

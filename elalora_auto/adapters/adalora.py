@@ -1,0 +1,158 @@
+"""PEFT AdaLoRA, driven for the user (`update_and_allocate` after every optimizer step) and exported as a stock
+LoRA folder. Its names are PEFT's (init_r, target_r, tinit, tfinal, deltaT), its rules the shared ones, PEFT's
+AdaLoraConfig and r_target < r_init."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+from elalora_auto.adapters.base import Adapter, Method, check_targets, module_key, seq_cls_config, unique_modules
+from elalora_auto.adapters.lora import LORA_KEYS
+from elalora_auto.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+ADALORA_KEYS = LORA_KEYS[1:] + ("init_r", "target_r", "tinit", "tfinal", "deltaT", "beta1", "beta2", "orth_reg_weight")
+
+
+def _head_parameters(model: nn.Module) -> int:
+    """Trainable parameters outside the low-rank factors (the modules_to_save copies)."""
+    return sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and ".lora_" not in n)
+
+
+class AdaLoraAdapter(Adapter):
+    """PEFT AdaLoRA, driven for the user: `update_and_allocate` runs after every optimizer step.
+
+    PEFT masks E instead of shrinking tensors, so AdaLoRA trains with init_r shapes throughout;
+    `num_trainable_parameters` counts what the final adapter keeps (unmasked components of A, E, B plus the
+    heads), which is what an exported adapter costs, not what the optimizer updated during training.
+    """
+
+    def _peft(self) -> Any:
+        return self.model.base_model  # the AdaLoraModel under the PeftModel
+
+    def _config(self) -> Any:
+        return self.model.peft_config["default"]
+
+    def _masks(self) -> dict[str, torch.Tensor]:
+        """Per module: boolean mask of live components (all live before the first allocation)."""
+        import torch
+
+        pattern = self._config().rank_pattern or {}
+        masks = {}
+        for name, param in self.model.named_parameters():
+            if ".lora_E." in name:
+                key = name.removeprefix("base_model.model.")
+                live = pattern.get(name, pattern.get(key, pattern.get(key.replace(".default", ""))))
+                mask = torch.ones(param.shape[0], dtype=torch.bool) if live is None else torch.tensor(live)
+                masks[module_key(name, "lora_E")] = mask.view(-1).bool()
+        return masks
+
+    def after_optimizer_step(self, step: int, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+        before = self.rank_map()
+        self._peft().update_and_allocate(step)
+        after = self.rank_map()
+        if after == before:
+            return None
+        record = {
+            "step": step,
+            "changed": {k: [before[k], after[k]] for k in after if before[k] != after[k]},
+            "total_rank": sum(after.values()),
+        }
+        self.round_history.append(record)
+        return record
+
+    def rank_map(self) -> dict[str, int]:
+        return {name: int(mask.sum()) for name, mask in self._masks().items()}
+
+    def num_trainable_parameters(self) -> int:
+        shapes = {}
+        for name, param in self.model.named_parameters():
+            if ".lora_A." in name:
+                shapes.setdefault(module_key(name, "lora_A"), [0, 0])[0] = param.shape[1]
+            elif ".lora_B." in name:
+                shapes.setdefault(module_key(name, "lora_B"), [0, 0])[1] = param.shape[0]
+        ranks = self.rank_map()
+        return sum(r * (shapes[k][0] + shapes[k][1] + 1) for k, r in ranks.items()) + _head_parameters(self.model)
+
+    def export_lora(self, path: str | Path, base_model_name_or_path: str | None = None) -> Path:
+        """Convert to a stock LoRA folder: exact, since AdaLoRA's delta is B diag(E) A * alpha / init_r.
+
+        Live components only: lora_A = diag(E) A * scaling / ranknum, lora_B = B, with rank_pattern =
+        alpha_pattern = r per module (LoRA scaling 1). A module with no live component has a zero delta and is
+        left out of the targets.
+        """
+        from peft import LoraConfig, get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        cfg = self._config()
+        masks = self._masks()
+        modules = dict(self._peft().model.named_modules())
+        tensors: dict[str, torch.Tensor] = {}
+        ranks: dict[str, int] = {}
+        for key, mask in masks.items():
+            layer = modules[key]
+            live = mask.nonzero().view(-1)
+            if live.numel() == 0:
+                continue
+            a = layer.lora_A["default"].detach()[live]
+            e = layer.lora_E["default"].detach()[live]
+            scale = layer.scaling["default"] / (layer.ranknum["default"].item() + 1e-5)
+            tensors[f"base_model.model.{key}.lora_A.weight"] = (e * a * scale).contiguous().cpu()
+            tensors[f"base_model.model.{key}.lora_B.weight"] = layer.lora_B["default"].detach()[:, live].contiguous().cpu()
+            ranks[key] = int(live.numel())
+        if not ranks:
+            raise ConfigError("AdaLoRA masked every component; nothing to export (raise r_target)")
+        with warnings.catch_warnings():  # PEFT warns about the zero-rank modules it resizes; they are dropped here
+            warnings.simplefilter("ignore")
+            state = get_peft_model_state_dict(self.model)
+        heads = {k: v.cpu() for k, v in state.items() if ".lora_" not in k and "ranknum" not in k}
+        # Full module names, so 'layer.0.output.dense' cannot also match 'layer.0.attention.output.dense'.
+        pattern = dict(ranks)
+        lora_cfg = LoraConfig(
+            r=max(ranks.values()),
+            lora_alpha=max(ranks.values()),
+            lora_dropout=cfg.lora_dropout,
+            target_modules=sorted(ranks),
+            rank_pattern=pattern,
+            alpha_pattern=dict(pattern),
+            modules_to_save=unique_modules(cfg.modules_to_save),
+            task_type=cfg.task_type,
+            base_model_name_or_path=str(base_model_name_or_path or cfg.base_model_name_or_path),
+        )
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        lora_cfg.save_pretrained(str(out))
+        save_file({**tensors, **heads}, str(out / "adapter_model.safetensors"))
+        return out
+
+
+class AdaLoraMethod(Method):
+    """PEFT AdaLoRA from init_r down to target_r on average, on the run-length schedule."""
+
+    name = "adalora"
+    aliases = {"r_init": "init_r", "r_target": "target_r", "t_init": "tinit", "t_final": "tfinal",
+               "delta_t": "deltaT"}
+    scheduled = True
+
+    def native_keys(self) -> Iterable[str]:
+        return ADALORA_KEYS
+
+    def check(self, native: dict[str, Any], total_steps: int) -> None:
+        self.check_shared_rules(native)
+        config = seq_cls_config("AdaLoraConfig", native, None, "adalora parameters", total_step=total_steps)
+        if isinstance(config.target_r, bool) or not isinstance(config.target_r, int) or \
+                not 1 <= config.target_r < config.init_r:
+            raise ConfigError(f"r_target={config.target_r!r} must be a whole number in [1, r_init - 1 = "
+                              f"{config.init_r - 1}] (PEFT's AdaLoRA fails when there is nothing to prune)")
+
+    def wrap(self, model: nn.Module, native: dict[str, Any], total_steps: int, heads: list[str]) -> Adapter:
+        from peft import get_peft_model
+
+        check_targets(model, native["target_modules"])
+        config = seq_cls_config("AdaLoraConfig", native, heads, "adalora parameters", total_step=total_steps)
+        return AdaLoraAdapter(get_peft_model(model, config), self.name)

@@ -1,0 +1,55 @@
+"""PEFT LoRA: one fixed rank everywhere. Its names are PEFT's (r for the shared r_init), its rules the shared
+ones plus LoraConfig's own, its export PEFT's save_pretrained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+from elalora_auto.adapters.base import Adapter, Method, check_targets, module_key, seq_cls_config, unique_modules
+
+if TYPE_CHECKING:
+    from torch import nn
+
+LORA_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias")
+
+
+class LoraAdapter(Adapter):
+    """A PEFT LoRA model (any rank pattern): ranks read from the lora_A shapes, everything trainable counted."""
+
+    def rank_map(self) -> dict[str, int]:
+        return {
+            module_key(n, "lora_A"): p.shape[0] for n, p in self.model.named_parameters() if ".lora_A." in n
+        }
+
+    def num_trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+
+    def export_lora(self, path: str | Path, base_model_name_or_path: str | None = None) -> Path:
+        config = self.model.peft_config["default"]
+        if base_model_name_or_path is not None:
+            config.base_model_name_or_path = str(base_model_name_or_path)
+        config.modules_to_save = unique_modules(config.modules_to_save)
+        self.model.save_pretrained(str(path))
+        return Path(path)
+
+
+class LoraMethod(Method):
+    """PEFT LoRA at the shared rank r_init."""
+
+    name = "lora"
+    aliases = {"r_init": "r"}
+
+    def native_keys(self) -> Iterable[str]:
+        return LORA_KEYS
+
+    def check(self, native: dict[str, Any], total_steps: int) -> None:
+        self.check_shared_rules(native)
+        seq_cls_config("LoraConfig", native, None, "lora parameters")
+
+    def wrap(self, model: nn.Module, native: dict[str, Any], total_steps: int, heads: list[str]) -> Adapter:
+        from peft import get_peft_model
+
+        check_targets(model, native["target_modules"])
+        config = seq_cls_config("LoraConfig", native, heads, "lora parameters")
+        return LoraAdapter(get_peft_model(model, config), self.name)
