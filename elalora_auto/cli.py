@@ -136,9 +136,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if spec.training.max_steps is not None:  # the method's rules (the registry's), once, before the data is read
         check_params(spec.method, spec.params, spec.training.max_steps)
     if args.quiet:
-        import datasets
-
-        datasets.disable_progress_bars()
+        __import__("datasets").disable_progress_bars()
     result = run_trial(spec, output_dir=args.export, progress=not args.quiet)
     if args.output:
         Path(args.output).write_text(json.dumps(result.to_dict(), indent=2))
