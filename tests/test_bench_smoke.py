@@ -61,6 +61,8 @@ def test_chaos_quick_journal_repair_counts_nothing_lost(tmp_path: Path) -> None:
     counts = row["counts"]
     assert "bench_error" not in counts, counts  # a scenario that could not be measured is recorded, not raised
     assert counts["first_exit_code"] == counts["resume_exit_code"] == counts["status_exit_code"] == 0, counts
+    assert counts["finished_before_tear"] == 2 and counts["finished"] == 4 and counts["exact"], counts
+    assert counts["running_left"] == counts["duplicate_numbers"] == counts["repeated_configs"] == 0, counts
 
 
 def test_calibrate_runs_one_capped_minilm_run(tmp_path: Path, glue_dir: Path) -> None:

@@ -195,17 +195,22 @@ def test_optimizer_moments_are_indexed_on_prune_and_zero_padded_on_grow():
     assert not layer.ipt_bar["B"][:, 2].any()
 
 
+def bf16_step(model: ElaLoraModel, optimizer, batch: dict[str, torch.Tensor], step: int, device: str = "cpu") -> None:
+    """One step in the documented order, the forward under bf16 autocast (which must reach the logits)."""
+    with torch.autocast(device, dtype=torch.bfloat16):
+        outputs = model(**batch)
+    assert outputs.logits.dtype == torch.bfloat16
+    outputs.loss.backward()
+    optimizer.step()
+    model.update_and_allocate(step, optimizer)
+    optimizer.zero_grad()
+
+
 def test_bf16_autocast_trains_through_rounds():
     model = elastic_bert(t_init=1, t_final=1, delta_t=1, total_steps=10)
     optimizer = adamw(model)
     for step, batch in enumerate(batches(5), start=1):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            outputs = model(**batch)
-        assert outputs.logits.dtype == torch.bfloat16
-        outputs.loss.backward()
-        optimizer.step()
-        model.update_and_allocate(step, optimizer)
-        optimizer.zero_grad()
+        bf16_step(model, optimizer, batch, step)
     assert model.round_history and all(p.dtype == torch.float32 for p in model.parameters())
 
 
