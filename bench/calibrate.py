@@ -187,23 +187,29 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the JSONL the runs go to (and are read from)")
+    parser.add_argument("--max-samples", type=int, help="cap training and evaluation rows (a smoke run: give it "
+                        "its own --results, the rows do not say they were capped in their key)")
     args = parser.parse_args()
     if args.table:
-        print(table(read_jsonl(RESULTS)))
+        print(table(read_jsonl(args.results)))
         return
+    if args.max_samples:
+        for cfg in TASKS.values():
+            cfg.update(max_train_samples=args.max_samples, max_eval_samples=args.max_samples)
     import torch
 
     torch.set_num_threads(args.threads)
-    done = {run_key(r) for r in read_jsonl(RESULTS)}
+    done = {run_key(r) for r in read_jsonl(args.results)}
     todo = grid(args)
     for i, (task, label, lr) in enumerate(todo, 1):
         key = (task, label, float(lr), args.steps, args.eval_every, args.seed)
         if key in done:
-            print(f"[{i}/{len(todo)}] skip {task} {label} lr={lr:g} (already in {RESULTS.name})", flush=True)
+            print(f"[{i}/{len(todo)}] skip {task} {label} lr={lr:g} (already in {args.results.name})", flush=True)
             continue
         print(f"[{i}/{len(todo)}] {time.strftime('%H:%M:%S')} {task} {label} lr={lr:g} ...", flush=True)
         row = run_one(task, label, lr, args.steps, args.eval_every, args.seed)
-        append_jsonl(RESULTS, row)
+        append_jsonl(args.results, row)
         print(f"    {row['metric']} {[h[row['metric']] for h in row['history']]} final {row['final']} "
               f"(majority {row['majority_baseline']}, cleared {row['cleared']}) {row['wall_time_s']} s, "
               f"{row['s_per_step']} s/step", flush=True)

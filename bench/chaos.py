@@ -187,6 +187,7 @@ class Bench:
     tmp: Path
     rng: random.Random
     quick: bool
+    untracked: bool = False  # --no-tracking: searches without MLflow (a faster smoke run of the other scenarios)
     pg: Postgres | None = None
     env: dict[str, str] = field(default_factory=dict)
     study_file: Path | None = None
@@ -229,7 +230,7 @@ class Bench:
     def search_args(self, workdir: Path, storage: str | None, trials: int, *extra: str) -> list[str]:
         assert self.study_file is not None
         args = ["search", "--config", str(self.study_file), "--workdir", str(workdir), "--trials", str(trials),
-                "--quiet", *extra]
+                "--quiet", *extra, *(["--no-tracking"] if self.untracked else [])]
         return args + (["--storage", storage] if storage else [])
 
 
@@ -565,12 +566,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--keep", action="store_true", help="keep the /tmp/chaos-* folders")
+    parser.add_argument("--no-tracking", action="store_true",
+                        help="searches without MLflow, for a faster smoke run (not with the tracking scenario)")
     parser.add_argument("--table", action="store_true", help="print the tables of the last run and exit")
     parser.add_argument("--run-id", help="with --table: which run")
     args = parser.parse_args(argv)
     if args.table:
         print(table(args.results, args.run_id))
         return 0
+    if args.no_tracking and "tracking" in args.scenarios:
+        parser.error("--no-tracking leaves nothing for the tracking scenario to measure; drop it from --scenarios")
     kills = args.kills if args.kills is not None else (2 if args.quick else 20)
     kill_trials = 4 * kills + 4  # a run does ~2 s trials: the study outlasts the kills, which land mid-search
     parallel_trials = 8 if args.quick else 16
@@ -586,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
     commit, dirty = code_commit(code)
     run_id = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     tmp = Path(tempfile.mkdtemp(prefix="chaos-", dir="/tmp"))
-    bench = Bench(code=code, tmp=tmp, rng=random.Random(args.seed), quick=args.quick)
+    bench = Bench(code=code, tmp=tmp, rng=random.Random(args.seed), quick=args.quick, untracked=args.no_tracking)
     stamp = {"run_id": run_id, "commit": commit, "dirty": dirty, "code": str(code), "machine": machine(),
              "quick": args.quick, "params": params}
 

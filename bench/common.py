@@ -23,7 +23,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "bench" / "out"
+OUT = Path(os.environ.get("ELALORA_BENCH_OUT", ROOT / "bench" / "out"))  # the smoke tests point it at a temp folder
 GLUE = Path("/work/shared/data/glue")
 
 

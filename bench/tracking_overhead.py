@@ -1,11 +1,13 @@
-"""What MLflow tracking costs a search: a real small search (the demo study: tiny BERT, synthetic CSV task) run with
-and without the tracker, alternating, plus the time spent inside the tracker itself, per event kind.
+"""What MLflow tracking costs a search: a real small search (the demo study: tiny BERT, synthetic CSV task; or with
+--config a built-in study such as sst2-minilm) run with and without the tracker, alternating, plus the time spent
+inside the tracker itself, per event kind.
 
 End-to-end times on a shared 2-core machine vary by more than the 2% target, so the overhead is measured
 directly: the tracker (the listener the CLI hands the search, `tracking.make_listeners`) is wrapped in a timer, and its time per
 trial is divided by the median trial time of the untracked searches. The end-to-end numbers are a cross-check.
 
     python bench/tracking_overhead.py --repeats 2 --trials 4 --steps 60 --profile --append-to BENCHMARKS.md
+    python bench/tracking_overhead.py --config sst2-minilm --repeats 1 --trials 1 --steps 100 --threads 1
 """
 
 from __future__ import annotations
@@ -24,13 +26,15 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_common_args, machine_note, publish  # noqa: E402
+from common import GLUE, add_common_args, machine_note, publish  # noqa: E402
 
 import torch  # noqa: E402
 
 from elalora_auto.events import Event, Listener  # noqa: E402
 
 STUDY_EVENTS = ("study_start", "study_end")
+STUDIES = {"demo": "demo study (tiny BERT built locally, synthetic keyword-sentiment CSV task, ElaLoRA demo space)",
+           "sst2-minilm": "sst2-minilm study (MiniLM-L6 on SST-2, 4000 training rows, ElaLoRA space)"}
 
 
 class TimedListener:
@@ -57,14 +61,25 @@ class TimedListener:
             self.counts[event.kind] += 1
 
 
-def one_search(tracking: bool, trials: int, steps: int, profile: cProfile.Profile | None = None) -> dict[str, Any]:
-    """A fresh demo study in a temp workdir (fresh SQLite stores); returns times and the tracker's own time."""
+def study_settings(config: str, workdir: Path, trials: int, tracking: bool) -> Any:
+    """The demo study (model and task built under `workdir`), or a built-in study / study YAML on GLUE."""
     from elalora_auto.demo import demo_settings
+    from elalora_auto.search import SearchSettings
+
+    if config == "demo":
+        return demo_settings(workdir, trials, tracking)
+    return SearchSettings.from_sources(config, {"workdir": str(workdir), "trials": trials, "data_dir": str(GLUE),
+                                                "no_tracking": not tracking or None})
+
+
+def one_search(config: str, tracking: bool, trials: int, steps: int,
+               profile: cProfile.Profile | None = None) -> dict[str, Any]:
+    """A fresh study in a temp workdir (fresh SQLite stores); returns times and the tracker's own time."""
     from elalora_auto.search import run_search
     from elalora_auto.tracking import make_listeners
 
     with tempfile.TemporaryDirectory() as tmp:
-        settings = dataclasses.replace(demo_settings(Path(tmp), trials, tracking), max_steps=steps)
+        settings = dataclasses.replace(study_settings(config, Path(tmp), trials, tracking), max_steps=steps)
         timed = [TimedListener(listener, profile) for listener in make_listeners(settings)]
         start = time.perf_counter()
         study = run_search(settings, listeners=timed, echo=lambda _: None, progress=False)
@@ -127,6 +142,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--steps", type=int, default=60, help="optimizer steps per trial")
     parser.add_argument("--profile", action="store_true", help="profile the tracker in one extra tracked search")
+    parser.add_argument("--config", default="demo", help="demo (tiny BERT, synthetic task), or a built-in study "
+                        "or study YAML on GLUE, e.g. sst2-minilm (MiniLM on SST-2)")
     add_common_args(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -134,21 +151,21 @@ def main() -> None:
     runs = []
     for _ in range(args.repeats):
         for tracking in (False, True):
-            runs.append(one_search(tracking, args.trials, args.steps))
+            runs.append(one_search(args.config, tracking, args.trials, args.steps))
             print({k: v for k, v in runs[-1].items() if k != "trial_wall_s"}, flush=True)
     summary = summarise(runs)
     profile_text = None
     if args.profile:
         profile = cProfile.Profile()
-        one_search(True, args.trials, args.steps, profile)
+        one_search(args.config, True, args.trials, args.steps, profile)
         buffer = io.StringIO()
         pstats.Stats(profile, stream=buffer).sort_stats("cumulative").print_stats(25)
         profile_text = "\n".join(line for line in buffer.getvalue().splitlines()
                                  if line.strip() and not line.startswith(("   Ordered", "Ordered")))
     publish("tracking_overhead", "Tracking overhead (bench/tracking_overhead.py)", args, before,
             {"runs": runs, "summary": summary, "profile": profile_text}, markdown(summary, profile_text),
-            (f"The demo study (tiny BERT built locally, synthetic keyword-sentiment CSV task, ElaLoRA demo "
-            f"space) with {args.trials} trials of {args.steps} steps, run {args.repeats}x without and {args.repeats}x "
+            (f"The {STUDIES.get(args.config, f'study {args.config}')} with {args.trials} trials of {args.steps} "
+            f"steps, run {args.repeats}x without and {args.repeats}x "
             "with the MLflow tracker that `search` builds (`make_listeners`: SQLite store in the fresh temp workdir, "
             "refresh_every_s 5), alternating. Tracker time is measured around each listener call; "
             "trial events run inside run_trial, so they are part of the tracked trial's wall time."))

@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 from datasets import Dataset
 from transformers import (
@@ -143,3 +144,35 @@ def test_trainer_with_callback_moves_ranks_from_real_gradients(tmp_path):
     assert "eval_loss" in metrics  # labels reached the model: Trainer saw the wrapped signature
     trainer.save_model(str(tmp_path / "final"))
     assert (tmp_path / "final" / "model.safetensors").is_file()
+
+
+def test_trainer_resumes_from_a_checkpoint_after_rounds_resized_the_adapters(tmp_path):
+    """checkpoint-6 is saved after the round at step 5 moved ranks; a fresh model (built at r_init) and a fresh
+    Trainer resumed from it log the same losses at steps 7-14 and end with the same ranks and weights as the run
+    that went on uninterrupted (the adapters, their statistics, the allocator and Adam's moments all resized)."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(2, VOCAB, (64, 8), generator=g)
+    data = Dataset.from_dict({"input_ids": ids.tolist(), "labels": (ids[:, 0] % 2).tolist()})
+
+    def run(resume: str | None) -> tuple[ElaLoraModel, dict[int, float]]:
+        model = get_elalora_model(tiny_model("bert"), ElaLoraConfig(
+            r_init=3, b=2, k=1, t_init=3, t_final=2, delta_t=2, grace_rounds=0, **SETTINGS["bert"]))
+        args = TrainingArguments(output_dir=str(tmp_path / ("resumed" if resume else "straight")), max_steps=14,
+                                 per_device_train_batch_size=8, learning_rate=1e-2, logging_steps=1,
+                                 save_strategy="steps", save_steps=6, report_to=[], use_cpu=True, disable_tqdm=True)
+        trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[ElaLoraCallback()])
+        trainer.train(resume_from_checkpoint=resume)
+        return model, {entry["step"]: entry["loss"] for entry in trainer.state.log_history if "loss" in entry}
+
+    straight, losses = run(None)
+    assert [r["step"] for r in straight.round_history] == [5, 7, 9, 11]
+    checkpoint = tmp_path / "straight" / "checkpoint-6"
+    resumed, resumed_losses = run(str(checkpoint))
+    assert resumed.rank_map() != resumed.allocator.initial_ranks  # the checkpoint's ranks, not r_init
+    assert [r["step"] for r in resumed.round_history] == [7, 9, 11]  # rounds go on where they were
+    assert sorted(resumed_losses) == list(range(1, 15))  # 1-6 come from the checkpoint's trainer state
+    assert [resumed_losses[s] for s in range(7, 15)] == pytest.approx([losses[s] for s in range(7, 15)], rel=1e-5)
+    assert resumed.rank_map() == straight.rank_map()
+    expected = dict(straight.named_parameters())
+    for name, param in resumed.named_parameters():
+        assert torch.allclose(param, expected[name], atol=1e-6), name

@@ -117,7 +117,9 @@ class DeviceProbe(TrainerCallback):
         self.seen |= {(t.device.type, t.dtype) for _, t in owned_tensors(self.model)}
 
 
-def test_trainer_moves_the_model_and_statistics_follow(tmp_path):
+def test_statistics_stay_with_a_float64_model_through_trainer_rounds(tmp_path):
+    """The test casts the model to float64 (use_cpu: the Trainer moves nothing); every statistic the rounds resize
+    stays in the parameters' device and dtype. Moving to CUDA under the Trainer: tests/test_cuda.py."""
     model = elastic(t_init=2, t_final=2, delta_t=2, total_steps=None, b=2, k=1).to(torch.float64)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(2, VOCAB, (64, 8), generator=g)

@@ -1,5 +1,6 @@
 """README's library example must run as written."""
 
+import ast
 import re
 import subprocess
 import sys
@@ -19,3 +20,7 @@ def test_library_example_runs(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "adapter" / "adapter_config.json").is_file()
     # The round history line proves rounds happened under the Trainer with no manual call.
     assert "'pruned'" in proc.stdout and "'grown'" in proc.stdout, proc.stdout
+    # "ranks moved during training": the printed rank map is no longer r_init everywhere, at the same total rank.
+    r_init = int(re.search(r"r_init=(\d+)", code).group(1))
+    ranks = next(ast.literal_eval(line) for line in proc.stdout.splitlines() if line.startswith("{'bert."))
+    assert set(ranks.values()) != {r_init} and sum(ranks.values()) == r_init * len(ranks), ranks

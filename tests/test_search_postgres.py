@@ -5,6 +5,7 @@ retried by another, and the password never leaving the processes."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -20,6 +21,7 @@ import yaml
 
 from elalora_auto.cli import main
 from elalora_auto.search.storage import open_storage
+from gate_waits import wait_until_blocked
 from test_search_study import _space, study_file  # noqa: F401 - the fixture is reused
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -89,7 +91,12 @@ def test_three_workers_share_one_study_without_duplicates(study_file: Path, tmp_
     assert sum("origin" in t.user_attrs for t in trials) == 1  # trial 0 (the default) ran once
     params = [tuple(sorted(t.params.items())) for t in trials]
     assert len(set(params)) == n_trials
-    assert len({t.user_attrs["worker"] for t in trials}) >= 2, "the trials were not shared between workers"
+    # How the trials split between the workers is the scheduler's business; the counts are not: each trial was
+    # run by one of the three processes, the one that printed it.
+    pids = [int(t.user_attrs["worker"].rpartition(":")[2]) for t in trials]
+    assert set(pids) <= {w.pid for w in workers}
+    assert [len(re.findall(r"^trial \d+: ", out, re.M)) for out in outputs] == [
+        pids.count(w.pid) for w in workers], outputs
 
 
 def test_a_killed_workers_trial_is_failed_by_heartbeat_and_retried_by_another(
@@ -130,7 +137,6 @@ def test_a_killed_workers_trial_is_failed_by_heartbeat_and_retried_by_another(
     storage.set_trial_user_attr(killed._trial_id, "worker", "another-machine:1")
     time.sleep(grace + 1)  # now stale: the next worker to start a trial fails it first
 
-    start = time.monotonic()
     worker_b = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert worker_b.returncode == 0, worker_b.stdout + worker_b.stderr
     trials = optuna.load_study(study_name="pg-kill", storage=open_storage(postgres_url, tmp_path)).get_trials()
@@ -147,7 +153,7 @@ def test_a_killed_workers_trial_is_failed_by_heartbeat_and_retried_by_another(
     assert len({t.user_attrs["worker"] for t in live}) == 1 and "another-machine" not in live[0].user_attrs["worker"]
     finished = [line.split(":")[0] for line in worker_b.stdout.splitlines() if line.startswith("trial ")]
     assert sorted(finished) == sorted(f"trial {t.number}" for t in live), worker_b.stdout
-    assert time.monotonic() - start < 90
+    assert finished[0] == f"trial {retry.number}", worker_b.stdout  # failed and re-run before anything else
 
 
 def test_the_password_never_leaves_the_processes(study_file: Path, tmp_path: Path,  # noqa: F811
@@ -231,7 +237,8 @@ def test_the_trial_gate_excludes_every_other_holder_until_released(kind: str, tm
     first.acquire()
     thread = threading.Thread(target=take, daemon=True)
     thread.start()
-    assert not taken.wait(timeout=1.0), "a second holder got the gate while the first held it"
+    wait_until_blocked(second)  # the second holder waits at the gate (the kernel's or the server's lock table)
+    assert not taken.is_set(), "a second holder got the gate while the first held it"
     if kind == "postgresql":  # the server's lock is keyed by the study; file gates are one per storage file
         other.acquire()
         other.release()
