@@ -47,7 +47,8 @@ import torch
 
 from elalora_auto.errors import ConfigError
 from elalora_auto.method.config import ElaLoraConfig
-from elalora_auto.method.layer import PARTS, ElaLoraLayer
+from elalora_auto.method.batched import MatrixBatch
+from elalora_auto.method.layer import ElaLoraLayer
 
 RoundRecord = dict[str, Any]
 # One pool entry: (score, matrix name, component index, prunable).
@@ -65,6 +66,7 @@ class RankAllocator:
         self.round_index = 0
         self.last_step: int | None = None
         self.history: list[RoundRecord] = []
+        self.batch = MatrixBatch(layers)  # the per-step work over all matrices at once
 
     # ------------------------------------------------------------------ schedule
     def total_steps(self) -> int:
@@ -102,29 +104,9 @@ class RankAllocator:
         return None
 
     # ------------------------------------------------------------------ importance
-    @torch.no_grad()
     def update_importance(self) -> None:
         """Ibar <- b1 Ibar + (1-b1) I;  U <- b2 U + (1-b2) |I - Ibar|, with I = |w * grad|, batched over matrices."""
-        params, grads, bars, uncs = [], [], [], []
-        for layer in self.layers.values():
-            for part in PARTS:
-                param = layer.param(part)
-                if param.grad is not None:
-                    params.append(param.detach())
-                    grads.append(param.grad)
-                    bars.append(layer.ipt_bar[part])
-                    uncs.append(layer.ipt_unc[part])
-        if not params:
-            return
-        beta1, beta2 = self.config.beta1, self.config.beta2
-        ipt = torch._foreach_mul(params, grads)
-        torch._foreach_abs_(ipt)
-        torch._foreach_mul_(bars, beta1)
-        torch._foreach_add_(bars, ipt, alpha=1.0 - beta1)
-        torch._foreach_sub_(ipt, bars)
-        torch._foreach_abs_(ipt)
-        torch._foreach_mul_(uncs, beta2)
-        torch._foreach_add_(uncs, ipt, alpha=1.0 - beta2)
+        self.batch.update_importance(self.config.beta1, self.config.beta2)
 
     # ------------------------------------------------------------------ one round
     def _eligible(self, layer: ElaLoraLayer, round_number: int) -> list[int]:
