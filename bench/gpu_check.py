@@ -170,9 +170,10 @@ def step_time_rows(sizes: Sizes, device: torch.device) -> list[dict[str, Any]]:
 
 
 def step_time_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| batch | length | method | median ms/step | IQR ms | vs LoRA | peak memory GiB | vs LoRA | "
+    lines = ["| batch | length | method | median ms/step | IQR ms | vs LoRA | overhead vs LoRA ms | peak memory GiB | "
+             "vs LoRA | "
              "rounds that moved rank / timed steps | targets (ElaLoRA: step <= 1.05x LoRA, <= AdaLoRA; memory "
-             "<= 1.05x LoRA) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "<= 1.05x LoRA) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         same = {r["method"]: r for r in rows if (r["batch"], r["length"]) == (row["batch"], row["length"])}
         lora, adalora = same["lora"], same["adalora"]
@@ -185,6 +186,7 @@ def step_time_table(rows: list[dict[str, Any]]) -> str:
                       f"memory {'-' if memory_ratio is None else verdict(memory_ratio <= 1.05)}")
         lines.append(f"| {row['batch']} | {row['length']} | {row['method']} | {row['median_s'] * 1e3:.1f} | "
                      f"{row['p25_s'] * 1e3:.1f}-{row['p75_s'] * 1e3:.1f} | {step_ratio:.3f}x | "
+                     f"{(row['median_s'] - lora['median_s']) * 1e3:+.2f} | "
                      f"{gib(row['peak_bytes'])} | {'-' if memory_ratio is None else f'{memory_ratio:.3f}x'} | "
                      f"{row['rounds_in_timed_steps']} / {row['timed_steps']} | {target} |")
     return "\n".join(lines)
