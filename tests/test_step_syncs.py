@@ -117,3 +117,17 @@ def test_a_diverged_elalora_trial_fails_within_one_logging_interval(tiny_model_d
     written = (tmp_path / "out" / "result.json").read_text()
     assert '"state": "FAIL"' in written and f"at optimizer step {caught.value.step}" in written
     assert '"steps_done": 6' in written  # found at the first check, not later
+
+
+def test_logging_points_do_not_change_training(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Reading the losses every step or every 4th gives the same run: the same losses at shared steps."""
+    data = write_tiny_sst2(tmp_path)
+    runs = []
+    for log_every in (1, 4):
+        spec = tiny_spec(tiny_model_dir, data, "elalora", max_steps=12, log_every=log_every, eval_every=0)
+        spec.params.update(SCHEDULE)
+        runs.append(run_trial(spec, progress=False))
+    every, fourth = ({e["step"]: e["loss"] for e in run.train_loss_history} for run in runs)
+    assert sorted(fourth) == [4, 8, 12] and len(every) == 12
+    assert {step: every[step] for step in fourth} == fourth
+    assert runs[0].metrics == runs[1].metrics and runs[0].rank_map == runs[1].rank_map
