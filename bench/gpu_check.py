@@ -271,7 +271,7 @@ def trial_rows(sizes: Sizes, device: torch.device, data_dir: Path, workdir: Path
 def trial_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| method | metric | value | examples/s (training) | train s | rank rounds | total rank at end | "
              "trainable params | peak memory GiB | CUDA syncs in steps between logging points (target 0; not ours: "
-             "transformers' BERT SDPA mask check, once per forward while a batch is padded, and PEFT AdaLoRA's "
+             "transformers' BERT SDPA mask check, once per forward, and PEFT AdaLoRA's "
              "masking steps) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['method']} | {row['metric']} | {row['value']:.4f} | {row['examples_per_s']:.0f} | "
