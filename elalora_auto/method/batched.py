@@ -19,25 +19,37 @@ from torch import Tensor, nn
 from elalora_auto.method.layer import LORA_ROW_NORM, PARTS, ElaLoraLayer, Generation
 
 
-class _Gram(torch.autograd.Function):
-    """Per batch x x^T (rows: A factors) or x^T x (columns: B factors), with mm's backward: G x + G^T x (rows)
-    or x G^T + x G (columns), G^T a transposed view. So every matrix's gradient is the one ``a @ a.T`` /
-    ``b.T @ b`` get in ElaLoraLayer.orth_penalty, bit for bit (bmm's own backward multiplies in another layout).
-    Under autocast it computes in the autocast dtype, as mm does."""
+class _OrthDiff(torch.autograd.Function):
+    """Per matrix Gram / divisor * mask - target, the Gram of the rows of x (A factors: x x^T) or of its columns
+    (B factors: x^T x), in one autograd node. Its backward is the one of ElaLoraLayer.orth_penalty's ops
+    (grad * mask / divisor, then mm's G x + G^T x or x G^T + x G with G^T a transposed view), so each matrix's
+    gradient is that one bit for bit where the batched BLAS call rounds like the single one (bmm's own backward
+    multiplies in another layout). Under autocast the Gram is computed in the autocast dtype, as mm does."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, rows: bool) -> Tensor:
+    def forward(ctx: Any, x: Tensor, group: OrthGroup) -> Tensor:
         if torch.is_autocast_enabled(x.device.type):
             x = x.to(torch.get_autocast_dtype(x.device.type))
         ctx.save_for_backward(x)
-        ctx.rows = rows
-        return torch.bmm(x, x.transpose(1, 2)) if rows else torch.bmm(x.transpose(1, 2), x)
+        ctx.group = group
+        diff = torch.bmm(x, x.transpose(1, 2)) if group.rows else torch.bmm(x.transpose(1, 2), x)
+        if group.divisor is not None:
+            diff = diff / group.divisor
+        if group.mask is not None:
+            diff = diff * group.mask
+        if group.neg_target is not None:
+            diff = diff + group.neg_target
+        return diff
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        (x,) = ctx.saved_tensors
+        (x,), group = ctx.saved_tensors, ctx.group
+        if group.mask is not None:
+            grad = grad * group.mask
+        if group.divisor is not None:
+            grad = grad / group.divisor
         grad = grad.to(x.dtype)
-        if ctx.rows:
+        if group.rows:
             return torch.bmm(grad, x) + torch.bmm(grad.transpose(1, 2), x), None
         return torch.bmm(x, grad.transpose(1, 2)) + torch.bmm(x, grad), None
 
@@ -46,13 +58,13 @@ class _Gram(torch.autograd.Function):
 class OrthGroup:
     """The A factors or the B factors of one shape, as one batch.
 
-    Per step: one stack, one bmm, then norm(Gram / divisor * mask - target) per matrix. Grouping by exact shape
-    (no padding) keeps each Gram matrix the BLAS problem of ``ElaLoraLayer.orth_penalty``, so on the CPU the
-    values and gradients match it bit for bit where the batched BLAS call rounds like the single one (at equal
-    even ranks, as at the start; not below width x rank^2 = 400, where bmm takes a naive kernel, nor for B at
-    odd ranks). That matters for the LoRA init: at its start and for every grown component A A^T / a^2 - I is
-    rounding noise, which Adam turns into the first step of those rows of A; elsewhere the difference stays at
-    float rounding.
+    Per step: one stack, one autograd node for Gram / divisor * mask - target (``_OrthDiff``), one norm per
+    matrix. Grouping by exact shape (no padding) keeps each Gram matrix the BLAS problem of
+    ``ElaLoraLayer.orth_penalty``, so on the CPU the values and gradients match it bit for bit where the batched
+    BLAS call rounds like the single one (at equal even ranks, as at the start; not below width x rank^2 = 400,
+    where bmm takes a naive kernel, nor for B at odd ranks). That matters for the LoRA init: at its start and for
+    every grown component A A^T / a^2 - I is rounding noise, which Adam turns into the first step of those rows
+    of A; elsewhere the difference stays at float rounding.
     """
 
     params: list[nn.Parameter]
@@ -63,14 +75,7 @@ class OrthGroup:
 
     def norms(self) -> Tensor:
         """The Frobenius norms of this group's terms, one per matrix."""
-        diff = _Gram.apply(torch.stack(self.params), self.rows)
-        if self.divisor is not None:
-            diff = diff / self.divisor
-        if self.mask is not None:
-            diff = diff * self.mask
-        if self.neg_target is not None:
-            diff = diff + self.neg_target
-        return torch.linalg.matrix_norm(diff)
+        return torch.linalg.matrix_norm(_OrthDiff.apply(torch.stack(self.params), self))
 
 
 def _orth_group(layers: list[ElaLoraLayer], part: str) -> OrthGroup:
