@@ -92,8 +92,7 @@ def test_no_host_read_between_logging_points(tiny_model_dir: Path, tmp_path: Pat
         assert rounds == {5, 8}  # step 8 is also a logging point
         assert all(site.split(":")[0].endswith(ROUND_SITES) for site in between.pop(5)), reads[5]
     assert between == {}, f"host reads between logging points: {between}"
-    # the logging points do read: the losses of the interval, once
-    assert sum("checked_losses" in str(site) or "trial.py" in site for site in reads[4]) >= 1, reads[4]
+    assert any("elalora_auto/trial.py" in site for site in reads[4]), reads[4]  # a logging point reads the losses
 
 
 def test_checked_losses_reads_once_and_names_the_first_bad_step() -> None:
