@@ -1,11 +1,12 @@
 """GPU check (issue 8): ElaLoRA, PEFT LoRA and PEFT AdaLoRA on real hardware, as ONE prepared command.
 
-(a) Median step time and peak memory of the three methods on a DeBERTa-v3-base-sized model built from its
+(a) Median step time, fixed per-step overhead over LoRA (ms) and peak memory of the three methods on a DeBERTa-v3-base-sized model built from its
     config (random weights, no download), bf16 autocast, batch 32 and 64 x sequence 128 and 256; rank rounds
     inside the timed steps (ElaLoRA and AdaLoRA: t_init 2, delta_t 5), the same batches for every method, the
     methods alternating step by step (bench/step_time.py's loop).
 (b) One real `run_trial` per method on MiniLM / SST-2 (`device: auto`, so CUDA with bf16 autocast), 100 steps:
-    accuracy and examples/s.
+    accuracy, examples/s and the CUDA synchronisations inside steps between logging points
+    (`torch.cuda.set_sync_debug_mode`; the target is 0).
 (c) A 4-trial search on the GPU with two worker processes sharing it (`elalora-auto search --create-only`,
     then two `elalora-auto worker` processes on its journal file), then the exact trial count and distinct
     trial numbers.
@@ -170,9 +171,10 @@ def step_time_rows(sizes: Sizes, device: torch.device) -> list[dict[str, Any]]:
 
 
 def step_time_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| batch | length | method | median ms/step | IQR ms | vs LoRA | peak memory GiB | vs LoRA | "
+    lines = ["| batch | length | method | median ms/step | IQR ms | vs LoRA | overhead vs LoRA ms | peak memory GiB | "
+             "vs LoRA | "
              "rounds that moved rank / timed steps | targets (ElaLoRA: step <= 1.05x LoRA, <= AdaLoRA; memory "
-             "<= 1.05x LoRA) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "<= 1.05x LoRA) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         same = {r["method"]: r for r in rows if (r["batch"], r["length"]) == (row["batch"], row["length"])}
         lora, adalora = same["lora"], same["adalora"]
@@ -185,16 +187,58 @@ def step_time_table(rows: list[dict[str, Any]]) -> str:
                       f"memory {'-' if memory_ratio is None else verdict(memory_ratio <= 1.05)}")
         lines.append(f"| {row['batch']} | {row['length']} | {row['method']} | {row['median_s'] * 1e3:.1f} | "
                      f"{row['p25_s'] * 1e3:.1f}-{row['p75_s'] * 1e3:.1f} | {step_ratio:.3f}x | "
+                     f"{(row['median_s'] - lora['median_s']) * 1e3:+.2f} | "
                      f"{gib(row['peak_bytes'])} | {'-' if memory_ratio is None else f'{memory_ratio:.3f}x'} | "
                      f"{row['rounds_in_timed_steps']} / {row['timed_steps']} | {target} |")
     return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------ (b) run_trial
+def run_counting_syncs(spec: Any, device: torch.device) -> tuple[Any, int | None]:
+    """run_trial, counting the CUDA synchronisations (torch.cuda.set_sync_debug_mode warnings) made while an
+    optimizer step that is neither a logging, an evaluation nor a round step ran: (the result, that count; None
+    on the CPU, which has no sync to count)."""
+    import warnings
+
+    import elalora_auto.trial as trial
+
+    now = {"step": 0}
+    real_step = trial._optimizer_step
+
+    def optimizer_step(*args: Any) -> Any:
+        now["step"] = args[-1]
+        return real_step(*args)
+
+    per_step: Counter[int] = Counter()
+
+    def note(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+        if "synchroniz" in str(message):
+            per_step[now["step"]] += 1
+
+    trial._optimizer_step = optimizer_step
+    show = warnings.showwarning
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = note
+            if cuda(device):
+                torch.cuda.set_sync_debug_mode("warn")
+            result = trial.run_trial(spec, progress=False)
+    finally:
+        if cuda(device):
+            torch.cuda.set_sync_debug_mode("default")
+        warnings.showwarning, trial._optimizer_step = show, real_step
+    tr, last = spec.training, result.steps_done
+    checked = {step for step in range(1, last + 1) if step % max(1, tr.log_every) == 0
+               or (tr.eval_every and step % tr.eval_every == 0)} | {last} | {r["step"] for r in result.rank_history}
+    syncs = sum(count for step, count in per_step.items() if step and step not in checked)
+    return result, syncs if cuda(device) else None
+
+
 def trial_rows(sizes: Sizes, device: torch.device, data_dir: Path, workdir: Path,
                demo: Any | None) -> list[dict[str, Any]]:
     """One run_trial per method: MiniLM / SST-2 with `device: auto`, or the demo's tiny task with --smoke."""
-    from elalora_auto.trial import TrialSpec, run_trial
+    from elalora_auto.trial import TrialSpec
 
     rows = []
     for method, params in method_params(sizes.rank, schedule=None).items():
@@ -211,8 +255,9 @@ def trial_rows(sizes: Sizes, device: torch.device, data_dir: Path, workdir: Path
             spec.data.cache_dir = str(workdir / "cache")
         if cuda(device):
             torch.cuda.reset_peak_memory_stats(device)
-        result = run_trial(spec, progress=False)
+        result, syncs = run_counting_syncs(spec, device)
         rows.append({"method": method, "params": params, "metric": result.primary_metric, "value": result.primary,
+                     "syncs_between_logs": syncs,
                      "examples_per_s": result.examples_per_s, "train_time_s": result.train_time_s,
                      "wall_time_s": result.wall_time_s, "steps": result.steps, "rounds": len(result.rank_history),
                      "total_rank": sum(result.rank_map.values()), "trainable_params": result.trainable_params,
@@ -225,11 +270,14 @@ def trial_rows(sizes: Sizes, device: torch.device, data_dir: Path, workdir: Path
 
 def trial_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| method | metric | value | examples/s (training) | train s | rank rounds | total rank at end | "
-             "trainable params | peak memory GiB |", "|---|---|---|---|---|---|---|---|---|"]
+             "trainable params | peak memory GiB | CUDA syncs in steps between logging points (target 0; not ours: "
+             "transformers' BERT SDPA mask check, once per forward, and PEFT AdaLoRA's "
+             "masking steps) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['method']} | {row['metric']} | {row['value']:.4f} | {row['examples_per_s']:.0f} | "
                      f"{row['train_time_s']:.1f} | {row['rounds']} | {row['total_rank']} | "
-                     f"{row['trainable_params']:,} | {gib(row['peak_bytes'])} |")
+                     f"{row['trainable_params']:,} | {gib(row['peak_bytes'])} | "
+                     f"{'-' if row['syncs_between_logs'] is None else row['syncs_between_logs']} |")
     return "\n".join(lines)
 
 

@@ -3,7 +3,10 @@
 Each timed step is forward + backward + optimizer.step() + the adapter hook (update_and_allocate /
 after_optimizer_step) + zero_grad. The methods take turns step by step (the order rotates every step), so a
 change in machine load hits all of them alike. ElaLoRA is configured so that rounds happen inside the timed
-steps (t_init 2, delta_t 5), and the table says how many did.
+steps (t_init 2, delta_t 5), and the table says how many did. It also reports the fixed per-step overhead over
+LoRA in ms (median minus LoRA's median) and each method's peak memory over one extra (untimed) step against
+LoRA's: every tensor that step touches or creates (weights, adapter, gradients, activations, optimizer state),
+from the torch profiler's memory timeline on the CPU.
 
     python bench/step_time.py --models tiny minilm --steps 40 --append-to BENCHMARKS.md
 """
@@ -12,9 +15,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import statistics
 import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -100,6 +106,21 @@ def train_step(run: dict[str, Any], batch: dict[str, torch.Tensor], step: int,
     return time.perf_counter() - start, record is not None
 
 
+def cpu_step_peak_bytes(run: dict[str, Any], batch: dict[str, torch.Tensor], step: int) -> int:
+    """Peak bytes of one training step on the CPU: the largest total of the torch profiler's memory timeline
+    (every tensor the step touches or creates)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        train_step(run, batch, step)
+    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # deprecated for CUDA snapshots; the CPU has no other view
+        path = Path(folder) / "memory.json"
+        prof.export_memory_timeline(str(path), device="cpu")
+        _, sizes = json.loads(path.read_text())
+    return max(sum(row) for row in sizes)
+
+
 def interleaved(methods: list[str], warmup: int, steps: int,
                 one_step: Callable[[str, int], tuple[float, bool]]) -> dict[str, dict[str, Any]]:
     """`one_step(method, step)` for every method at every step, the order rotating each step so that a change
@@ -131,26 +152,34 @@ def measure(model_name: str, steps: int, warmup: int, batch_size: int, length: i
     for method, timed in interleaved(list(METHODS), warmup, steps,
                                      lambda method, step: train_step(runs[method], batch, step)).items():
         runs[method].update(timed)
-    lora = statistics.median(runs["lora"]["times"])
+    for method in METHODS:
+        runs[method]["peak_bytes"] = cpu_step_peak_bytes(runs[method], batch, warmup + steps + 1)
+    lora, lora_peak = statistics.median(runs["lora"]["times"]), runs["lora"]["peak_bytes"]
     rows = []
     for method in METHODS:
         times = runs[method]["times"]
         median = statistics.median(times)
         rows.append({"model": model_name, "method": method, **spread(times), "ratio_to_lora": median / lora,
+                     "overhead_ms": (median - lora) * 1e3, "peak_bytes": runs[method]["peak_bytes"],
+                     "peak_ratio_to_lora": runs[method]["peak_bytes"] / lora_peak,
                      "timed_steps": len(times), "rounds_in_timed_steps": runs[method]["rounds"],
                      "trainable_params_start": runs[method]["params"],
                      "matrices": len(runs[method]["adapter"].rank_map())})
-        print(f"{model_name} {method}: median {median:.4f} s/step ({median / lora:.3f}x LoRA), "
-              f"{runs[method]['rounds']} rank changes in {len(times)} timed steps", flush=True)
+        print(f"{model_name} {method}: median {median:.4f} s/step ({median / lora:.3f}x LoRA, "
+              f"{rows[-1]['overhead_ms']:+.2f} ms), peak {rows[-1]['peak_bytes'] / 2**20:.1f} MiB "
+              f"({rows[-1]['peak_ratio_to_lora']:.3f}x LoRA), {runs[method]['rounds']} rank changes in {len(times)} "
+              "timed steps", flush=True)
     return rows
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model | method | median s/step | IQR s/step | ratio to LoRA | timed steps | rounds that moved rank "
-             "(in timed steps) | adapted matrices |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | method | median s/step | IQR s/step | ratio to LoRA | overhead vs LoRA ms/step | peak MiB | "
+             "peak vs LoRA | timed steps | rounds that moved rank (in timed steps) | adapted matrices |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['model']} | {row['method']} | {row['median_s']:.4f} | {row['p25_s']:.4f}-"
-                     f"{row['p75_s']:.4f} | {row['ratio_to_lora']:.3f}x | {row['timed_steps']} | "
+                     f"{row['p75_s']:.4f} | {row['ratio_to_lora']:.3f}x | {row['overhead_ms']:+.2f} | "
+                     f"{row['peak_bytes'] / 2**20:.1f} | {row['peak_ratio_to_lora']:.3f}x | {row['timed_steps']} | "
                      f"{row['rounds_in_timed_steps']} | {row['matrices']} |")
     return "\n".join(lines)
 
@@ -176,8 +205,9 @@ def main() -> None:
         "adapter hook + zero_grad; the three methods alternate step by step (rotating order) after "
         f"{args.warmup} untimed steps each. Initial rank {args.rank} everywhere (AdaLoRA init_r {args.rank} -> "
         f"target_r {max(1, args.rank // 2)}); ElaLoRA b 4, k 2, t_init 2, delta_t 5 (a round every 5 steps; "
-        "'rounds that moved rank' counts the hook calls that changed a rank). The IQR column shows how noisy the "
-        "shared machine was."
+        "'rounds that moved rank' counts the hook calls that changed a rank). Overhead = median minus LoRA's "
+        "median. Peak = the largest total of the torch profiler's memory timeline over one more (untimed) step: "
+        "every tensor it touches or creates. The IQR column shows how noisy the shared machine was."
     ))
 
 

@@ -1,8 +1,12 @@
 """One fine-tuning run: TrialSpec (the re-runnable YAML config) -> run_trial -> TrialResult, emitting events.
 
 A plain PyTorch loop rather than transformers.Trainer: the adapter hook must run between optimizer.step() and
-zero_grad() (AdaLoRA/ElaLoRA importance needs the gradients), the loss must be checked every step, and a
+zero_grad() (AdaLoRA/ElaLoRA importance needs the gradients), the loss of every step must be checked, and a
 Trainer costs setup time per trial that a search pays hundreds of times (measured numbers: BENCHMARKS.md).
+
+A step reads nothing back from the device (no .item(), float(), bool()): the step losses stay on the device and
+are read, and checked for NaN/Inf, once per logging or evaluation point, so a GPU runs ahead of Python between
+them (tests/test_trial.py counts the host reads).
 """
 
 from __future__ import annotations
@@ -53,10 +57,11 @@ def _device_and_dtype(training: TrainingSettings) -> tuple[torch.device, torch.d
 
 
 # ---------------------------------------------------------------------------------------------- the loop
-def _batches(dataset: Any, batch_size: int, collate: Any, seed: int, epoch: int,
-             trainer_rng: bool = False) -> Iterable[dict]:
+def _batches(dataset: Any, batch_size: int, collate: Any, seed: int, epoch: int, trainer_rng: bool = False,
+             pin: bool = False) -> Iterable[dict]:
     """Length-grouped shuffled batches with dynamic padding (less padding, same randomness per seed); with
-    `trainer_rng` the shuffle draws from the global generator, as the Trainer's LengthGroupedSampler does."""
+    `trainer_rng` the shuffle draws from the global generator, as the Trainer's LengthGroupedSampler does; pinned
+    for a CUDA device, so their copy to it does not wait for the GPU."""
     from torch.utils.data import DataLoader
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
@@ -65,7 +70,8 @@ def _batches(dataset: Any, batch_size: int, collate: Any, seed: int, epoch: int,
     generator = None if trainer_rng else torch.Generator().manual_seed(seed * 1000 + epoch)
     sampler = LengthGroupedSampler(batch_size, dataset=dataset if lengths is None else None, lengths=lengths,
                                    generator=generator)
-    return DataLoader(dataset.select_columns(columns), batch_size=batch_size, sampler=sampler, collate_fn=collate)
+    return DataLoader(dataset.select_columns(columns), batch_size=batch_size, sampler=sampler, collate_fn=collate,
+                      pin_memory=pin)
 
 
 def _first_epoch(dataset: Any, batch_size: int, collate: Any, seed: int) -> Iterator[dict]:
@@ -74,10 +80,11 @@ def _first_epoch(dataset: Any, batch_size: int, collate: Any, seed: int) -> Iter
     yield from _batches(dataset, batch_size, collate, seed, 0)
 
 
-def _infinite(dataset: Any, batch_size: int, collate: Any, seed: int, trainer_rng: bool = False) -> Iterable[dict]:
+def _infinite(dataset: Any, batch_size: int, collate: Any, seed: int, trainer_rng: bool = False,
+              pin: bool = False) -> Iterable[dict]:
     epoch = 0
     while True:
-        yield from _batches(dataset, batch_size, collate, seed, epoch, trainer_rng)
+        yield from _batches(dataset, batch_size, collate, seed, epoch, trainer_rng, pin)
         epoch += 1
 
 
@@ -201,27 +208,37 @@ def setup_trial(spec: TrialSpec, adapter_factory: AdapterFactory | None = None) 
 
 
 def _optimizer_step(setup: TrialSetup, batches: Any, grad_accum: int, max_grad_norm: float,
-                    step: int) -> tuple[float, int, Any]:
-    """One optimizer step over `grad_accum` batches: (loss, examples seen, the adapter's round record or None)."""
+                    step: int) -> tuple[torch.Tensor, int, Any]:
+    """One optimizer step over `grad_accum` batches: (loss, still on the device; examples seen; the adapter's
+    round record or None). Reads nothing back from the device."""
     model, device, dtype = setup.adapter.model, setup.device, setup.dtype
     step_loss, examples = torch.zeros((), device=device), 0
     for _ in range(grad_accum):
-        batch = {k: v.to(device) for k, v in next(batches).items()}
+        batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
         examples += len(batch["labels"])
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             loss = model(**batch).loss / grad_accum
         loss.backward()
         step_loss += loss.detach()
-    loss_value = float(step_loss)
-    if not math.isfinite(loss_value):
-        raise NonFiniteLossError(step, loss_value)
     if max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_([p for g in setup.optimizer.param_groups for p in g["params"]], max_grad_norm)
     setup.optimizer.step()
     record = setup.adapter.after_optimizer_step(step, setup.optimizer)
     setup.scheduler.step()
     setup.optimizer.zero_grad(set_to_none=True)
-    return loss_value, examples, record
+    return step_loss, examples, record
+
+
+def checked_losses(losses: list[torch.Tensor], last_step: int) -> float:
+    """The loss of `last_step`, after one read of the losses since the previous check (steps `last_step -
+    len(losses) + 1` to `last_step`); NonFiniteLossError at the first NaN/Inf among them. `losses` is emptied."""
+    values = torch.stack(losses).tolist()
+    losses.clear()
+    first = last_step - len(values) + 1
+    for step, value in enumerate(values, start=first):
+        if not math.isfinite(value):
+            raise NonFiniteLossError(step, value)
+    return values[-1]
 
 
 def evaluate_step(setup: TrialSetup, step: int, out: LoopOutcome, eval_batch_size: int,
@@ -245,24 +262,31 @@ def train_loop(spec: TrialSpec, setup: TrialSetup, reporter: Reporter | None, li
     from tqdm.auto import tqdm
 
     tr, adapter, last = spec.training, setup.adapter, setup.total_steps
-    batches = iter(_infinite(setup.data.train, tr.batch_size, setup.collate, tr.seed, tr.trainer_rng))
+    batches = iter(_infinite(setup.data.train, tr.batch_size, setup.collate, tr.seed, tr.trainer_rng,
+                             pin=setup.device.type == "cuda"))
     out = LoopOutcome() if out is None else out
+    losses: list[torch.Tensor] = []  # the step losses since the last check, on the device
     with tqdm(total=last, disable=not progress, desc=f"{spec.method} {spec.task}", leave=False) as bar:
         for step in range(1, last + 1):
-            loss, examples, record = _optimizer_step(setup, batches, tr.grad_accum, tr.max_grad_norm, step)
+            step_loss, examples, record = _optimizer_step(setup, batches, tr.grad_accum, tr.max_grad_norm, step)
+            losses.append(step_loss)
             out.examples += examples
             out.steps_done = step
             bar.update(1)
             if record is not None:
                 out.rank_maps.append({"step": step, "rank_map": adapter.rank_map()})
                 emit(listeners, Event("round", step, {"record": record, "rank_map": out.rank_maps[-1]["rank_map"]}))
-            if step % max(1, tr.log_every) == 0 or step == last:
+            log_now = step % max(1, tr.log_every) == 0 or step == last
+            eval_now = step == last or bool(tr.eval_every and step % tr.eval_every == 0)
+            if log_now or eval_now:
+                loss = checked_losses(losses, step)  # the one host read between logging points
+            if log_now:
                 out.loss_history.append({"step": step, "loss": loss})
                 bar.set_postfix(loss=f"{loss:.4f}")
                 emit(listeners, Event("train_step", step, {
                     "loss": loss, "lr": setup.scheduler.get_last_lr()[0], "total_rank": sum(adapter.rank_map().values()),
                     "trainable_params": adapter.num_trainable_parameters()}))
-            if step == last or (tr.eval_every and step % tr.eval_every == 0):
+            if eval_now:
                 primary = evaluate_step(setup, step, out, tr.eval_batch_size, listeners, tr.trainer_rng)
                 if reporter is not None and step < last:
                     reporter(step, primary, adapter.num_trainable_parameters())

@@ -38,24 +38,28 @@ class AdaLoraAdapter(Adapter):
     def _config(self) -> Any:
         return self.model.peft_config["default"]
 
-    def _masks(self) -> dict[str, torch.Tensor]:
-        """Per module: boolean mask of live components (all live before the first allocation)."""
-        import torch
-
-        pattern = self._config().rank_pattern or {}
-        masks = {}
+    def _live(self, pattern: dict[str, Any] | None) -> dict[str, list[bool]]:
+        """Per module: which components are live under PEFT's `rank_pattern` (None: all, as before the first
+        allocation); plain Python lists, so counting ranks reads no tensor."""
+        pattern = pattern or {}
+        live = {}
         for name, param in self.model.named_parameters():
             if ".lora_E." in name:
                 key = name.removeprefix("base_model.model.")
-                live = pattern.get(name, pattern.get(key, pattern.get(key.replace(".default", ""))))
-                mask = torch.ones(param.shape[0], dtype=torch.bool) if live is None else torch.tensor(live)
-                masks[module_key(name, "lora_E")] = mask.view(-1).bool()
-        return masks
+                flags = pattern.get(name, pattern.get(key, pattern.get(key.replace(".default", ""))))
+                live[module_key(name, "lora_E")] = [True] * param.shape[0] if flags is None else [
+                    bool(flag) for flag in flags]
+        return live
 
     def after_optimizer_step(self, step: int, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
-        before = self.rank_map()
+        """PEFT's update; the ranks are read only when PEFT set a new rank_pattern (the ranks' one source), so a
+        step without masking does no per-matrix work here."""
+        config = self._config()
+        pattern = config.rank_pattern
         self._peft().update_and_allocate(step)
-        after = self.rank_map()
+        if config.rank_pattern is pattern:
+            return None
+        before, after = self._ranks(pattern), self.rank_map()
         if after == before:
             return None
         record = {
@@ -67,7 +71,10 @@ class AdaLoraAdapter(Adapter):
         return record
 
     def rank_map(self) -> dict[str, int]:
-        return {name: int(mask.sum()) for name, mask in self._masks().items()}
+        return self._ranks(self._config().rank_pattern)
+
+    def _ranks(self, pattern: dict[str, Any] | None) -> dict[str, int]:
+        return {name: sum(flags) for name, flags in self._live(pattern).items()}
 
     def num_trainable_parameters(self) -> int:
         shapes = {}
@@ -90,21 +97,20 @@ class AdaLoraAdapter(Adapter):
         from safetensors.torch import save_file
 
         cfg = self._config()
-        masks = self._masks()
         modules = dict(self._peft().model.named_modules())
         tensors: dict[str, torch.Tensor] = {}
         ranks: dict[str, int] = {}
-        for key, mask in masks.items():
+        for key, flags in self._live(cfg.rank_pattern).items():
             layer = modules[key]
-            live = mask.nonzero().view(-1)
-            if live.numel() == 0:
+            live = [i for i, flag in enumerate(flags) if flag]
+            if not live:
                 continue
             a = layer.lora_A["default"].detach()[live]
             e = layer.lora_E["default"].detach()[live]
             scale = layer.scaling["default"] / (layer.ranknum["default"].item() + 1e-5)
             tensors[f"base_model.model.{key}.lora_A.weight"] = (e * a * scale).contiguous().cpu()
             tensors[f"base_model.model.{key}.lora_B.weight"] = layer.lora_B["default"].detach()[:, live].contiguous().cpu()
-            ranks[key] = int(live.numel())
+            ranks[key] = len(live)
         if not ranks:
             raise ConfigError("AdaLoRA masked every component; nothing to export (raise r_target)")
         with warnings.catch_warnings():  # PEFT warns about the zero-rank modules it resizes; they are dropped here

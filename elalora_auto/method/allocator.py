@@ -47,7 +47,8 @@ import torch
 
 from elalora_auto.errors import ConfigError
 from elalora_auto.method.config import ElaLoraConfig
-from elalora_auto.method.layer import PARTS, ElaLoraLayer
+from elalora_auto.method.batched import MatrixBatch
+from elalora_auto.method.layer import ElaLoraLayer
 
 RoundRecord = dict[str, Any]
 # One pool entry: (score, matrix name, component index, prunable).
@@ -65,6 +66,7 @@ class RankAllocator:
         self.round_index = 0
         self.last_step: int | None = None
         self.history: list[RoundRecord] = []
+        self.batch = MatrixBatch(layers)  # the per-step work over all matrices at once
 
     # ------------------------------------------------------------------ schedule
     def total_steps(self) -> int:
@@ -102,47 +104,31 @@ class RankAllocator:
         return None
 
     # ------------------------------------------------------------------ importance
-    @torch.no_grad()
     def update_importance(self) -> None:
         """Ibar <- b1 Ibar + (1-b1) I;  U <- b2 U + (1-b2) |I - Ibar|, with I = |w * grad|, batched over matrices."""
-        params, grads, bars, uncs = [], [], [], []
-        for layer in self.layers.values():
-            for part in PARTS:
-                param = layer.param(part)
-                if param.grad is not None:
-                    params.append(param.detach())
-                    grads.append(param.grad)
-                    bars.append(layer.ipt_bar[part])
-                    uncs.append(layer.ipt_unc[part])
-        if not params:
-            return
-        beta1, beta2 = self.config.beta1, self.config.beta2
-        ipt = torch._foreach_mul(params, grads)
-        torch._foreach_abs_(ipt)
-        torch._foreach_mul_(bars, beta1)
-        torch._foreach_add_(bars, ipt, alpha=1.0 - beta1)
-        torch._foreach_sub_(ipt, bars)
-        torch._foreach_abs_(ipt)
-        torch._foreach_mul_(uncs, beta2)
-        torch._foreach_add_(uncs, ipt, alpha=1.0 - beta2)
+        self.batch.update_importance(self.config.beta1, self.config.beta2)
 
     # ------------------------------------------------------------------ one round
-    def _eligible(self, layer: ElaLoraLayer, round_number: int) -> list[int]:
+    def _eligible(self, born: list[int], round_number: int) -> list[int]:
+        """The components a matrix offers for pruning: initial ones, and those born at least grace_rounds ago."""
         grace = self.config.grace_rounds
-        return [i for i, born in enumerate(layer.born) if born == 0 or round_number - born >= grace]
+        return [i for i, birth in enumerate(born) if birth == 0 or round_number - birth >= grace]
 
     def _pool(self, round_number: int) -> list[PoolEntry]:
         """Each matrix's weakest eligible components: up to min(k, rank - min_rank) prunable, else one grow-only."""
         cfg = self.config
         names = list(self.layers)
-        scores = torch.cat([self.layers[n].component_scores() for n in names]).tolist()  # one sync per round
+        scores = torch.cat([self.layers[n].component_scores() for n in names])
+        born = torch.cat([self.layers[n].born_round for n in names]).to(scores.dtype)
+        scores_list, born_list = torch.stack([scores, born]).tolist()  # the round's one read of the statistics
         pool: list[PoolEntry] = []
         offset = 0
         for name in names:
             layer = self.layers[name]
-            matrix_scores = scores[offset : offset + layer.rank]
+            matrix_scores = scores_list[offset : offset + layer.rank]
+            births = [int(b) for b in born_list[offset : offset + layer.rank]]
             offset += layer.rank
-            eligible = sorted(self._eligible(layer, round_number), key=lambda i: matrix_scores[i])
+            eligible = sorted(self._eligible(births, round_number), key=lambda i: matrix_scores[i])
             prunable = min(cfg.k, layer.rank - cfg.min_rank, len(eligible))
             offered = eligible[: max(prunable, 1)]  # a matrix at min_rank still competes to grow
             pool.extend((matrix_scores[i], name, i, j < prunable) for j, i in enumerate(offered))

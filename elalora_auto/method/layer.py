@@ -14,6 +14,7 @@ through autograd's metadata update. The optimizer's per-parameter state tensors 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,18 @@ STATS = ("ipt_bar", "ipt_unc")
 # Row norm of A in the LoRA-like init: the expected row norm of PEFT LoRA's kaiming_uniform(a=sqrt(5)) A,
 # whose entries have variance 1 / (3 in_features), i.e. squared row norm 1/3 whatever the width.
 LORA_ROW_NORM = 3.0**-0.5
+
+
+class Generation:
+    """A change counter the layers of one model share (method/batched.py's cached tensor lists read it): bumped
+    whenever a layer's parameter changes shape or one of its tensors is replaced (rounds, loading another rank,
+    ``.to()``, assigning a buffer)."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def bump(self) -> None:
+        self.value += 1
 
 
 def torch_optimizer(optimizer: object | None) -> torch.optim.Optimizer | None:
@@ -57,6 +70,7 @@ class ElaLoraLayer(nn.Module):
         init: str = "paper",
     ) -> None:
         super().__init__()
+        self.generation = Generation()  # the model hands every layer one shared counter
         self.base_layer = base_layer
         self.fan_in_fan_out = not isinstance(base_layer, nn.Linear)  # GPT-2 Conv1D stores weight as (in, out)
         weight = base_layer.weight
@@ -83,6 +97,18 @@ class ElaLoraLayer(nn.Module):
             for kind in STATS:
                 self.register_buffer(f"{kind}_{part}", torch.zeros_like(self.param(part)))
         self.register_buffer("born_round", torch.zeros(r_init, dtype=torch.long, device=weight.device))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Assigning a parameter or buffer (prune, grow, reshape do) moves the generation."""
+        super().__setattr__(name, value)
+        if name in self._buffers or name in self._parameters:
+            self.generation.bump()
+
+    def _apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> ElaLoraLayer:
+        """``.to()``, ``.cuda()``, ``.half()`` replace the buffers: the generation moves."""
+        result = super()._apply(fn, *args, **kwargs)
+        self.generation.bump()
+        return result
 
     @property
     def rank(self) -> int:
@@ -219,6 +245,7 @@ class ElaLoraLayer(nn.Module):
             with torch.no_grad():
                 param.set_(param.new_empty(shape))
             param.grad = None
+            self.generation.bump()
             for kind in STATS:
                 setattr(self, f"{kind}_{part}", getattr(self, f"{kind}_{part}").new_zeros(shape))
         self.born_round = self.born_round.new_zeros(rank)
@@ -244,6 +271,7 @@ class ElaLoraLayer(nn.Module):
         with torch.no_grad():
             param.set_(transform(param.detach()).contiguous())
         param.grad = None
+        self.generation.bump()
 
 
 def _orthogonal_extension(basis: Tensor, count: int, generator: torch.Generator) -> Tensor:

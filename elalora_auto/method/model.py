@@ -107,8 +107,9 @@ class ElaLoraModel(nn.Module):
         return outputs
 
     def orthogonal_regularization(self) -> Tensor:
-        """Mean over matrices of ||A A^T - I||_F + ||B^T B - I||_F."""
-        return torch.stack([layer.orth_penalty() for layer in self.layers.values()]).mean()
+        """Mean over matrices of their ``orth_penalty()`` (||A A^T - I||_F + ||B^T B - I||_F in the paper init),
+        computed for all matrices at once (method/batched.py)."""
+        return self.allocator.batch.orthogonal_regularization()
 
     # ------------------------------------------------------------------ allocation
     @property

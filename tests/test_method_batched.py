@@ -1,0 +1,118 @@
+"""method/batched.py: the batched per-step work means what the per-matrix definitions mean, and its cached tensor
+lists follow every change of a layer (a round, loading another rank, .to(), assigning a buffer)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from elalora_auto.method import ElaLoraModel
+from test_method_core import batches, elastic_bert
+
+
+def per_matrix_penalty(model: ElaLoraModel) -> torch.Tensor:
+    """The definition: the mean over matrices of each layer's own orth_penalty()."""
+    return torch.stack([layer.orth_penalty() for layer in model.layers.values()]).mean()
+
+
+def adapter_factors(model: ElaLoraModel) -> list[torch.nn.Parameter]:
+    return [p for layer in model.layers.values() for p in (layer.lora_A, layer.lora_B)]
+
+
+def grads_of(value: torch.Tensor, params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
+    return list(torch.autograd.grad(value, params))
+
+
+@pytest.mark.parametrize("init", ["lora", "paper"])
+def test_penalty_is_the_mean_of_the_per_matrix_penalties(init: str) -> None:
+    """Bit for bit at the start (equal ranks: at the LoRA init A A^T / a^2 - I is rounding noise there, so only
+    identical arithmetic gives the same first step), to float rounding after ranks diverged."""
+    model = elastic_bert(init=init, **({"e_lr_scale": 10.0} if init == "paper" else {}))
+    params = adapter_factors(model)
+    expected, got = per_matrix_penalty(model), model.orthogonal_regularization()
+    assert torch.allclose(got, expected, rtol=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(grads_of(got, params), grads_of(expected, params)))
+
+    with torch.no_grad():
+        for p in params:
+            p.add_(torch.randn_like(p) * 0.05)
+    layers = list(model.layers.values())
+    layers[0].prune([1, 2], None)
+    layers[1].grow(3, model.allocator.generator, None, born_round=1, stats_from_mean=False)
+    assert len({layer.rank for layer in layers}) == 3
+    expected, got = per_matrix_penalty(model), model.orthogonal_regularization()
+    assert torch.allclose(got, expected, rtol=1e-6)
+    for a, b in zip(grads_of(got, params), grads_of(expected, params)):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def importance_by_hand(model: ElaLoraModel) -> dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]]:
+    """One EMA step of every (matrix, part) with a gradient, written out per matrix."""
+    beta1, beta2 = model.elalora_config.beta1, model.elalora_config.beta2
+    out = {}
+    for name, layer in model.layers.items():
+        for part in "AEB":
+            param = layer.param(part)
+            if param.grad is None:
+                continue
+            ipt = (param * param.grad).abs().detach()
+            bar = beta1 * layer.ipt_bar[part] + (1 - beta1) * ipt
+            out[name, part] = bar, beta2 * layer.ipt_unc[part] + (1 - beta2) * (ipt - bar).abs()
+    return out
+
+
+def backward_once(model: ElaLoraModel, seed: int = 0) -> None:
+    model.train()
+    model(**batches(1, seed=seed)[0]).loss.backward()
+
+
+def assert_importance_step(model: ElaLoraModel) -> None:
+    expected = importance_by_hand(model)
+    model.allocator.update_importance()
+    for (name, part), (bar, unc) in expected.items():
+        layer = model.layers[name]
+        assert torch.allclose(layer.ipt_bar[part], bar, rtol=1e-6, atol=0), (name, part)
+        assert torch.allclose(layer.ipt_unc[part], unc, rtol=1e-6, atol=1e-12), (name, part)
+
+
+def test_importance_update_follows_every_change_of_the_layers() -> None:
+    model = elastic_bert()
+    first = next(iter(model.layers.values()))
+    backward_once(model)
+    first.lora_A.grad = None  # a factor without a gradient is left alone
+    untouched = first.ipt_bar["A"].clone()
+    assert_importance_step(model)
+    assert torch.equal(first.ipt_bar["A"], untouched)
+    model.zero_grad(set_to_none=True)
+
+    first.prune([0], None)  # a round's resize
+    backward_once(model, seed=1)
+    assert_importance_step(model)
+    model.zero_grad(set_to_none=True)
+
+    first.ipt_bar_A = torch.full_like(first.ipt_bar_A, 0.5)  # a buffer assigned from outside
+    backward_once(model, seed=2)
+    assert_importance_step(model)
+    assert not torch.equal(first.ipt_bar["A"], torch.full_like(first.ipt_bar_A, 0.5))
+    model.zero_grad(set_to_none=True)
+
+    model.double()  # .to() replaces every buffer
+    backward_once(model, seed=3)
+    assert_importance_step(model)
+    assert first.ipt_bar["A"].dtype == torch.float64
+    assert model.orthogonal_regularization().dtype == torch.float64
+
+
+def test_a_state_dict_of_another_rank_loads_into_the_cached_lists() -> None:
+    trained = elastic_bert()
+    next(iter(trained.layers.values())).grow(2, trained.allocator.generator, None, born_round=1,
+                                             stats_from_mean=False)
+    fresh = elastic_bert()
+    backward_once(fresh)
+    fresh.allocator.update_importance()  # builds the lists at the initial ranks
+    fresh.zero_grad(set_to_none=True)
+    fresh.load_state_dict(trained.state_dict())
+    assert fresh.rank_map() == trained.rank_map()
+    assert torch.allclose(fresh.orthogonal_regularization(), per_matrix_penalty(fresh), rtol=1e-6)
+    backward_once(fresh)
+    assert_importance_step(fresh)
