@@ -60,8 +60,8 @@ def host_reads(monkeypatch: pytest.MonkeyPatch, spec: Any) -> tuple[dict[int, li
         now["step"] = args[-1]
         return real_step(setup, batches, *args)
 
-    def infinite(*args: Any) -> Any:
-        batches = real_batches(*args)
+    def infinite(*args: Any, **kwargs: Any) -> Any:
+        batches = real_batches(*args, **kwargs)
         while True:
             now["loading"] = True
             batch = next(batches)
