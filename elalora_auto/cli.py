@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from typing import Callable, Sequence
 
 from elalora_auto.adapters import METHODS
 from elalora_auto.errors import UserError
@@ -60,10 +60,35 @@ def _output_file(text: str) -> str:
 def _storage(text: str) -> str:
     from elalora_auto.search.settings import check_storage_url
 
+    return _checked(check_storage_url, "--storage", text)
+
+
+def _tracking_uri(text: str) -> str:
+    from elalora_auto.tracking.store import check_tracking_uri
+
+    return _checked(check_tracking_uri, "--tracking-uri", text)
+
+
+def _checked(check: Callable[[str], str], flag: str, text: str) -> str:
+    """`check(text)`, its UserError as argparse's error line (which names the flag itself)."""
     try:
-        return check_storage_url(text)
+        return check(text)
     except UserError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--storage {text!r} ")) from None
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{flag} {text!r}").removeprefix(f"{flag} ")
+                                         .lstrip(": ")) from None
+
+
+def _model_name(text: str) -> str:
+    """A Model Registry name as MLflow accepts it (not empty, no '/' or ':'), checked before anything is exported."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_model_name
+
+    try:
+        _validate_model_name(text)
+    except MlflowException:
+        raise argparse.ArgumentTypeError(f"expected a registered model name (not empty, without '/' or ':'), "
+                                         f"got {text!r}") from None
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,14 +193,15 @@ def _add_results_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=_folder, help="folder to write adapter/, config.yaml, README.md into")
     p.add_argument("--merge", action="store_true", help="also write out/merged: the full model, adapter folded in")
     p.add_argument("--force", action="store_true", help="overwrite the files of a non-empty --out folder")
-    p.add_argument("--register", metavar="NAME", help="also register the trial's MLflow model as a new version of "
+    p.add_argument("--register", metavar="NAME", type=_model_name, help="also register the trial's MLflow model as a new version of "
                                                       "NAME in the Model Registry (models:/NAME/VERSION)")
-    p.add_argument("--tracking-uri", help="with --register: the MLflow store (default sqlite:///WORKDIR/mlflow.db)")
+    p.add_argument("--tracking-uri", type=_tracking_uri,
+                   help="with --register: the MLflow store (default sqlite:///WORKDIR/mlflow.db)")
     p.set_defaults(func=_cmd_export)
     p = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 for the workdir's store (Ctrl-C stops it)")
     p.add_argument("--workdir", default="elalora_runs", type=_folder,
                    help="the search's workdir (default ./elalora_runs)")
-    p.add_argument("--tracking-uri", help="an MLflow store URI instead of WORKDIR/mlflow.db")
+    p.add_argument("--tracking-uri", type=_tracking_uri, help="an MLflow store URI instead of WORKDIR/mlflow.db")
     p.add_argument("--port", type=_port, default=5000)
     p.set_defaults(func=_cmd_ui)
 
@@ -199,6 +225,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from elalora_auto.export import export_trial, pick_trial
     from elalora_auto.results import load_study, study_rows
 
+    if args.tracking_uri and not args.register:
+        raise UserError("--tracking-uri names the store that --register writes to: add --register NAME, or drop it")
     study = load_study(args.study, args.workdir, args.storage)
     trials_dir = Path(args.workdir) / "trials" / args.study
     row = pick_trial(study_rows(study, trials_dir), args.trial, args.pick, args.max_params)
@@ -221,11 +249,12 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from elalora_auto.tracking import default_tracking_uri
-    from elalora_auto.ui import start_ui, stop_ui, study_links, wait_ui_ready
+    from elalora_auto.ui import check_servable, start_ui, stop_ui, study_links, wait_ui_ready
 
     uri = args.tracking_uri or default_tracking_uri(args.workdir)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise UserError(f"no MLflow store at {uri}; run a search first or pass --workdir/--tracking-uri")
+    check_servable(uri, args.port)
     # SIGTERM behaves like Ctrl-C, so the server's process group is stopped either way.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     server = start_ui(uri, args.port)
@@ -275,7 +304,7 @@ def _add_search_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=_positive_float, help="seconds after which this process starts no new trial")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///WORKDIR/mlflow.db)")
+    p.add_argument("--tracking-uri", type=_tracking_uri, help="MLflow tracking URI (default sqlite:///WORKDIR/mlflow.db)")
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     p.add_argument("--create-only", action="store_true",
                    help="create the study and exit (then start `elalora-auto worker` processes on it)")
@@ -308,7 +337,7 @@ def _add_worker_parser(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--storage", type=_storage, help="the study's storage URL (default: WORKDIR/optuna-journal.log)")
     w.add_argument("--workdir", type=_folder, help="local runs folder for this worker's trial outputs (default elalora_runs)")
     w.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    w.add_argument("--tracking-uri")
+    w.add_argument("--tracking-uri", type=_tracking_uri)
     w.add_argument("--no-tracking", action="store_true")
     w.add_argument("--timeout", type=_positive_float, help="seconds after which this worker starts no new trial")
     w.add_argument("--quiet", action="store_true")
@@ -323,6 +352,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from elalora_auto.search import SearchSettings, run_search
     from elalora_auto.search.launcher import worker_slots
     from elalora_auto.tracking import default_tracking_uri, make_listeners, prepare_store
+    from elalora_auto.tracking.store import check_tracking_uri
 
     flags = {name: getattr(args, name) for name in _SEARCH_FLAGS}
     if args.config == "demo" and not args.task:  # the built-in demo study brings its own model and task files
@@ -330,10 +360,12 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
         flags = {**demo_inputs(Path(args.workdir or SearchSettings.workdir).resolve()), **{k: v for k, v in flags.items() if v is not None}}
     settings = SearchSettings.from_sources(args.config, {**flags, "no_tracking": args.no_tracking or None})
+    if settings.tracking_uri and not settings.no_tracking:  # a study file's too (argparse checks the flag's)
+        check_tracking_uri(settings.tracking_uri, "tracking_uri")
     many = args.workers is not None or args.gpus is not None
     if many and args.create_only:
         raise UserError("--create-only creates the study for workers started elsewhere; drop --workers/--gpus")
-    slots = worker_slots(args.workers, args.gpus) if many else []
+    slots = worker_slots(args.workers, args.gpus, settings.device) if many else []
 
     def before_launch() -> None:  # the workers' MLflow store, created and migrated once, before any of them logs
         if not settings.no_tracking:

@@ -72,8 +72,8 @@ def _has_type(value: Any, hint: Any) -> bool:
         return True
     if origin in (typing.Union, types.UnionType):
         return any(_has_type(value, arm) for arm in typing.get_args(hint))
-    if origin is typing.Literal:
-        return value in typing.get_args(hint)
+    if origin is typing.Literal:  # exact: `1` is not `True`, nor `"true"` (text) the boolean
+        return any(value == choice and type(value) is type(choice) for choice in typing.get_args(hint))
     if hint is type(None):
         return value is None
     if hint is float:
@@ -89,7 +89,7 @@ def _type_name(hint: Any) -> str:
     if hint is type(None):
         return "nothing (null)"
     if typing.get_origin(hint) is typing.Literal:
-        return "one of " + ", ".join(map(repr, typing.get_args(hint)))
+        return " or ".join(map(repr, typing.get_args(hint)))
     names = {int: "a whole number", float: "a number", str: "text", bool: "true or false", dict: "a mapping",
              list: "a list"}
     origin = typing.get_origin(hint) or hint

@@ -8,7 +8,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Literal
 
 import yaml
 
@@ -30,8 +30,8 @@ class TrainingSettings:
     log_every: int = 10
     max_length: int = 128
     seed: int = 42
-    device: str = "auto"  # auto | cpu | cuda
-    bf16: Any = "auto"  # auto | true | false; auto = bf16 autocast on CUDA when supported
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    bf16: bool | Literal["auto"] = "auto"  # auto: bf16 autocast on CUDA when the device supports it
 
 
 @dataclass
@@ -69,9 +69,13 @@ class TrialSpec:
     def from_dict(cls, data: dict[str, Any]) -> TrialSpec:
         if not isinstance(data, dict):
             raise UserError(f"a trial config must be a mapping, got {type(data).__name__}")
+        from elalora_auto.tasks import custom_block
+
         data = dict(data)
         _reject_unknown(data, {f.name for f in dataclasses.fields(cls)}, "")
-        if "task" not in data:
+        if data.get("custom"):
+            data["task"], data["custom"] = custom_block(data.get("task"), data["custom"])
+        if data.get("task") is None:
             raise UserError("the trial config has no 'task'; add e.g. task: sst2")
         groups = {"training": TrainingSettings, "data": DataSettings}
         for key, kind in groups.items():
@@ -197,6 +201,15 @@ class TrialResult:
     peak_memory_mb: float | None = None
     state: str = "COMPLETE"
     reason: str | None = None
+
+    @classmethod
+    def unreached(cls, state: str, reason: str | None, wall_time_s: float = 0.0) -> TrialResult:
+        """The result of a trial that ended before its adapter existed (failed in setup, or pruned by a space
+        constraint before it started): no size, ranks, metrics or steps."""
+        return cls(metrics={}, primary=None, primary_metric=None, trainable_params=None, rank_map={},
+                   rank_history=[], eval_history=[], train_loss_history=[], wall_time_s=wall_time_s,
+                   setup_time_s=wall_time_s, train_time_s=0.0, eval_time_s=0.0, examples_per_s=0.0, steps=0,
+                   state=state, reason=reason)
 
     @property
     def status(self) -> str:

@@ -16,6 +16,31 @@ log = logging.getLogger(__name__)
 RUNS_VIEW = "?workflowType=machine_learning&orderByKey=attributes.run_name&orderByAsc=true"
 
 
+def check_servable(tracking_uri: str, port: int) -> None:
+    """What `mlflow server` would trip over, found before it starts: a store that is itself a server, and a taken
+    port (the server would retry the port for about 90 s, print a dozen lines and exit 0)."""
+    if tracking_uri.partition(":")[0].lower() in ("http", "https", "databricks", "databricks-uc", "uc"):
+        raise UserError(f"--tracking-uri {tracking_uri} is already served by an MLflow server: open that server's "
+                        "UI in a browser (`ui` serves a database store: sqlite:///PATH.db, postgresql://...)")
+    if not _port_free(port):
+        free = next((p for p in range(port + 1, min(port + 50, 65536)) if _port_free(p)), None)
+        raise UserError(f"port {port} on 127.0.0.1 is taken (another MLflow UI?): "
+                        + (f"pass --port {free}" if free else "pass another --port") + f", or stop what listens on {port}")
+
+
+def _port_free(port: int) -> bool:
+    """Whether the server could bind 127.0.0.1:`port` now (with SO_REUSEADDR, as it binds: TIME_WAIT is no obstacle)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def start_ui(tracking_uri: str, port: int = 5000) -> Any:
     """Start `mlflow server` on 127.0.0.1 against the store, in its own process group.
 

@@ -39,12 +39,22 @@ class StudyPlan:
         """The TrialSpec of one configuration: the space's suggestions on top of the study's settings.
 
         `trial` is an Optuna trial, or an `optuna.trial.FixedTrial` to re-run a known configuration exactly as the
-        study would have.
+        study would have. A configuration that breaks a space constraint raises optuna.TrialPruned.
         """
+        import optuna
+
+        spec, broken = self.drawn_spec(trial)
+        if broken is not None:
+            raise optuna.TrialPruned(broken)
+        return spec
+
+    def drawn_spec(self, trial: Any) -> tuple[Any, str | None]:
+        """(`trial_spec`'s TrialSpec, the space constraint it breaks or None): the worker writes a pruned
+        configuration's folder too."""
         from elalora_auto.trial import DataSettings, TrainingSettings, TrialSpec
 
         settings = self.settings
-        method_params, overrides = self.space.suggest(
+        method_params, overrides, broken = self.space.draw(
             trial, {"total_steps": self.total_steps, "model_type": self.model_type})
         training = TrainingSettings(max_steps=self.total_steps, batch_size=settings.batch_size,
                                     eval_every=self.eval_every, max_length=settings.max_length,
@@ -56,7 +66,7 @@ class StudyPlan:
                               max_eval_samples=settings.max_eval_samples,
                               cache_dir=str(Path(settings.workdir) / "cache")),
             custom=settings.custom,
-        )
+        ), broken
 
 
 def plan_study(settings: SearchSettings) -> StudyPlan:

@@ -246,6 +246,14 @@ class SearchSpace:
         """
         import optuna
 
+        method_params, training_params, broken = self.draw(trial, context)
+        if broken is not None:
+            raise optuna.TrialPruned(broken)
+        return method_params, training_params
+
+    def draw(self, trial: Any, context: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+        """`suggest`'s configuration and, instead of raising, the first constraint it breaks (None: it keeps them
+        all), so a pruned configuration can still be written down (its trial folder)."""
         values: dict[str, Any] = {name: context[name] for name in CONTEXT_NAMES}
         sections: dict[str, dict[str, Any]] = {"method_params": {}, "training_params": {}}
         for param in self.params:
@@ -256,10 +264,8 @@ class SearchSpace:
                     continue
                 value = self.module_names(value, context.get("model_type"))
             sections[param.section][param.name] = value
-        for expr in self.constraints:
-            if not expr(values):
-                raise optuna.TrialPruned(f"constraint {expr.text!r} does not hold")
-        return sections["method_params"], sections["training_params"]
+        broken = next((f"constraint {expr.text!r} does not hold" for expr in self.constraints if not expr(values)), None)
+        return sections["method_params"], sections["training_params"], broken
 
     def default_params(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Trial 0 in Optuna's coordinates: every `default`, then `overrides` (a study's `trial0`)."""
