@@ -61,6 +61,9 @@ class TrialSpec:
 
         if self.method not in METHODS:
             raise UserError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        for name, example in (("task", "sst2"), ("model", "minilm")):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
+                raise UserError(f"{name}: expected a name (e.g. {name}: {example}), got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -84,7 +87,9 @@ class TrialSpec:
                 raise UserError(f"'{key}' must be a mapping in the trial config")
             _reject_unknown(section, {f.name for f in dataclasses.fields(kind)}, f"{key}.")
             data[key] = kind(**{k: _yaml_number(v) for k, v in section.items()})
-        data["params"] = {k: _yaml_number(v) for k, v in dict(data.get("params") or {}).items()}
+        if not isinstance(data.get("params") or {}, dict):
+            raise UserError(f"'params' must be a mapping of method parameters (e.g. r_init: 8), got {data['params']!r}")
+        data["params"] = {k: _yaml_number(v) for k, v in (data.get("params") or {}).items()}
         return cls(**data)
 
     def to_yaml(self, path: str | Path | None = None) -> str:

@@ -1,4 +1,5 @@
-"""The MLflow UI for a workdir's store: start `mlflow server` on 127.0.0.1, wait until it answers, stop it."""
+"""The MLflow UI for a workdir's store: check the port, start `mlflow server` on 127.0.0.1, wait until it answers,
+stop it."""
 
 from __future__ import annotations
 
@@ -14,6 +15,27 @@ log = logging.getLogger(__name__)
 # MLflow 3 opens experiments in its GenAI mode (Overview, Traces); this query opens them on their training runs,
 # sorted by name: the study's parent run, then every trial run listed (not folded under the parent).
 RUNS_VIEW = "?workflowType=machine_learning&orderByKey=attributes.run_name&orderByAsc=true"
+
+
+def serve_ui(tracking_uri: str, port: int) -> int:
+    """`elalora-auto ui`: check, start, print the links, and serve until the server exits or Ctrl-C (or SIGTERM,
+    which behaves like it, so the server's process group is stopped either way); the exit code."""
+    import signal
+
+    check_servable(tracking_uri, port)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    server = start_ui(tracking_uri, port)
+    try:
+        wait_ui_ready(server, port)
+        print(f"MLflow UI: http://127.0.0.1:{port}  (store {tracking_uri}; Ctrl-C stops it)", flush=True)
+        for line in study_links(tracking_uri, port):
+            print(f"  {line}", flush=True)
+        return server.wait()
+    except KeyboardInterrupt:
+        print("stopping the MLflow UI", flush=True)
+        return 0
+    finally:
+        stop_ui(server)
 
 
 def check_servable(tracking_uri: str, port: int) -> None:

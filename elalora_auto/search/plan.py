@@ -99,6 +99,7 @@ def plan_study(settings: SearchSettings) -> StudyPlan:
     if steps < 4:
         raise UserError(f"a run of {steps} steps is too short for a schedule; use --max-steps 4 or more")
     check_space(space, steps)
+    space.default_params(settings.trial0)  # trial 0's overrides: names and ranges, before the study is touched
     eval_every = settings.eval_every or max(1, steps // 4)
     rungs = settings.pruning.rungs(eval_every, steps)
     load_tokenizer(model_path)
