@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, NoReturn, Sequence
 
 import optuna
 
@@ -259,7 +259,7 @@ class Worker:
             trial.set_constraint("max_params", result.trainable_params - self.plan.settings.max_params)
         return result.primary
 
-    def _skip(self, trial: optuna.Trial, spec: Any, reason: str, out: Path) -> None:
+    def _skip(self, trial: optuna.Trial, spec: Any, reason: str, out: Path) -> NoReturn:
         """A configuration the space's constraints rule out: pruned before it trains, its folder (config.yaml,
         result.json with the reason) and `trial_end` written like any other ending's."""
         from elalora_auto.trial_output import finish_trial
