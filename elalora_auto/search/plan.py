@@ -99,9 +99,9 @@ def plan_study(settings: SearchSettings) -> StudyPlan:
     if steps < 4:
         raise UserError(f"a run of {steps} steps is too short for a schedule; use --max-steps 4 or more")
     check_space(space, steps)
-    space.default_params(settings.trial0)  # trial 0's overrides: names and ranges, before the study is touched
     eval_every = settings.eval_every or max(1, steps // 4)
     rungs = settings.pruning.rungs(eval_every, steps)
+    space.default_params(settings.trial0)  # trial 0's overrides: names and ranges, before the study is touched
     load_tokenizer(model_path)
     load_base_model(model_path, task.num_labels, task.problem_type)  # cached: the process's trials reuse it
     model_type = check_target_modules(model_path, task.num_labels, space)
