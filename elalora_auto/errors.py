@@ -43,8 +43,9 @@ def close_hint(name: str, names: Iterable[str]) -> str:
 
 def check_fields(settings: Any, where: str = "", positive: Iterable[str] = (), non_negative: Iterable[str] = (),
                  error: type[UserError] = ConfigError) -> None:
-    """Every field of a settings dataclass has its annotated type (int, float, str, bool, X | None, ...), and the
-    named numeric fields are > 0 (`positive`) or >= 0 (`non_negative`); nested dataclasses are checked too.
+    """Every field of a settings dataclass has its annotated type (int, float, str, bool, X | None, ...) and no
+    text field is empty, and the named numeric fields are > 0 (`positive`) or >= 0 (`non_negative`); nested
+    dataclasses are checked too.
 
     One check for every settings object, so `trials: "many"`, `batch_size: 0` or `learning_rate=abc` fail before
     anything runs, with the field's name (`where` is its prefix, e.g. "training.").
@@ -58,6 +59,8 @@ def check_fields(settings: Any, where: str = "", positive: Iterable[str] = (), n
             continue
         if not _has_type(value, hints[f.name]):
             raise error(f"{where}{f.name}: expected {_type_name(hints[f.name])}, got {value!r}")
+        if isinstance(value, str) and not value.strip():  # a name, path or URI: empty is never meant
+            raise error(f"{where}{f.name}: empty; give a value or leave it out")
         if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         if f.name in positive and not value > 0:
@@ -72,8 +75,8 @@ def _has_type(value: Any, hint: Any) -> bool:
         return True
     if origin in (typing.Union, types.UnionType):
         return any(_has_type(value, arm) for arm in typing.get_args(hint))
-    if origin is typing.Literal:
-        return value in typing.get_args(hint)
+    if origin is typing.Literal:  # exact: `1` is not `True`, nor `"true"` (text) the boolean
+        return any(value == choice and type(value) is type(choice) for choice in typing.get_args(hint))
     if hint is type(None):
         return value is None
     if hint is float:
@@ -89,7 +92,7 @@ def _type_name(hint: Any) -> str:
     if hint is type(None):
         return "nothing (null)"
     if typing.get_origin(hint) is typing.Literal:
-        return "one of " + ", ".join(map(repr, typing.get_args(hint)))
+        return " or ".join(map(repr, typing.get_args(hint)))
     names = {int: "a whole number", float: "a number", str: "text", bool: "true or false", dict: "a mapping",
              list: "a list"}
     origin = typing.get_origin(hint) or hint

@@ -8,7 +8,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Literal
 
 import yaml
 
@@ -30,8 +30,8 @@ class TrainingSettings:
     log_every: int = 10
     max_length: int = 128
     seed: int = 42
-    device: str = "auto"  # auto | cpu | cuda
-    bf16: Any = "auto"  # auto | true | false; auto = bf16 autocast on CUDA when supported
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    bf16: bool | Literal["auto"] = "auto"  # auto: bf16 autocast on CUDA when the device supports it
     # true: the data order and every DataLoader's base seed come from the global torch generator, as in
     # transformers.Trainer (bench/loop_replay.py replays a Trainer run with it); false: the loop's own generator per
     # seed and epoch, so an evaluation leaves training's random stream (dropout) alone
@@ -65,6 +65,9 @@ class TrialSpec:
 
         if self.method not in method_names():
             raise UserError(f"unknown method {self.method!r}; choose one of {', '.join(method_names())}")
+        for name, example in (("task", "sst2"), ("model", "minilm")):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
+                raise UserError(f"{name}: expected a name (e.g. {name}: {example}), got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -73,9 +76,13 @@ class TrialSpec:
     def from_dict(cls, data: dict[str, Any]) -> TrialSpec:
         if not isinstance(data, dict):
             raise UserError(f"a trial config must be a mapping, got {type(data).__name__}")
+        from elalora_auto.tasks import custom_block
+
         data = dict(data)
         _reject_unknown(data, {f.name for f in dataclasses.fields(cls)}, "")
-        if "task" not in data:
+        if data.get("custom"):
+            data["task"], data["custom"] = custom_block(data.get("task"), data["custom"])
+        if data.get("task") is None:
             raise UserError("the trial config has no 'task'; add e.g. task: sst2")
         groups = {"training": TrainingSettings, "data": DataSettings}
         for key, kind in groups.items():
@@ -84,7 +91,9 @@ class TrialSpec:
                 raise UserError(f"'{key}' must be a mapping in the trial config")
             _reject_unknown(section, {f.name for f in dataclasses.fields(kind)}, f"{key}.")
             data[key] = kind(**{k: _yaml_number(v) for k, v in section.items()})
-        data["params"] = {k: _yaml_number(v) for k, v in dict(data.get("params") or {}).items()}
+        if not isinstance(data.get("params") or {}, dict):
+            raise UserError(f"'params' must be a mapping of method parameters (e.g. r_init: 8), got {data['params']!r}")
+        data["params"] = {k: _yaml_number(v) for k, v in (data.get("params") or {}).items()}
         return cls(**data)
 
     def to_yaml(self, path: str | Path | None = None) -> str:
@@ -201,6 +210,15 @@ class TrialResult:
     peak_memory_mb: float | None = None
     state: str = "COMPLETE"
     reason: str | None = None
+
+    @classmethod
+    def unreached(cls, state: str, reason: str | None, wall_time_s: float = 0.0) -> TrialResult:
+        """The result of a trial that ended before its adapter existed (failed in setup, or pruned by a space
+        constraint before it started): no size, ranks, metrics or steps."""
+        return cls(metrics={}, primary=None, primary_metric=None, trainable_params=None, rank_map={},
+                   rank_history=[], eval_history=[], train_loss_history=[], wall_time_s=wall_time_s,
+                   setup_time_s=wall_time_s, train_time_s=0.0, eval_time_s=0.0, examples_per_s=0.0, steps=0,
+                   state=state, reason=reason)
 
     @property
     def status(self) -> str:

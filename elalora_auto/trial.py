@@ -333,10 +333,7 @@ def _result(setup: TrialSetup | None, out: LoopOutcome, state: str, reason: str 
     """The TrialResult of whatever the trial reached; `setup` is None when it failed while setting up."""
     wall = time.perf_counter() - out.started
     if setup is None:
-        return TrialResult(metrics={}, primary=None, primary_metric=None, trainable_params=None, rank_map={},
-                           rank_history=[], eval_history=[], train_loss_history=[], wall_time_s=wall,
-                           setup_time_s=wall, train_time_s=0.0, eval_time_s=0.0, examples_per_s=0.0, steps=0,
-                           state=state, reason=reason)
+        return TrialResult.unreached(state, reason, wall)
     adapter, key = setup.adapter, setup.primary_key
     train_time = wall - out.setup_time_s - out.eval_time_s
     return TrialResult(

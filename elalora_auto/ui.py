@@ -1,4 +1,5 @@
-"""The MLflow UI for a workdir's store: start `mlflow server` on 127.0.0.1, wait until it answers, stop it."""
+"""The MLflow UI for a workdir's store: check the port, start `mlflow server` on 127.0.0.1, wait until it answers,
+stop it."""
 
 from __future__ import annotations
 
@@ -14,6 +15,52 @@ log = logging.getLogger(__name__)
 # MLflow 3 opens experiments in its GenAI mode (Overview, Traces); this query opens them on their training runs,
 # sorted by name: the study's parent run, then every trial run listed (not folded under the parent).
 RUNS_VIEW = "?workflowType=machine_learning&orderByKey=attributes.run_name&orderByAsc=true"
+
+
+def serve_ui(tracking_uri: str, port: int) -> int:
+    """`elalora-auto ui`: check, start, print the links, and serve until the server exits or Ctrl-C (or SIGTERM,
+    which behaves like it, so the server's process group is stopped either way); the exit code."""
+    import signal
+
+    check_servable(tracking_uri, port)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    server = start_ui(tracking_uri, port)
+    try:
+        wait_ui_ready(server, port)
+        print(f"MLflow UI: http://127.0.0.1:{port}  (store {tracking_uri}; Ctrl-C stops it)", flush=True)
+        for line in study_links(tracking_uri, port):
+            print(f"  {line}", flush=True)
+        return server.wait()
+    except KeyboardInterrupt:
+        print("stopping the MLflow UI", flush=True)
+        return 0
+    finally:
+        stop_ui(server)
+
+
+def check_servable(tracking_uri: str, port: int) -> None:
+    """What `mlflow server` would trip over, found before it starts: a store that is itself a server, and a taken
+    port (the server would retry the port for about 90 s, print a dozen lines and exit 0)."""
+    if tracking_uri.partition(":")[0].lower() in ("http", "https", "databricks", "databricks-uc", "uc"):
+        raise UserError(f"--tracking-uri {tracking_uri} is already served by an MLflow server: open that server's "
+                        "UI in a browser (`ui` serves a database store: sqlite:///PATH.db, postgresql://...)")
+    if not _port_free(port):
+        free = next((p for p in range(port + 1, min(port + 50, 65536)) if _port_free(p)), None)
+        raise UserError(f"port {port} on 127.0.0.1 is taken (another MLflow UI?): "
+                        + (f"pass --port {free}" if free else "pass another --port") + f", or stop what listens on {port}")
+
+
+def _port_free(port: int) -> bool:
+    """Whether the server could bind 127.0.0.1:`port` now (with SO_REUSEADDR, as it binds: TIME_WAIT is no obstacle)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def start_ui(tracking_uri: str, port: int = 5000) -> Any:

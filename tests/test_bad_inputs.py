@@ -64,7 +64,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
     latin = write_tiny_sst2(root / "latin1")
     with (latin / "SST-2" / "train.tsv").open("ab") as handle:
         handle.write("un caf\xe9 tr\xe8s good\t1\n".encode("latin-1"))
-    for name, text in {**SPACES, **STUDY_FILES}.items():
+    for name, text in {**SPACES, **STUDY_FILES, **CLASS_FILES}.items():
         (root / name).write_text(text)
     (root / "a-file").write_text("not a folder\n")
     workdir = root / "runs"
@@ -133,7 +133,87 @@ def cases(w: dict[str, Path]) -> dict[str, tuple[list[str], str]]:
     for name in SPACES:
         method = "lora" if name.startswith("lora") else "elalora"
         out[f"search: space {name}"] = (search + ["--method", method, "--space", str(root / name)], SPACES_SAY[name])
+    out.update(class_cases(w, train, search))
     return out
+
+
+# Issue 30's classes: tracking URIs, GPU ids, registry names, `custom:` blocks, enumerated training settings,
+# empty names and paths. Relative paths in these files resolve against the cases' cwd (the fixture's root).
+_CUSTOM = "custom:\n  train_file: glue/SST-2/train.tsv\n  text_columns: [sentence]\n"
+CLASS_FILES = {
+    "custom_other_name.yaml": f"task: sst2\nmodel: model\n{_CUSTOM}  name: other\n",
+    "custom_typo.yaml": "task: mine\nmodel: model\ncustom:\n  train_fil: glue/SST-2/train.tsv\n",
+    "custom_not_a_mapping.yaml": "custom: 5\n",
+    "study_custom_other_name.yaml": f"{_CUSTOM}  name: other\n",
+    "study_tracking_uri.yaml": "tracking_uri: 'foo://x'\n",
+    "study_trial0_typo.yaml": "trial0: {r_int: 4}\n",
+    "params_list.yaml": "task: sst2\nmodel: model\nparams: [1, 2]\n",
+    "epochs_unknown_param.yaml": "task: sst2\nmodel: model\ndata: {data_dir: glue}\ntraining: {max_steps: null, epochs: 1}\n"
+                                 "params: {rr_init: 2}\n",
+    "bf16_space.yaml": _space("  r_init: {type: int, low: 2, high: 4}") + "training_params:\n"
+                                                                        "  bf16: {type: categorical, choices: [maybe]}\n",
+}
+
+
+def class_cases(w: dict[str, Path], train: list[str], search: list[str]) -> dict[str, tuple[list[str], str]]:
+    """Issue 30's cases: name -> (arguments, a phrase the one line must hold)."""
+    root, wd = w["root"], str(w["workdir"])
+    tracked = [a for a in search if a != "--no-tracking"]  # tracking on: a bad store must stop the search anyway
+    at = ["--study", STUDY, "--workdir", wd]
+    unknown_scheme = "no tracking store for 'foo:' URIs"
+    out = {
+        "search: --tracking-uri unknown scheme": (tracked + ["--tracking-uri", "foo://x"], unknown_scheme),
+        "search: tracking_uri in a study file": (tracked + ["--config", str(root / "study_tracking_uri.yaml")],
+                                                 unknown_scheme),
+        "search: --tracking-uri sqlite:x.db": (tracked + ["--tracking-uri", "sqlite:x.db"], "sqlite:///x.db"),
+        "search: --tracking-uri a folder store": (tracked + ["--tracking-uri", str(root / "store")], "sqlite:///"),
+        "worker: --tracking-uri unknown scheme": (["worker", *at, "--tracking-uri", "foo://x"], unknown_scheme),
+        "ui: --tracking-uri unknown scheme": (["ui", "--workdir", wd, "--tracking-uri", "foo://x"], unknown_scheme),
+        "ui: --tracking-uri a server": (["ui", "--workdir", wd, "--tracking-uri", "http://127.0.0.1:9"],
+                                        "already served"),
+        "export: --register ''": (["export", *at, "--out", str(root / "exported"), "--register", ""],
+                                  "registered model name"),
+        "export: --register a/b": (["export", *at, "--out", str(root / "exported"), "--register", "a/b"],
+                                   "without '/'"),
+        "export: --tracking-uri without --register": (["export", *at, "--out", str(root / "exported"),
+                                                       "--tracking-uri", "sqlite:///m.db"], "add --register NAME"),
+        "export: --tracking-uri unknown scheme": (["export", *at, "--out", str(root / "exported"), "--register", "m",
+                                                   "--tracking-uri", "foo://x"], unknown_scheme),
+        "search: --gpus beyond the GPUs here": (search + ["--gpus", str(_gpu_count())], "there is no GPU"),
+        "search: --gpus with --device cpu": (search + ["--gpus", "0", "--device", "cpu"], "--device is cpu"),
+        "train: custom.name differs from task": (["train", "--config", str(root / "custom_other_name.yaml")],
+                                                 "custom.name 'other' differs from task 'sst2'"),
+        "train: custom key typo": (["train", "--config", str(root / "custom_typo.yaml")],
+                                   "custom: unknown key 'train_fil' (valid: "),
+        "train: custom not a mapping": (["train", "--config", str(root / "custom_not_a_mapping.yaml")],
+                                        "custom: expected a mapping with the keys name, train_file"),
+        "search: custom.name differs in a study file": (
+            search + ["--config", str(root / "study_custom_other_name.yaml")], "custom.name 'other' differs"),
+        "search: trial0 typo": (search + ["--config", str(root / "study_trial0_typo.yaml")],
+                                "trial0: unknown parameter 'r_int'"),
+        "train: training.bf16=maybe": (train + ["--set", "training.bf16=maybe"],
+                                       "training.bf16: expected true or false or 'auto', got 'maybe'"),
+        "train: training.bf16='true' (text)": (train + ["--set", "training.bf16='true'"], "training.bf16"),
+        "train: training.device=gpu": (train + ["--set", "training.device=gpu"],
+                                       "training.device: expected 'auto' or 'cpu' or 'cuda'"),
+        "search: space training_params.bf16": (search + ["--space", str(root / "bf16_space.yaml")],
+                                               "training_params.bf16"),
+        "train: params a list": (["train", "--config", str(root / "params_list.yaml")], "'params' must be a mapping"),
+        "train: by epochs, unknown param": (["train", "--config", str(root / "epochs_unknown_param.yaml"),
+                                             "--export", str(root / "epochs-export")],
+                                            "unknown elalora parameter 'rr_init'"),
+        "search: --study ''": (search + ["--study", ""], "study: empty"),
+        "search: --workdir ''": (_with(search, "--workdir", ""), "empty"),
+        "train: --export ''": (train + ["--export", ""], "empty"),
+        "train: model=''": (train + ["--set", "model="], "model: expected a name"),
+    }
+    return out
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def _has_cuda() -> bool:
@@ -180,6 +260,35 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(name, world, outcomes):
 
 def test_demo_checks_its_flags_before_writing_anything(world, outcomes):
     assert not (world["root"] / "demo").exists()
+
+
+def test_bad_stores_names_and_paths_write_nothing(world, outcomes):
+    """The study was created untracked: none of the bad tracking cases may have made an MLflow store, spool or
+    run; the refused exports and trials wrote no folder; an empty --workdir wrote nothing into the cwd."""
+    workdir, root = world["workdir"], world["root"]
+    assert not [p.name for p in workdir.iterdir() if p.name.startswith(("mlflow", "mlartifacts"))]
+    for name in ("exported", "epochs-export", "store", "m.db", "cache", "trials"):
+        assert not (root / name).exists(), name
+
+
+def test_ui_on_a_taken_port_fails_at_once_naming_a_free_one(world):
+    """`mlflow server` on a taken port retried for about 90 s and exited 0; `ui` now checks the port first."""
+    import socket
+    import time
+
+    store = world["root"] / "ui-store.db"
+    store.touch()  # `ui` wants an existing store file; the port is checked before the store is opened
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        start = time.perf_counter()
+        run = _run(["ui", "--tracking-uri", f"sqlite:///{store}", "--port", str(port)], world["root"])
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert run.returncode == 2 and len(lines) == 1, run.stderr[-2000:]
+    assert f"port {port} on 127.0.0.1 is taken" in lines[0] and "pass --port " in lines[0], lines[0]
+    assert time.perf_counter() - start < 60
+    assert store.stat().st_size == 0  # the store was not opened (nor migrated)
 
 
 def test_an_unknown_model_fails_fast_offline(monkeypatch):

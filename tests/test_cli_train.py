@@ -42,6 +42,20 @@ def test_train_writes_result_and_loadable_adapter(tiny_model_dir, tmp_path, caps
     assert code == 0 and set(json.loads(out.read_text())["rank_map"].values()) == {2}
 
 
+def test_a_custom_block_may_name_its_task(tiny_model_dir, tmp_path, capsys):
+    """`custom: {name: ...}` (custom_task's own first argument) names the task when `task:` is absent; the config
+    written back names it as `task:`, once."""
+    data = write_tiny_sst2(tmp_path / "glue") / "SST-2"
+    config = tmp_path / "mine.yaml"
+    config.write_text(f"model: {tiny_model_dir}\ncustom:\n  name: my-reviews\n  train_file: {data / 'train.tsv'}\n"
+                      f"  eval_file: {data / 'dev.tsv'}\n  text_columns: sentence\ntraining: {{max_steps: 4}}\n"
+                      "params: {r_init: 2, b: 1, k: 1}\n")
+    assert main(["train", "--config", str(config), "--quiet", "--export", str(tmp_path / "exp")]) == 0
+    assert "on my-reviews: accuracy" in capsys.readouterr().out
+    written = (tmp_path / "exp" / "config.yaml").read_text()
+    assert "task: my-reviews" in written and "name:" not in written and "- sentence" in written
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

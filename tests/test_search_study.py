@@ -161,6 +161,29 @@ def test_halving_rungs_run_through_the_search_in_both_modes(study_file: Path, tm
             assert set(t.user_attrs["rung_sizes"]) == {str(s) for s in (3, 9) if s <= steps[-1]}
 
 
+def test_a_configuration_a_constraint_rules_out_gets_its_folder_and_reason(study_file: Path, tmp_path: Path,
+                                                                            capsys) -> None:
+    """Pruned before it trains, yet written down like any ending: config.yaml, result.json with the reason."""
+    from elalora_auto.spec import TrialSpec
+
+    space = yaml.safe_load(_space(tmp_path, r_init={"type": "int", "low": 2, "high": 4, "default": 2}).read_text())
+    space["constraints"] = ["r_init < 3"]
+    (tmp_path / "constrained.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
+    assert main(["search", "--config", str(study_file), "--space", str(tmp_path / "constrained.yaml"), "--study", "c",
+                 "--trials", "5", "--quiet"]) == 0
+    ruled_out = [t for t in _study(tmp_path, "c").get_trials() if t.params["r_init"] >= 3]
+    assert ruled_out, "the seed drew no r_init >= 3: pick another"
+    out, reason = capsys.readouterr().out, "constraint 'r_init < 3' does not hold"
+    for t in ruled_out:
+        assert t.state.name == "PRUNED" and t.user_attrs["prune_reason"] == reason
+        assert f"trial {t.number}: pruned ({reason})" in out
+        folder = tmp_path / "runs" / "trials" / "c" / str(t.number)
+        result = json.loads((folder / "result.json").read_text())
+        assert (result["state"], result["reason"], result["steps_done"]) == ("PRUNED", reason, 0)
+        assert TrialSpec.from_yaml(folder / "config.yaml").params["r_init"] == t.params["r_init"]
+        assert not (folder / "rank_map.json").exists() and not (folder / "adapter").exists()  # no adapter was built
+
+
 def test_a_rung_off_the_evaluations_is_refused_before_the_study_exists(study_file: Path, tmp_path: Path,
                                                                         capsys) -> None:
     config = yaml.safe_load(study_file.read_text())

@@ -183,6 +183,21 @@ def test_resuming_reuses_the_parent_and_child_runs(tracked):
     assert len(tracker.client.search_runs([experiment.experiment_id], "tags.`elalora.role` = 'parent'")) == 1
 
 
+def test_trial_runs_sort_by_name_in_trial_order_and_old_names_are_renamed(tmp_path):
+    """MLflow's sort by run name (the `ui` link's view) is text order: trial-0002 before trial-0010, where
+    trial-10 came before trial-2. A run named before the padding is renamed when its trial is next touched."""
+    tracker = MlflowTracker(workdir=tmp_path)
+    for number in (10, 2, 1):
+        tracker.trial_run_id("names", number)
+    runs = tracker.study_runs("names")
+    old = tracker.client.search_runs([runs.experiment_id], "tags.`elalora.trial` = '1'")[0].info.run_id
+    tracker.client.update_run(old, name="trial-1")
+    assert tracker.trial_run_id("names", 1) == old and tracker.client.get_run(old).info.run_name == "trial-0001"
+    ordered = tracker.client.search_runs([runs.experiment_id], "tags.`elalora.role` = 'trial'",
+                                         order_by=["attributes.run_name ASC"])
+    assert [run.info.run_name for run in ordered] == ["trial-0001", "trial-0002", "trial-0010"]
+
+
 def test_concurrent_workers_agree_on_one_parent(tracked):
     workdir = tracked[0]
     trackers = [MlflowTracker(workdir=workdir) for _ in range(3)]

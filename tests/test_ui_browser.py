@@ -1,6 +1,6 @@
 """Headless Chromium against `elalora-auto ui`: the study's runs are listed, pruned ones included, a pruned trial's
-rank map and the parent's Pareto front open. Screenshots go to a temporary folder only (README's are made by
-`make screenshots`)."""
+rank map and the parent's Pareto front open, and the parent's plot page draws inside MLflow's artifact viewer.
+Screenshots go to a temporary folder only (README's are made by `make screenshots`)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from elalora_auto.ui import RUNS_VIEW, study_links
 from test_tracking import _run_trial
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from screenshots import chromium, chromium_path, free_port, start_ui, stop_ui  # noqa: E402
+from screenshots import chromium, chromium_path, frames, free_port, start_ui, stop_ui  # noqa: E402
 
 pytestmark = pytest.mark.browser
 
@@ -53,9 +53,14 @@ def test_mlflow_ui_lists_trials_pruned_ones_with_rank_maps_and_opens_the_pareto_
         text = _text(dom)
         assert "Optuna study ui-study" in text and "4 matching runs" in text and "Traces 0" not in text
         dom = chromium(tmp_path, f"{experiment_url}/{pruned.info.run_id}/artifacts/ranks/rank_heatmap.png", "--dump-dom")
-        assert "rank_heatmap.png" in _text(dom) and "trial-2" in _text(dom)
+        assert "rank_heatmap.png" in _text(dom) and "trial-0002" in _text(dom)
         dom = chromium(tmp_path, f"{experiment_url}/{runs.parent_run_id}/artifacts/pareto_front.png", "--dump-dom")
         assert "pareto_front.png" in _text(dom) and "study_plots.html" in _text(dom)
+        # MLflow shows an HTML artifact in a sandboxed blob: iframe; the plots must draw there (plotly inlined)
+        viewer = frames(tmp_path, f"{experiment_url}/{runs.parent_run_id}/artifacts/study_plots.html")
+        plots = [frame for frame in viewer if frame["url"].startswith("blob:")]
+        assert plots and plots[0]["svgs"] >= 3, [(frame["url"], frame["svgs"]) for frame in viewer]
+        assert "metric against trainable parameters" in plots[0]["text"]
         for run_id, path in ((runs.parent_run_id, "pareto_front.png"), (pruned.info.run_id, "ranks/rank_heatmap.png")):
             png = urllib.request.urlopen(f"{base}/get-artifact?path={path}&run_uuid={run_id}").read()
             assert png.startswith(b"\x89PNG")

@@ -152,3 +152,24 @@ def test_a_worker_takes_no_trial_while_another_process_holds_the_studys_gate(stu
     assert not errors and not thread.is_alive()
     study = _study(tmp_path, "g")
     assert [t.number for t in study.trials] == [0, 1] and all(t.state.is_finished() for t in study.trials)
+
+
+def test_gpu_indices_count_the_gpus_torch_sees(monkeypatch) -> None:
+    """`--gpus` indices number the GPUs this process sees (within its own CUDA_VISIBLE_DEVICES); a missing one
+    fails before any worker starts. The GPU count is set here: this machine may have none."""
+    import pytest
+    import torch
+
+    from elalora_auto.errors import UserError
+    from elalora_auto.search.launcher import worker_slots
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert worker_slots(None, "1,0") == [("gpu 1", {"CUDA_VISIBLE_DEVICES": "5"}),
+                                         ("gpu 0", {"CUDA_VISIBLE_DEVICES": "3"})]
+    with pytest.raises(UserError, match=r"there is no GPU 2 here \(torch sees 2\); use --gpus 0,1"):
+        worker_slots(None, "0,2")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert worker_slots(None, "1") == [("gpu 1", {"CUDA_VISIBLE_DEVICES": "1"})]
+    with pytest.raises(UserError, match="--device is cpu"):
+        worker_slots(None, "0", "cpu")

@@ -28,18 +28,41 @@ from elalora_auto.search.worker import Interrupted
 _RERUN = re.compile(r"^interrupted: trials? ([\d, ]+) will be re-run")
 
 
-def worker_slots(workers: int | None, gpus: str | None) -> list[tuple[str, Mapping[str, str]]]:
-    """(label, extra environment) per child: one per GPU index of `gpus`, else `workers` plain CPU slots."""
+def worker_slots(workers: int | None, gpus: str | None,
+                 device: str = "auto") -> list[tuple[str, Mapping[str, str]]]:
+    """(label, extra environment) per child: one per GPU index of `gpus`, else `workers` plain CPU slots.
+
+    GPU indices count the GPUs this process sees (as torch numbers them, so within a CUDA_VISIBLE_DEVICES of
+    its own); one that is not there fails now, not as a worker silently training on the CPU.
+    """
     if workers is not None and gpus is not None:
         raise UserError("give --workers N (CPU) or --gpus 0,1,... (one worker per GPU), not both")
     if gpus is not None:
         indices = [g.strip() for g in gpus.split(",")]
         if not indices or not all(g.isdigit() for g in indices) or len(set(indices)) != len(indices):
             raise UserError(f"--gpus {gpus!r}: expected distinct GPU indices separated by commas, e.g. --gpus 0,1,2,3")
-        return [(f"gpu {g}", {"CUDA_VISIBLE_DEVICES": g}) for g in indices]
+        if device == "cpu":
+            raise UserError("--gpus puts one worker on each GPU, but --device is cpu: drop --device cpu, or use "
+                            "--workers N for CPU workers")
+        visible = visible_gpus()
+        missing = [g for g in indices if int(g) >= len(visible)]
+        if missing:
+            have = ",".join(map(str, range(len(visible))))
+            raise UserError(f"--gpus {gpus}: there is no GPU {missing[0]} here (torch sees {len(visible)}); "
+                            + (f"use --gpus {have}" if visible else "drop --gpus") + ", or --workers N for CPU workers")
+        return [(f"gpu {g}", {"CUDA_VISIBLE_DEVICES": visible[int(g)]}) for g in indices]
     if workers is None or workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
     return [(f"worker {i}", {}) for i in range(workers)]
+
+
+def visible_gpus() -> list[str]:
+    """The CUDA_VISIBLE_DEVICES entry of each GPU this process sees, in torch's numbering."""
+    import torch
+
+    count = torch.cuda.device_count()
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return [g.strip() for g in listed.split(",")][:count] if listed else [str(i) for i in range(count)]
 
 
 def worker_command(study_name: str, settings: SearchSettings) -> list[str]:

@@ -39,12 +39,22 @@ class StudyPlan:
         """The TrialSpec of one configuration: the space's suggestions on top of the study's settings.
 
         `trial` is an Optuna trial, or an `optuna.trial.FixedTrial` to re-run a known configuration exactly as the
-        study would have.
+        study would have. A configuration that breaks a space constraint raises optuna.TrialPruned.
         """
+        import optuna
+
+        spec, broken = self.drawn_spec(trial)
+        if broken is not None:
+            raise optuna.TrialPruned(broken)
+        return spec
+
+    def drawn_spec(self, trial: Any) -> tuple[Any, str | None]:
+        """(`trial_spec`'s TrialSpec, the space constraint it breaks or None): the worker writes a pruned
+        configuration's folder too."""
         from elalora_auto.trial import DataSettings, TrainingSettings, TrialSpec
 
         settings = self.settings
-        method_params, overrides = self.space.suggest(
+        method_params, overrides, broken = self.space.draw(
             trial, {"total_steps": self.total_steps, "model_type": self.model_type})
         training = TrainingSettings(max_steps=self.total_steps, batch_size=settings.batch_size,
                                     eval_every=self.eval_every, max_length=settings.max_length,
@@ -56,7 +66,7 @@ class StudyPlan:
                               max_eval_samples=settings.max_eval_samples,
                               cache_dir=str(Workdir(settings.workdir).cache)),
             custom=settings.custom,
-        )
+        ), broken
 
 
 def plan_study(settings: SearchSettings) -> StudyPlan:
@@ -91,6 +101,7 @@ def plan_study(settings: SearchSettings) -> StudyPlan:
     check_space(space, steps)
     eval_every = settings.eval_every or max(1, steps // 4)
     rungs = settings.pruning.rungs(eval_every, steps)
+    space.default_params(settings.trial0)  # trial 0's overrides: names and ranges, before the study is touched
     load_tokenizer(model_path)
     load_base_model(model_path, task.num_labels, task.problem_type)  # cached: the process's trials reuse it
     model_type = check_target_modules(model_path, task.num_labels, space)
@@ -107,7 +118,7 @@ def train_spec(base: Any, overrides: Sequence[str], fresh: bool) -> Any:
     its training settings (export writes every field); given params win over the defaults under any alias."""
     spec = base.apply_overrides(overrides)
     params, training = SearchSpace.load(spec.method).defaults(
-        {"total_steps": _run_steps(spec), "model_type": _model_type(spec)})
+        {"total_steps": run_steps(spec), "model_type": _model_type(spec)})
     if fresh and training:
         spec = dataclasses.replace(base, training=dataclasses.replace(base.training, **training))
         spec = spec.apply_overrides(overrides)
@@ -129,7 +140,7 @@ def _named(method: str, params: dict[str, Any], name: str) -> bool:
     return False
 
 
-def _run_steps(spec: Any) -> int:
+def run_steps(spec: Any) -> int:
     """The run's optimizer steps: max_steps, else epochs over the training rows (read for it)."""
     from elalora_auto.spec import total_steps
     from elalora_auto.tasks import load_task_data, resolve_task

@@ -111,7 +111,7 @@ class SearchSettings:
     space: str | None = None  # a built-in name or a .yaml path; default: the method's name
     trials: int = 20
     data_dir: str | None = None
-    custom: dict[str, Any] | None = None  # tasks.custom_task keyword arguments (but name: it is `task`)
+    custom: dict[str, Any] | None = None  # tasks.custom_task keyword arguments (`name:`, if given, is `task`)
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     max_steps: int | None = None
@@ -151,8 +151,12 @@ class SearchSettings:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "SearchSettings":
+        from elalora_auto.tasks import custom_block
+
         reject_unknown(data, (f.name for f in dataclasses.fields(cls)), "unknown search option")
         data = dict(data)
+        if data.get("custom"):
+            data["task"], data["custom"] = custom_block(data.get("task"), data["custom"])
         data["pruning"] = _section(data.get("pruning"), PruningSettings, "pruning")
         data["pruning"].validate()
         data["heartbeat"] = _section(data.get("heartbeat"), HeartbeatSettings, "heartbeat")
@@ -189,24 +193,28 @@ class SearchSettings:
         return self.study or f"{self.task}-{model}-{self.method}"
 
 
-def check_storage_url(uri: str) -> str:
+def check_storage_url(uri: str, flag: str = "--storage",
+                      plain: str = "a journal file path such as runs/optuna-journal.log") -> str:
     """A storage is a journal file path or a full SQLAlchemy URL; `sqlite:x.db` (or `sqlite://x.db`) would
-    silently become a journal file of that name (or an in-memory database), so it is refused here."""
+    silently become a journal file of that name (or an in-memory database), so it is refused here.
+
+    `flag` and `plain` (what a path without a scheme means) let `--tracking-uri` share the database URL rules.
+    """
     if "://" not in uri:
         if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", uri) and not re.match(r"^[A-Za-z]:[\\/]", uri):
             scheme, _, rest = uri.partition(":")
-            raise UserError(f"--storage {uri!r} is not a URL: write {scheme}:///{rest.lstrip('/')} (a database "
-                            "URL needs '://'), or a journal file path such as runs/optuna-journal.log")
+            raise UserError(f"{flag} {uri!r} is not a URL: write {scheme}:///{rest.lstrip('/')} (a database "
+                            f"URL needs '://'), or {plain}")
         return uri
     from sqlalchemy.engine import make_url
 
     try:
         url = make_url(uri)
     except Exception:  # noqa: BLE001 - sqlalchemy's ArgumentError and ValueError alike mean "malformed"
-        raise UserError(f"--storage {uri.partition('://')[0]}://...: malformed URL; e.g. sqlite:///study.db or "
+        raise UserError(f"{flag} {uri.partition('://')[0]}://...: malformed URL; e.g. sqlite:///study.db or "
                         "postgresql://user:password@host/db") from None
     if url.get_backend_name() == "sqlite" and not url.database:
-        raise UserError(f"--storage {uri!r} names no database file (an in-memory study would be lost): write "
+        raise UserError(f"{flag} {uri!r} names no database file (an in-memory store would be lost): write "
                         f"sqlite:///{url.host or 'study.db'}")
     return uri
 

@@ -247,11 +247,17 @@ class SearchSpace:
         """
         import optuna
 
+        method_params, training_params, broken = self.draw(trial, context)
+        if broken is not None:
+            raise optuna.TrialPruned(broken)
+        return method_params, training_params
+
+    def draw(self, trial: Any, context: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+        """`suggest`'s configuration and, instead of raising, the first constraint it breaks (None: it keeps them
+        all), so a pruned configuration can still be written down (its trial folder)."""
         method_params, training, values = self._resolve({p.name: p.suggest(trial) for p in self.params}, context)
-        for expr in self.constraints:
-            if not expr(values):
-                raise optuna.TrialPruned(f"constraint {expr.text!r} does not hold")
-        return method_params, training
+        broken = next((f"constraint {expr.text!r} does not hold" for expr in self.constraints if not expr(values)), None)
+        return method_params, training, broken
 
     def defaults(self, context: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """Trial 0's configuration (every `default`) resolved as a trial resolves its draw (fractions to steps,

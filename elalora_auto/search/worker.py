@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, NoReturn, Sequence
 
 import optuna
 
@@ -25,6 +25,7 @@ from elalora_auto.search.plan import StudyPlan
 from elalora_auto.search.pruning import RUNG_SIZES, PruningRule
 from elalora_auto.search.storage import SigintHold, TrialGate, redact, redacted_settings
 from elalora_auto.search.study import INTERRUPTED, USER_ERRORS, counted_trials, recover_orphans
+from elalora_auto.spec import TrialResult
 from elalora_auto.workdir import Workdir
 
 MAX_CONSECUTIVE_USER_ERRORS = 3  # then the study stops with the error: its trials would all fail the same way
@@ -224,7 +225,9 @@ class Worker:
         try:
             self.gate.release()
             self.hold.release()  # the trial is ours now: a Ctrl-C from here on re-queues it
-            spec = self.plan.trial_spec(trial)
+            spec, broken = self.plan.drawn_spec(trial)
+            if broken is not None:
+                self._skip(trial, spec, broken, out)
             result = run_trial(spec, reporter=lambda step, value, size: self.rule.check(trial, step, value, size),
                                listeners=with_context(self.listeners, trial_number=trial.number,
                                                       study_name=self.study.study_name),
@@ -256,6 +259,16 @@ class Worker:
         if self.plan.settings.max_params is not None:
             trial.set_constraint("max_params", result.trainable_params - self.plan.settings.max_params)
         return result.primary
+
+    def _skip(self, trial: optuna.Trial, spec: Any, reason: str, out: Path) -> NoReturn:
+        """A configuration the space's constraints rule out: pruned before it trains, its folder (config.yaml,
+        result.json with the reason) and `trial_end` written like any other ending's."""
+        from elalora_auto.trial_output import finish_trial
+
+        trial.set_user_attr("prune_reason", reason)
+        listeners = with_context(self.listeners, trial_number=trial.number, study_name=self.study.study_name)
+        finish_trial(spec, TrialResult.unreached("PRUNED", reason), None, out, listeners)
+        raise optuna.TrialPruned(reason)
 
     def finished(self, study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
         """Optuna's callback after each trial: the `trial_finished` event, one line, the user-error count."""

@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from elalora_auto.errors import UserError
 from elalora_auto.tracking.runs import TAG_ROLE, TAG_STUDY, TAG_TRIAL, RunIndex
 
 MODEL_CODE = Path(__file__).with_name("adapter_model.py")
@@ -71,6 +72,19 @@ def log_front_models(client: Any, study: Any, experiment_id: str, trials_dir: Pa
         if runs and (trial_dir / "adapter" / "adapter_config.json").is_file() and (trial_dir / "config.yaml").is_file():
             ids.append(log_trial_model(client, runs[0], trial_dir))
     return ids
+
+
+def check_model_name(name: str) -> str:
+    """A Model Registry name as MLflow accepts it (not empty, no '/' or ':'), checked before `export` writes."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_model_name
+
+    try:
+        _validate_model_name(name)
+    except MlflowException:
+        raise UserError(f"--register {name!r}: expected a registered model name (not empty, without '/' or ':')"
+                        ) from None
+    return name
 
 
 def register_trial(tracking_uri: str, study_name: str, number: int, trial_dir: Path, name: str) -> str:

@@ -63,6 +63,8 @@ class RunIndex:
         runs = self.study_runs(study_name)
         found = self.find_runs(runs.experiment_id, {TAG_STUDY: study_name, TAG_ROLE: "trial", TAG_TRIAL: str(number)})
         if found:
+            if found[0].info.run_name != trial_run_name(number):  # named before names were padded: renamed once
+                self.client.update_run(found[0].info.run_id, name=trial_run_name(number))
             return found[0].info.run_id
         tags = {
             TAG_STUDY: study_name,
@@ -72,7 +74,7 @@ class RunIndex:
             TAG_HOST: f"{socket.gethostname()}:{os.getpid()}",
             "mlflow.parentRunId": runs.parent_run_id,
         }
-        return self.client.create_run(runs.experiment_id, tags=tags, run_name=f"trial-{number}").info.run_id
+        return self.client.create_run(runs.experiment_id, tags=tags, run_name=trial_run_name(number)).info.run_id
 
     def _experiment_id(self, study_name: str) -> str:
         from mlflow.exceptions import MlflowException
@@ -118,6 +120,12 @@ class RunIndex:
                if v is not None and str(k)[:250] not in have]
         for i in range(0, len(new), 100):
             self.client.log_batch(run_id, params=new[i:i + 100])
+
+
+def trial_run_name(number: int) -> str:
+    """`trial-0007`: zero-padded, so MLflow's sort by run name (the `ui` link's view) reads trial-0002 before
+    trial-0010 (in numeric order up to 9,999 trials)."""
+    return f"trial-{number:04d}"
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -11,9 +11,11 @@ Two hazards are handled here, once per process, before anything is logged:
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
+from elalora_auto.errors import UserError
 from elalora_auto.workdir import Workdir
 
 # Per MLflow HTTP call: at most ~3 attempts of <= 5 s each, instead of MLflow's default of several minutes.
@@ -34,6 +36,54 @@ def default_tracking_uri(workdir: str | Path) -> str:
 def sqlite_path(tracking_uri: str) -> Path | None:
     """The database file of an `sqlite:///` URI, else None."""
     return Path(tracking_uri[len("sqlite:///"):]).resolve() if tracking_uri.startswith("sqlite:///") else None
+
+
+def check_tracking_uri(uri: str, flag: str = "--tracking-uri") -> str:
+    """A tracking URI MLflow can open, by scheme and form, checked before any work: past this point a bad one
+    fails only inside the tracker's thread, where the search goes on untracked with warnings.
+
+    The schemes are MLflow's own (its tracking-store registry, plugins included); database URLs follow the
+    storage rules (`sqlite:///FILE`, not `sqlite:x.db` nor an in-memory database); a server needs a host.
+    """
+    from urllib.parse import urlparse
+
+    if not uri.strip():
+        raise UserError(f"{flag} is empty: give sqlite:///PATH/mlflow.db or http://HOST:PORT, or leave it out "
+                        "for WORKDIR/mlflow.db")
+    known = _store_schemes()
+    if uri in known:  # a bare profile name: databricks, databricks-uc, uc
+        return uri
+    scheme = "" if re.match(r"^[A-Za-z]:[\\/]", uri) else urlparse(uri).scheme.lower()
+    if scheme.partition("+")[0] not in known:
+        raise UserError(f"{flag} {uri!r}: MLflow has no tracking store for '{scheme}:' URIs; use sqlite:///PATH.db, "
+                        f"http://HOST:PORT or a database URL (MLflow knows: {', '.join(sorted(k for k in known if k))})")
+    if scheme in ("http", "https") and not urlparse(uri).netloc:
+        raise UserError(f"{flag} {uri!r} names no server: write {scheme}://HOST:PORT")
+    if scheme in ("", "file"):
+        from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE
+
+        if not MLFLOW_ALLOW_FILE_STORE.get():
+            raise UserError(f"{flag} {uri!r} is a folder store, which this MLflow refuses: use "
+                            f"sqlite:///{Path(uri.removeprefix('file://')) / 'mlflow.db'} (or set "
+                            "MLFLOW_ALLOW_FILE_STORE=true)")
+    from mlflow.store.db.db_types import DATABASE_ENGINES
+
+    from elalora_auto.search.settings import check_storage_url
+
+    if scheme.partition("+")[0] in DATABASE_ENGINES:
+        check_storage_url(uri, flag, "leave it out for WORKDIR/mlflow.db")
+    path = sqlite_path(uri)
+    if path is not None and (path.is_dir() or any(parent.is_file() for parent in path.parents)):
+        raise UserError(f"{flag} {uri!r}: not a database file path (a folder, or under a file); name a file, "
+                        "e.g. sqlite:///runs/mlflow.db")
+    return uri
+
+
+def _store_schemes() -> set[str]:
+    """The URI schemes this MLflow (with its plugins) has a tracking store for."""
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+    return set(_tracking_store_registry._registry)
 
 
 def artifact_root_for(tracking_uri: str) -> str | None:
