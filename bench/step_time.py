@@ -106,6 +106,16 @@ def train_step(run: dict[str, Any], batch: dict[str, torch.Tensor], step: int,
     return time.perf_counter() - start, record is not None
 
 
+def step_without_round(after: int, schedule: dict[str, int] = FAST_SCHEDULE) -> int:
+    """The first step after `after` at which no rank round runs: the profiler's memory timeline cannot follow a
+    round, which resizes or masks parameters in place (torch raises "version mismatch"), and a round's transient
+    tensors are not the per-step cost asked for."""
+    step = after + 1
+    while step > schedule["t_init"] and (step - schedule["t_init"]) % schedule["delta_t"] == 0:
+        step += 1
+    return step
+
+
 def cpu_step_peak_bytes(run: dict[str, Any], batch: dict[str, torch.Tensor], step: int) -> int:
     """Peak bytes of one training step on the CPU: the largest total of the torch profiler's memory timeline
     (every tensor the step touches or creates)."""
@@ -153,7 +163,7 @@ def measure(model_name: str, steps: int, warmup: int, batch_size: int, length: i
                                      lambda method, step: train_step(runs[method], batch, step)).items():
         runs[method].update(timed)
     for method in METHODS:
-        runs[method]["peak_bytes"] = cpu_step_peak_bytes(runs[method], batch, warmup + steps + 1)
+        runs[method]["peak_bytes"] = cpu_step_peak_bytes(runs[method], batch, step_without_round(warmup + steps))
     lora, lora_peak = statistics.median(runs["lora"]["times"]), runs["lora"]["peak_bytes"]
     rows = []
     for method in METHODS:
