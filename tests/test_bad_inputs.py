@@ -34,12 +34,16 @@ SPACES = {
     "beta_above_one.yaml": _space("  beta1: {type: float, low: 0.5, high: 1.5, default: 0.85}"),
     "lora_dropout.yaml": "method: lora\nmethod_params:\n  lora_dropout: {type: float, low: 0.0, high: 1.5}\n",
     "lora_unknown.yaml": "method: lora\nmethod_params:\n  use_dora: {type: categorical, choices: [true]}\n",
+    "eva_rho_below_one.yaml": "method: eva\nmethod_params:\n  rho: {type: float, low: 0.5, high: 2.0, default: 2.0}\n",
+    "final_budget_zero.yaml": _space("  final_budget: {type: categorical, choices: [0.0, 0.5, 1.0], default: 1.0}"),
 }
 SPACES_SAY = {"r_init_zero.yaml": "method_params.r_init = 0: r_init=0 must be >= 1",
               "unknown_param.yaml": "unknown elalora parameter 'rr_init' (valid: ",
               "beta_above_one.yaml": "beta1 = 1.5: beta1=1.5 must be in [0, 1)",
               "lora_dropout.yaml": "lora_dropout = 1.5",
-              "lora_unknown.yaml": "unknown lora parameter 'use_dora' (valid: "}
+              "lora_unknown.yaml": "unknown lora parameter 'use_dora' (valid: ",
+              "eva_rho_below_one.yaml": "method_params.rho = 0.5: bad eva parameters: `rho` must be >= 1.0",
+              "final_budget_zero.yaml": "final_budget = 0.0: final_budget=0.0 must be in (0, 1]"}
 STUDY_FILES = {
     "trials_many.yaml": 'trials: "many"\n',
     "batch_zero.yaml": "batch_size: 0\n",
@@ -94,6 +98,12 @@ def cases(w: dict[str, Path]) -> dict[str, tuple[list[str], str]]:
         "train: batch_size=0": (train + ["--set", "batch_size=0"], "training.batch_size"),
         "train: params.r_init=0": (train + ["--set", "params.r_init=0"], "r_init=0 must be >= 1"),
         "train: unknown param": (train + ["--set", "params.rr_init=2"], "unknown elalora parameter 'rr_init' (valid"),
+        "train: final_budget=0": (train + ["--set", "params.final_budget=0"], "final_budget=0 must be in (0, 1]"),
+        "train: eva rho=0.5": (train + ["--method", "eva", "--set", "params.rho=0.5"], "`rho` must be >= 1.0"),
+        "train: eva rho=abc": (train + ["--method", "eva", "--set", "params.rho=abc"], "{'rho': 'abc'}"),
+        "train: eva_batches=0": (train + ["--method", "eva", "--set", "params.eva_batches=0"], "eva_batches=0 must be"),
+        "train: eva unknown param": (train + ["--method", "eva", "--set", "params.rhoo=2"],
+                                     "unknown eva parameter 'rhoo'"),
         "train: model typo": (_with(train, "--model", "minlm"), "did you mean 'minilm'"),
         "train: no weights": (_with(train, "--model", str(root / "no-weights")), "has no weights"),
         "train: truncated weights": (_with(train, "--model", str(root / "truncated")), "truncated"),
@@ -131,7 +141,7 @@ def cases(w: dict[str, Path]) -> dict[str, tuple[list[str], str]]:
                                          "--no-tracking"], "no CUDA device")
         out["train: device=cuda"] = (train + ["--set", "training.device=cuda"], "no CUDA device")
     for name in SPACES:
-        method = "lora" if name.startswith("lora") else "elalora"
+        method = next((m for m in ("lora", "eva") if name.startswith(m)), "elalora")
         out[f"search: space {name}"] = (search + ["--method", method, "--space", str(root / name)], SPACES_SAY[name])
     out.update(class_cases(w, train, search))
     return out
