@@ -111,7 +111,10 @@ def run_arm(args: argparse.Namespace, key: Record, method: str, overrides: list[
     result = run_trial(spec, progress=False)
     return {**key, "metric": result.primary_metric, "value": result.primary, "baseline": plan.baseline,
             "trainable_params": result.trainable_params, "wall_time_s": round(result.wall_time_s, 1),
-            "params": spec.params, "learning_rate": spec.training.learning_rate}
+            "params": spec.params, "learning_rate": spec.training.learning_rate,
+            "batch_size": spec.training.batch_size, "warmup_ratio": spec.training.warmup_ratio,
+            # the curve when the arm asks for evaluations (training.eval_every=N): where a run leaves the plateau
+            "history": [{"step": e["step"], "value": e["metrics"][result.primary_metric]} for e in result.eval_history]}
 
 
 def search_arm(args: argparse.Namespace, key: Record, method: str, overrides: list[str]) -> Record:
@@ -229,6 +232,19 @@ def search_lines(rows: list[Record], base: str, budgets: Sequence[int] | None) -
     return lines
 
 
+def calibration_lines(rows: list[Record], floor: float) -> list[str]:
+    """Per run arm, the spread of its final metric over the seeds (max - min) and its lowest seed against `floor`:
+    what the issue-27 calibration standard reads (spread <= 2 points, every seed above the floor)."""
+    lines = ["| arm | seeds | mean | min | max | spread (points) | SD | seeds >= floor |", "|---|---|---|---|---|---|---|---|"]
+    for arm in dict.fromkeys(r["arm"] for r in rows):
+        values = [100.0 * r["value"] for r in sorted(rows, key=lambda r: r["seed"]) if r["arm"] == arm]
+        sd = statistics.stdev(values) if len(values) > 1 else math.nan
+        lines.append(f"| {arm} | {len(values)} | {statistics.fmean(values):.2f} | {min(values):.2f} | "
+                     f"{max(values):.2f} | {max(values) - min(values):.2f} | {sd:.2f} | "
+                     f"{sum(v >= 100.0 * floor for v in values)} of {len(values)} (floor {100.0 * floor:.1f}) |")
+    return lines
+
+
 def report(records: list[Record], args: argparse.Namespace) -> str:
     """Per kind of arm, every arm paired with that kind's baseline, from this comparison's rows."""
     rows, lines = comparable(records, args)
@@ -237,6 +253,8 @@ def report(records: list[Record], args: argparse.Namespace) -> str:
         base = args.baselines.get(kind)
         if not mine:
             continue
+        if kind == "run" and args.floor is not None:
+            lines += ["", f"**Calibration: {args.task}, {args.steps} steps**", "", *calibration_lines(mine, args.floor)]
         if base not in {r["arm"] for r in mine}:
             lines.append(f"{title}: no rows of the baseline arm {base!r} yet; nothing to pair")
             continue
@@ -261,6 +279,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--workdir", type=Path, default=WORKDIR, help="study journals, trial folders, caches")
+    parser.add_argument("--floor", type=float, default=None,
+                        help="also report each run arm's spread over the seeds and how many seeds reach this metric")
     parser.add_argument("--report", action="store_true", help="print the report from the results and exit")
     parser.add_argument("--smoke", action="store_true", help="the tiny model on the demo's synthetic task")
     args = parser.parse_args(argv)
