@@ -37,7 +37,7 @@ test: setup browser-deps
 clean:
 	rm -rf $(VENV) elalora_runs .pytest_cache
 
-# README's MLflow UI screenshots (docs/ui-screenshot*.png) from a fresh demo study; tests never write into docs/.
+# The MLflow UI screenshots of README and docs/commands/ui.md (docs/ui-screenshot*.png) from a fresh demo study; tests never write into docs/.
 .PHONY: screenshots
 screenshots: setup browser-deps
 	MLFLOW_DISABLE_TELEMETRY=true HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) bench/screenshots.py

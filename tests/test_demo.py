@@ -43,7 +43,7 @@ def test_demo_learns_moves_ranks_tracks_and_says_what_next(tmp_path: Path, capsy
 
 
 def test_search_config_demo_runs_the_builtin_demo_study(tmp_path: Path, capsys) -> None:
-    """The built-in `demo` study that README lists works with plain `search` too (it builds its own model and data)."""
+    """The built-in `demo` study that docs/commands/search.md lists works with plain `search` too (it builds its own model and data)."""
     workdir = tmp_path / "search-demo"
     assert main(["search", "--config", "demo", "--workdir", str(workdir), "--trials", "1", "--no-tracking",
                  "--quiet"]) == 0
