@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import GLUE, OUT, append_jsonl, git_commit, machine_note, read_jsonl  # noqa: E402
+from common import GLUE, OUT, RESULTS_DIR, append_jsonl, git_commit, machine_note, read_jsonl  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "calibration.jsonl"
+RESULTS = RESULTS_DIR / "calibration.jsonl"
 
 # Per task: training sample (None: all rows), evaluation sample (None: the whole dev split), max length.
 TASKS: dict[str, dict[str, Any]] = {

@@ -2,8 +2,8 @@
 
 One output convention: rows that must survive a cut-short run are JSON lines under bench/results/ (committed; a
 re-run skips the rows already there), scratch output (caches, journals, plots, `NAME.json` dumps) goes under
-bench/out/ (ignored; ELALORA_BENCH_OUT moves it, as the smoke tests do). Every row carries the commit and a
-machine note read from the real device. The modules:
+bench/out/ (ignored; ELALORA_BENCH_OUT moves it, as the smoke tests do). A row notes the machine as the device
+reports it, and the commit where its file's format has a place for one. The modules:
 
     results.py      paths, JSON-lines I/O with resume, scratch JSON, BENCHMARKS.md sections
     notes.py        the commit of a checkout, the machine (GPU or CPU model, cores, load) and library versions
