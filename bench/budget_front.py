@@ -21,77 +21,29 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import GLUE, OUT, ROOT, append_jsonl, read_jsonl  # noqa: E402
-from search_vs_peers import (  # noqa: E402
-    RESULTS as STUDY_RESULTS, arm_settings, best_at, fmt, normalised_hv, reference, relation, save_front_plot,
-    study_key, task_budgets,
+from common import RESULTS_DIR, append_jsonl, read_jsonl  # noqa: E402
+from common.fronts import (  # noqa: E402
+    Point, best_at, fmt, normalised_hv, reference, relation, save_front_plot, task_budgets,
 )
+from common.reruns import as_study, load_study, rerun_parser, study_plan, train_params  # noqa: E402
+from common.studies import Record  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results" / "budget_front.jsonl"
+RESULTS = RESULTS_DIR / "budget_front.jsonl"
 BUDGETS = ("rank", "params")
-Record = dict[str, Any]
-Point = tuple[float, float]
-
-
-def elalora_study(records: Sequence[Record], task: str, seed: int) -> Record:
-    """The latest complete ElaLoRA study of search_vs_peers for this task and seed."""
-    studies = [r for r in records if r["kind"] == "study" and r["task"] == task and r["arm"] == "elalora"
-               and r["seed"] == seed]
-    if not studies:
-        raise SystemExit(f"no complete ElaLoRA study for {task} seed {seed} in {STUDY_RESULTS}: run "
-                         f"bench/search_vs_peers.py --tasks {task} --seeds {seed} --arms elalora first")
-    return studies[-1]
-
-
-def study_trials(records: Sequence[Record], study: Record) -> list[Record]:
-    """That study's COMPLETE trial lines (its configurations, with the budget each was sampled with)."""
-    key = study_key(study)
-    rows = {r["number"]: r for r in records if r["kind"] == "trial" and study_key(r) == key}
-    return [rows[n] for n in sorted(rows) if rows[n]["state"] == "COMPLETE"]
 
 
 def rerun_key(row: Record) -> tuple[Any, ...]:
     return row["task"], row["seed"], row["study"], row["number"], row["budget"]
 
 
-def train_params(plan: Any, study: Record, trial: Record, params: dict[str, Any]) -> Record:
-    """Train one configuration of the study with `params` (its own, some changed), as the study's own objective
-    would have: the same resolution of the space's values (`trial_spec` on a FixedTrial), steps, data and seed.
-    A name the space samples but the study did not (added to the space later) takes its default, the value that
-    study ran with; a name the space does not sample is set on the method's params."""
-    import optuna
-
-    from elalora_auto.trial import run_trial
-
-    spec = plan.trial_spec(optuna.trial.FixedTrial({**plan.space.default_params(), **params}))
-    sampled = {param.name for param in plan.space.params}
-    spec.params |= {name: value for name, value in params.items() if name not in sampled}
-    start = time.perf_counter()
-    result = run_trial(spec, progress=False)
-    return {"task": study["task"], "seed": study["seed"], "study": study["study"], "number": trial["number"],
-            "params": params, "status": result.status, "accuracy": result.primary,
-            "trainable_params": result.trainable_params, "total_rank": sum(result.rank_map.values()),
-            "wall_time_s": round(time.perf_counter() - start, 1),
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-
-
 def rerun(plan: Any, study: Record, trial: Record, budget: str) -> Record:
     """Train one configuration of the study with `budget`."""
     row = train_params(plan, study, trial, {**trial["params"], "budget": budget})
     return {**row, "budget": budget, "sampled_budget": trial["params"]["budget"]}
-
-
-def study_plan(args: argparse.Namespace, study: Record) -> Any:
-    """The StudyPlan the ElaLoRA study ran under (its study file, steps, seed), to re-run its configurations."""
-    from elalora_auto.search.plan import plan_study
-
-    return plan_study(arm_settings(args, {"task": study["task"], "arm": "elalora", "seed": study["seed"],
-                                          "trials": study["trials"], "steps": study["steps"], "study": study["study"]}))
 
 
 def run_all(args: argparse.Namespace, study: Record, trials: Sequence[Record]) -> None:
@@ -155,12 +107,6 @@ def check_lines(study: Record, trials: Sequence[Record], reruns: Sequence[Record
     return lines
 
 
-def as_study(study: Record, pts: Sequence[Point]) -> Record:
-    """Points in the shape of a search_vs_peers study, for its reference and budget helpers."""
-    return {"baseline": study["baseline"],
-            "rows": [{"state": "COMPLETE", "accuracy": m, "trainable_params": c} for m, c in pts]}
-
-
 def summary_lines(study: Record, pairs: dict[int, dict[str, Record]]) -> list[str]:
     rank, par = points(pairs, "rank"), points(pairs, "params")
     both = [as_study(study, rank), as_study(study, par)]
@@ -217,28 +163,6 @@ def report(study: Record, trials: Sequence[Record], reruns: Sequence[Record], fo
         return head
     body = pair_table(pairs) + [""] + summary_lines(study, pairs) + check_lines(study, trials, reruns)
     return "\n".join([head, "", *body, "", f"Plot: {plot(study, pairs, folder)}"])
-
-
-def rerun_parser(description: str, seed: int, results: Path, workdir: str) -> argparse.ArgumentParser:
-    """The arguments every paired re-run bench takes (this one and setting_front.py)."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--task", default="sst2", help="a task of bench/search_vs_peers.py")
-    parser.add_argument("--seed", type=int, default=seed)
-    parser.add_argument("--data-dir", type=Path, default=GLUE)
-    parser.add_argument("--studies", type=Path, default=STUDY_RESULTS, help="search_vs_peers results (JSONL)")
-    parser.add_argument("--results", type=Path, default=results, help="re-runs, appended and resumed (JSONL)")
-    parser.add_argument("--workdir", type=Path, default=OUT / workdir, help="data cache of the re-runs")
-    parser.add_argument("--plots", type=Path, default=OUT)
-    parser.add_argument("--pruning-json", default='{"rule": "none"}', help=argparse.SUPPRESS)
-    parser.add_argument("--table", action="store_true", help="print the report from the results and exit")
-    return parser
-
-
-def load_study(args: argparse.Namespace) -> tuple[list[Record], Record, list[Record]]:
-    """The studies file, its latest ElaLoRA study for --task and --seed, and that study's complete trials."""
-    records = read_jsonl(args.studies)
-    study = elalora_study(records, args.task, args.seed)
-    return records, study, study_trials(records, study)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import GLUE, OUT, append_jsonl, machine_note, read_jsonl  # noqa: E402
+from common import GLUE, OUT, RESULTS_DIR, append_jsonl, git_commit, machine_note, read_jsonl  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "calibration.jsonl"
+RESULTS = RESULTS_DIR / "calibration.jsonl"
 
 # Per task: training sample (None: all rows), evaluation sample (None: the whole dev split), max length.
 TASKS: dict[str, dict[str, Any]] = {
@@ -91,15 +91,6 @@ def run_key(row: dict[str, Any]) -> tuple[Any, ...]:
     return (row["task"], row["method_label"], float(row["lr"]), row["steps"], row["eval_every"], row["seed"])
 
 
-def package_commit(package_file: str) -> str:
-    """The commit of the checkout the package was imported from (the snapshot worktree the runs use)."""
-    import subprocess
-
-    out = subprocess.run(["git", "-C", str(Path(package_file).parent), "rev-parse", "--short", "HEAD"],
-                         capture_output=True, text=True, check=False)
-    return out.stdout.strip() or "unknown"
-
-
 def run_one(task: str, label: str, lr: float, steps: int, eval_every: int, seed: int) -> dict[str, Any]:
     """One real fine-tune through run_trial; the row holds the eval history and the baseline it must clear."""
     import elalora_auto
@@ -135,7 +126,7 @@ def run_one(task: str, label: str, lr: float, steps: int, eval_every: int, seed:
         "loss_last_50": round(sum(losses[-5:]) / len(losses[-5:]), 4) if losses else None,
         "wall_time_s": round(time.time() - start, 1), "s_per_step": round(result.train_time_s / steps, 3),
         "train_rows": cfg["max_train_samples"], "max_length": cfg["max_length"],
-        "package": str(Path(elalora_auto.__file__).parent), "commit": package_commit(elalora_auto.__file__),
+        "package": str(Path(elalora_auto.__file__).parent), "commit": git_commit(Path(elalora_auto.__file__).parent),
         "machine": machine_note(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }

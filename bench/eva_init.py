@@ -2,7 +2,7 @@
 (the difference is EVA's SVD, run in the adapter's `prepare` before the first optimizer step), the forward passes
 it took until every layer's components settled, and how far it moved the ranks.
 
-Reference setting (bench/common.sst2_spec): SST-2, MiniLM-L6, batch 16, length 64, default BERT targets.
+Reference setting (bench/common/training.py, sst2_spec): SST-2, MiniLM-L6, batch 16, length 64, default BERT targets.
 
     python bench/eva_init.py --configs 8:2 16:3 --batches 64 --append-to BENCHMARKS.md
 """

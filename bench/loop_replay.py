@@ -6,7 +6,7 @@ and fully trained head) on the same rows, batch size, steps, evaluation interval
 Trainer's settings: gradient clipping at its max_grad_norm (1.0), AdamW as the Trainer builds it (fused where torch
 has it), its linear schedule with warm-up, and its use of the global random generator (`training.trainer_rng`: the
 length-grouped shuffle and every DataLoader's base seed come from it, so each evaluation consumes one draw). The
-Trainer arm is bench/search_vs_peers.py's trainer-hps arm (`make_trainer`, its `model_init`) outside the search.
+Trainer arm is bench/search_vs_peers.py's trainer-hps arm (common/trainer_hps.py's `make_trainer`) outside the search.
 The project arm is the real `setup_trial` + `train_loop`; only its optimizer and schedule are swapped for the ones
 the Trainer builds. Exit 0 only when every per-step training loss matches to --tol; the last line printed is the
 largest difference. (The tasks here have one evaluation split: with several, the loop would draw once per split
@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import search_vs_peers as peers  # noqa: E402
 from common import GLUE, OUT, machine_note, versions  # noqa: E402
+from common.studies import SMOKE_TASK, STUDY_FILES, arm_args, arm_settings  # noqa: E402
+from common.trainer_hps import TrialLog, lora_hp_space, make_trainer  # noqa: E402
 
 WORKDIR = OUT / "loop_replay"
 
@@ -40,13 +40,10 @@ def replay_plan(args: argparse.Namespace) -> Any:
 
     from elalora_auto.search.plan import plan_study
 
-    flags = ["--smoke"] if args.model == "tiny" else ["--tasks", args.task]
-    bench = peers.parse_args([*flags, "--workdir", str(args.workdir), "--max-steps", str(args.steps),
-                              "--data-dir", str(args.data_dir)])
-    task = bench.tasks[0]
+    task = SMOKE_TASK if args.model == "tiny" else args.task
     key = {"task": task, "arm": "trainer-hps", "seed": args.seed, "trials": 1, "steps": args.steps,
            "study": f"replay{args.seed}"}
-    plan = plan_study(peers.arm_settings(bench, key))
+    plan = plan_study(arm_settings(arm_args(args.workdir, args.data_dir, args.steps), key))
     return dataclasses.replace(plan, eval_every=args.eval_every) if args.eval_every else plan
 
 
@@ -72,9 +69,9 @@ class LossTap:
 
 def trainer_arm(plan: Any, workdir: Path, learning_rate: float) -> tuple[list[float], float | None, Any]:
     """(per-step losses, final metric, the Trainer) of the trainer-hps arm's Trainer at lora.yaml's defaults."""
-    hp_space, defaults = peers.lora_hp_space()
-    log = peers.TrialLog(workdir / "trainer_log.jsonl", {}, plan.primary_metric)
-    trainer = peers.make_trainer(plan, workdir, log, hp_space, defaults)
+    hp_space, defaults = lora_hp_space()
+    log = TrialLog(workdir / "trainer_log.jsonl", {}, plan.primary_metric)
+    trainer = make_trainer(plan, workdir, log, hp_space, defaults)
     trainer.args.learning_rate = learning_rate
     tap = LossTap()
     trainer.add_callback(tap.callback)
@@ -125,7 +122,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=50, help="optimizer steps of each arm")
     parser.add_argument("--model", choices=["minilm", "tiny"], default="minilm",
                         help="minilm: MiniLM-L6 on --task; tiny: elalora_auto.tiny on the demo's synthetic task")
-    parser.add_argument("--task", choices=list(peers.STUDY_FILES), default="mnli")
+    parser.add_argument("--task", choices=list(STUDY_FILES), default="mnli")
     parser.add_argument("--seed", type=int, default=43)
     parser.add_argument("--eval-every", type=int, default=None, help="default: the study file's")
     parser.add_argument("--tol", type=float, default=1e-6, help="largest per-step loss difference accepted")

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import GLUE, OUT, append_jsonl, machine_note, read_jsonl  # noqa: E402
+from common import GLUE, OUT, RESULTS_DIR, append_jsonl, machine_note, read_jsonl  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "multifidelity.jsonl"
+RESULTS = RESULTS_DIR / "multifidelity.jsonl"
 # "halving" is the rule shipped as the default until 2026-12-03 (the whole overflowing front goes on); its rows ran
 # under that default, so the arm names it explicitly now that `adaptive` is the default.
 ARMS = {"unpruned": {"rule": "none"}, "halving": {"rule": "halving", "rung_ties": "keep"},

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -24,13 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import GLUE, OUT, RESULTS_DIR, ROOT, append_jsonl, read_jsonl  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results" / "parameterisation_ablation.jsonl"
-GLUE = Path("/work/shared/data/glue")
+RESULTS = RESULTS_DIR / "parameterisation_ablation.jsonl"
 SHAPE = {"r_init": 4, "lora_alpha": 8}
 # (method, method params); ElaLoRA rounds use the method defaults b 4, k 2 and the run-length schedule.
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -47,13 +43,6 @@ def run_key(row: dict[str, Any]) -> tuple[Any, ...]:
     return (row["variant"], row["lr"], row["seed"], row["steps"], row["model"])
 
 
-def done_runs(path: Path) -> set[tuple[Any, ...]]:
-    if not path.is_file():
-        return set()
-    lines = (line for line in path.read_text().splitlines() if line.strip())
-    return {run_key(row) for row in map(json.loads, lines)}  # a diverged (FAILED) run is a result too
-
-
 def smoke_setting(folder: Path) -> tuple[str, dict[str, Any]]:
     """A tiny local BERT and the demo's synthetic CSV task (no GLUE, no network)."""
     from elalora_auto.demo import demo_words, write_dataset
@@ -67,7 +56,7 @@ def smoke_setting(folder: Path) -> tuple[str, dict[str, Any]]:
 
 def spec_for(args: argparse.Namespace, variant: str, lr: float, seed: int, model: str,
              custom: dict[str, Any] | None) -> Any:
-    from elalora_auto.trial import DataSettings, TrainingSettings, TrialSpec
+    from elalora_auto.spec import DataSettings, TrainingSettings, TrialSpec
 
     method, params = VARIANTS[variant]
     training = TrainingSettings(learning_rate=lr, max_steps=args.steps, batch_size=args.batch_size,
@@ -77,7 +66,7 @@ def spec_for(args: argparse.Namespace, variant: str, lr: float, seed: int, model
         return TrialSpec(task="keyword-sentiment", model=model, method=method, params=dict(params),
                          training=training, custom=custom)
     data = DataSettings(data_dir=str(args.data_dir), max_train_samples=args.train_samples,
-                        cache_dir=str(ROOT / "bench" / "out" / "cache"))
+                        cache_dir=str(OUT / "cache"))
     return TrialSpec(task="sst2", model=model, method=method, params=dict(params), training=training, data=data)
 
 
@@ -152,8 +141,7 @@ def main() -> None:
         elif not args.data_dir.is_dir():
             sys.exit(f"GLUE data not found at {args.data_dir}; pass --data-dir DIR (or --smoke)")
         args.results = args.results or RESULTS
-        args.results.parent.mkdir(parents=True, exist_ok=True)
-        done = done_runs(args.results)
+        done = {run_key(row) for row in read_jsonl(args.results)}  # a diverged (FAILED) run is a result too
         # Seed-major order: a cut-short ablation still has every variant at the first seeds.
         for seed in args.seeds:
             for lr in args.lrs:
@@ -163,12 +151,10 @@ def main() -> None:
                         print(f"skip {key} (already in {args.results})", flush=True)
                         continue
                     row = run_one(spec_for(args, variant, lr, seed, model, custom), variant, lr, seed, model_label)
-                    with args.results.open("a") as handle:
-                        handle.write(json.dumps(row) + "\n")
+                    append_jsonl(args.results, row)
                     print(json.dumps({k: row.get(k) for k in ("variant", "lr", "seed", "status", "final")}),
                           flush=True)
-        lines = [line for line in args.results.read_text().splitlines() if line.strip()]
-        rows = [row for row in map(json.loads, lines)
+        rows = [row for row in read_jsonl(args.results)
                 if row["steps"] == args.steps and row["model"] == model_label and row["variant"] in args.variants]
         print(f"\n{args.results}: dev metric % as mean over seeds (min over seeds)\n")
         print(summary(rows))

@@ -45,67 +45,86 @@ def chromium(tmp: Path, url: str, *mode: str, size: str = "1600,900") -> str:
     return subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=tmp).stdout
 
 
+class DevTools:
+    """Headless Chromium driven over the DevTools protocol on a pipe (stdlib only): `call` sends one command and
+    waits for its answer, noting the sessions of frames that attach meanwhile."""
+
+    def __init__(self, tmp: Path) -> None:
+        import os
+
+        self.to_chrome, self.from_chrome = os.pipe(), os.pipe()
+        command = [chromium_path() or "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                   "--remote-debugging-pipe", f"--user-data-dir={tmp / 'cdp-profile'}", "about:blank"]
+        self.browser = subprocess.Popen(
+            command, pass_fds=(3, 4, self.to_chrome[0], self.from_chrome[1]), stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=lambda: (os.dup2(self.to_chrome[0], 3), os.dup2(self.from_chrome[1], 4)))
+        os.close(self.to_chrome[0])
+        os.close(self.from_chrome[1])
+        self.buffer, self.ids, self.sessions = b"", iter(range(1, 10**6)), []
+
+    def call(self, method: str, params: dict | None = None, session: str | None = None) -> dict:
+        """The command's result; {} when Chromium does not answer within 60 s."""
+        import json
+        import os
+        import select
+        import time
+
+        message_id = next(self.ids)
+        os.write(self.to_chrome[1], json.dumps({"id": message_id, "method": method, "params": params or {},
+                                                **({"sessionId": session} if session else {})}).encode() + b"\0")
+        deadline = time.monotonic() + 60
+        while True:
+            *messages, self.buffer = self.buffer.split(b"\0")
+            for raw in messages:
+                message = json.loads(raw)
+                if message.get("method") == "Target.attachedToTarget":
+                    self.sessions.append(message["params"]["sessionId"])
+                if message.get("id") == message_id:
+                    return message.get("result", {})
+            if not select.select([self.from_chrome[0]], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                return {}
+            self.buffer += os.read(self.from_chrome[0], 1 << 20)
+
+    def close(self) -> None:
+        import os
+
+        self.browser.kill()
+        self.browser.wait()
+        os.close(self.to_chrome[1])
+        os.close(self.from_chrome[0])
+
+
 def frames(tmp: Path, url: str, wait_s: float = 20.0) -> list[dict[str, Any]]:
     """Load `url` in headless Chromium for `wait_s` seconds of real time; then, for the page and each of its
     frames, {"url", "svgs" (plot SVGs), "text"}.
 
-    Real time, over the DevTools protocol on a pipe (stdlib only), not `--virtual-time-budget`: virtual time does
-    not drive a sandboxed iframe's own process, so MLflow's HTML artifact viewer (a sandboxed blob: iframe)
-    screenshots blank that way however its page renders.
+    Real time, over the DevTools protocol, not `--virtual-time-budget`: virtual time does not drive a sandboxed
+    iframe's own process, so MLflow's HTML artifact viewer (a sandboxed blob: iframe) screenshots blank that way
+    however its page renders.
     """
     import json
-    import os
-    import select
     import time
 
-    to_chrome, from_chrome = os.pipe(), os.pipe()
-    command = [chromium_path() or "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-               "--remote-debugging-pipe", f"--user-data-dir={tmp / 'cdp-profile'}", "about:blank"]
-    browser = subprocess.Popen(command, pass_fds=(3, 4, to_chrome[0], from_chrome[1]), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, preexec_fn=lambda: (os.dup2(to_chrome[0], 3),
-                                                                              os.dup2(from_chrome[1], 4)))
-    os.close(to_chrome[0])
-    os.close(from_chrome[1])
-    buffer, ids, sessions = b"", iter(range(1, 10**6)), []
-
-    def call(method: str, params: dict | None = None, session: str | None = None) -> dict:
-        nonlocal buffer
-        message_id = next(ids)
-        os.write(to_chrome[1], json.dumps({"id": message_id, "method": method, "params": params or {},
-                                           **({"sessionId": session} if session else {})}).encode() + b"\0")
-        deadline = time.monotonic() + 60
-        while True:
-            *messages, buffer = buffer.split(b"\0")
-            for raw in messages:
-                message = json.loads(raw)
-                if message.get("method") == "Target.attachedToTarget":
-                    sessions.append(message["params"]["sessionId"])
-                if message.get("id") == message_id:
-                    return message.get("result", {})
-            if not select.select([from_chrome[0]], [], [], max(0.0, deadline - time.monotonic()))[0]:
-                return {}
-            buffer += os.read(from_chrome[0], 1 << 20)
-
+    tools = DevTools(tmp)
     try:
-        target = call("Target.createTarget", {"url": "about:blank"})["targetId"]
-        page = call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        call("Target.setAutoAttach", {"autoAttach": True, "waitForDebuggerOnStart": False, "flatten": True}, page)
-        call("Page.navigate", {"url": url}, page)
+        target = tools.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        page = tools.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        tools.call("Target.setAutoAttach", {"autoAttach": True, "waitForDebuggerOnStart": False, "flatten": True},
+                   page)
+        tools.call("Page.navigate", {"url": url}, page)
         time.sleep(wait_s)
-        call("Target.getTargets")  # reads what came meanwhile: the frames' sessions
+        tools.call("Target.getTargets")  # reads what came meanwhile: the frames' sessions
         probe = ("JSON.stringify({url: location.href, svgs: document.querySelectorAll('svg.main-svg').length, "
                  "text: document.body ? document.body.innerText : ''})")
         found = []
-        for session in [page, *sessions]:
-            value = call("Runtime.evaluate", {"expression": probe, "returnByValue": True}, session)
+        for session in [page, *tools.sessions]:
+            value = tools.call("Runtime.evaluate", {"expression": probe, "returnByValue": True}, session)
             if "result" in value:
                 found.append(json.loads(value["result"]["value"]))
         return found
     finally:
-        browser.kill()
-        browser.wait()
-        os.close(to_chrome[1])
-        os.close(from_chrome[0])
+        tools.close()
 
 
 def start_ui(workdir: Path, port: int) -> Any:

@@ -30,303 +30,34 @@ AdaLoRA (target: +1 point). A front plot per task goes to bench/out/search_vs_pe
 from __future__ import annotations
 
 import argparse
-import copy
-import datetime
-import json
 import statistics
-import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import GLUE, OUT, ROOT, append_jsonl, command_line, machine_note, read_jsonl  # noqa: E402
+# the names bench/paired.py reads from this module (peers.X) come with these imports
+from common import (  # noqa: E402, F401
+    GLUE, OUT, ROOT, append_jsonl, git_commit, machine_note, read_jsonl,
+)
+from common.fronts import (  # noqa: E402, F401
+    best_at, complete_points, covers, fmt, mean_or_none, normalised_hv, reference, relation, save_front_plot,
+    task_budgets,
+)
+from common.studies import (  # noqa: E402, F401
+    ARMS, PROJECT_ARMS, SEARCH_RESULTS, SMOKE_TASK, SMOKE_TRIALS, STUDY_FILES, Record, arm_settings, planned_steps,
+    run_project_arm, study_key, study_record, study_rows_of,
+)
+from common.trainer_hps import run_trainer_arm  # noqa: E402
 
-ARMS = ("elalora", "lora", "adalora", "trainer-hps")
-PROJECT_ARMS = ARMS[:3]  # the arms that are elalora-auto searches (and so take a --space)
-STUDY_FILES = {"sst2": "sst2-minilm", "mnli": "mnli-minilm"}
-SMOKE_TASK, SMOKE_FILE, SMOKE_TRIALS, SMOKE_STEPS = "smoke", "demo", 2, 20
-RESULTS = ROOT / "bench" / "results" / "search_vs_peers.jsonl"
+RESULTS = SEARCH_RESULTS
 SMOKE_RESULTS = OUT / "search_vs_peers_smoke.jsonl"
 WORKDIR = OUT / "search_vs_peers"
-TRAINER_HPS = ("r_init", "lora_alpha", "learning_rate")  # lora.yaml's names: PEFT's r, lora_alpha, learning rate
 GOAL_POINTS = 1.0
-Record = dict[str, Any]
-# transformers 5 warns on every PEFT model built (a deprecated name PEFT still calls): one line per trial of noise
-warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-
-
-# -- results file ---------------------------------------------------------------------------------------------
-def study_key(record: Record) -> tuple[Any, ...]:
-    """What makes two studies the same experiment: a study with other steps or another budget is another one."""
-    return record["task"], record["arm"], record["seed"], record["trials"], record["steps"]
-
-
-def git_commit() -> str:
-    """The checkout's commit, '-dirty' when it has uncommitted changes (the numbers belong to that code)."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False).stdout
-
-    return git("rev-parse", "--short", "HEAD").strip() + ("-dirty" if git("status", "--porcelain").strip() else "")
 
 
 # -- the studies ----------------------------------------------------------------------------------------------
-def planned_steps(args: argparse.Namespace, task: str) -> int:
-    """Optimizer steps per trial: --max-steps, else the smoke size, else the study file's."""
-    from elalora_auto.search.space import read_yaml, resolve_resource
-
-    if args.max_steps is not None:
-        return args.max_steps
-    if task == SMOKE_TASK:
-        return SMOKE_STEPS
-    return int(read_yaml(resolve_resource(STUDY_FILES[task], "studies"))["max_steps"])
-
-
-def arm_settings(args: argparse.Namespace, key: Record) -> Any:
-    """The study file with this arm's method, budget, seed, study name, workdir and pruning on top; the
-    trainer-hps arm gets the lora arm's settings (data, model, steps), which it reads but does not search with."""
-    from elalora_auto.search import SearchSettings
-
-    method = "lora" if key["arm"] == "trainer-hps" else key["arm"]
-    workdir = args.workdir / key["task"]
-    overrides: dict[str, Any] = {"data_dir": str(args.data_dir)}
-    config = STUDY_FILES.get(key["task"], SMOKE_FILE)
-    if key["task"] == SMOKE_TASK:
-        from elalora_auto.demo import demo_inputs
-
-        overrides = demo_inputs(workdir.resolve())
-    overrides |= {"method": method, "space": key.get("space", method), "trials": key["trials"], "seed": key["seed"],
-                  "max_steps": key["steps"], "study": key["study"], "workdir": str(workdir), "no_tracking": True,
-                  "pruning": json.loads(args.pruning_json)}
-    return SearchSettings.from_sources(config, overrides)
-
-
-def trial_record(key: Record, number: int, state: str, accuracy: float | None, size: int | None,
-                 steps: int | None, wall: float | None, params: dict[str, Any]) -> Record:
-    return {"kind": "trial", **key, "number": number, "state": state, "accuracy": accuracy,
-            "trainable_params": size, "steps_done": steps, "wall_time_s": wall, "params": params}
-
-
-def trial_listener(results: Path, key: Record) -> Callable[[Any], None]:
-    """The elalora-auto arms' per-trial lines, written from the search's `trial_finished` event."""
-    def listen(event: Any) -> None:
-        if event.kind != "trial_finished":
-            return
-        data, result = event.data, event.data.get("result") or {}
-        values = data.get("values") or [None, None]
-        size = None if values[1] is None else int(values[1])  # Optuna keeps objective values as floats
-        append_jsonl(results, trial_record(key, data["trial_number"], data["state"], values[0], size,
-                                            result.get("steps_done"), result.get("wall_time_s"), data["params"]))
-
-    return listen
-
-
-def run_project_arm(settings: Any, results: Path, key: Record) -> tuple[Any, Any, Path]:
-    """elalora-auto's own search; resumes the study when it exists (journal in the workdir)."""
-    from elalora_auto.search import run_search
-    from elalora_auto.search.plan import plan_study
-    from elalora_auto.workdir import Workdir
-
-    study = run_search(settings, [trial_listener(results, key)], progress=False)
-    return study, plan_study(settings), Workdir(settings.workdir).trials(study.study_name)
-
-
-def study_rows_of(study: Any, trials_dir: Path | None) -> list[Record]:
-    """Every trial as the project's reader sees it (accuracy, size, steps from result.json), with the steps and
-    wall time the trainer-hps arm keeps in user attrs, and Optuna's duration where a trial recorded none."""
-    from elalora_auto.results import study_rows
-
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    rows = []
-    for row in study_rows(study, trials_dir):
-        trial = trials[row["number"]]
-        wall = trial.user_attrs.get("wall_time_s") or (trial.duration and trial.duration.total_seconds())
-        rows.append({"number": row["number"], "state": row["state"], "accuracy": row["metric"],
-                     "trainable_params": row["trainable_params"],
-                     "steps_done": row["steps_done"] if row["steps_done"] is not None
-                     else trial.user_attrs.get("steps_done"), "wall_time_s": wall, "params": row["params"]})
-    return rows
-
-
-def study_record(key: Record, study: Any, plan: Any, trials_dir: Path | None, before: str, elapsed: float,
-                 threads: int) -> Record:
-    rows = study_rows_of(study, trials_dir)
-    settings = plan.settings
-    return {"kind": "study", **key, "metric": plan.primary_metric, "baseline": plan.baseline,
-            "steps_per_trial": plan.total_steps, "eval_every": plan.eval_every, "batch_size": settings.batch_size,
-            "max_length": settings.max_length, "max_train_samples": settings.max_train_samples,
-            "pruning": settings.pruning.rule, "rows": rows,
-            "steps_total": sum(r["steps_done"] or 0 for r in rows),
-            "wall_time_s": round(sum(r["wall_time_s"] or 0.0 for r in rows), 1), "elapsed_s": round(elapsed, 1),
-            "threads": threads, "command": command_line(), "machine_before": before, "machine_after": machine_note(),
-            "commit": git_commit(), "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-
-
-# -- the trainer-hps arm --------------------------------------------------------------------------------------
-class TrialLog:
-    """Records each Trainer trial's size, steps and wall time on its Optuna trial and logs it as it ends: the
-    Trainer's search takes no Optuna callback. Also asks for an evaluation at the last step, where the
-    elalora-auto loop always evaluates, so the objective is the final accuracy whatever eval_every is."""
-
-    def __init__(self, results: Path, key: Record, metric: str) -> None:
-        from transformers import TrainerCallback
-
-        self.results, self.key, self.metric = results, key, metric
-        self.trial: Any = None
-        self.started = 0.0
-        self.value: float | None = None
-        log = self
-
-        class Callback(TrainerCallback):
-            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-                if state.global_step >= state.max_steps:
-                    control.should_evaluate = True
-
-            def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kwargs: Any) -> None:
-                log.value = (metrics or {}).get(f"eval_{log.metric}", log.value)
-
-            def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-                log.ended(state.global_step)
-
-        self.callback = Callback()
-
-    def start(self, trial: Any, model: Any) -> None:
-        """From model_init: the trial (None when the Trainer builds its first model) and its trainable size."""
-        self.trial, self.started, self.value = trial, time.perf_counter(), None
-        if trial is not None:
-            trial.set_user_attr("trainable_params", sum(p.numel() for p in model.parameters() if p.requires_grad))
-
-    def ended(self, steps: int) -> None:
-        if self.trial is None:
-            return
-        wall = round(time.perf_counter() - self.started, 2)
-        self.trial.set_user_attr("steps_done", steps)
-        self.trial.set_user_attr("wall_time_s", wall)
-        size = self.trial.user_attrs["trainable_params"]
-        append_jsonl(self.results, trial_record(self.key, self.trial.number, "COMPLETE", self.value, size, steps,
-                                                 wall, dict(self.trial.params)))
-        print(f"trial {self.trial.number}: {self.metric} {self.value:.4f}, {size:,} trainable parameters, "
-              f"{wall:.1f} s", flush=True)
-
-
-def lora_hp_space() -> tuple[Callable[[Any], dict[str, Any]], dict[str, Any]]:
-    """The trainer's hp_space drawn from lora.yaml's own ranges (so the two LoRA arms search the same box), and
-    lora.yaml's defaults (the Trainer's first model, and the fixed dropout)."""
-    from elalora_auto.search.space import SearchSpace
-
-    params = {p.name: p for p in SearchSpace.load("lora").params}
-
-    def hp_space(trial: Any) -> dict[str, Any]:
-        return {name: params[name].suggest(trial) for name in TRAINER_HPS}
-
-    return hp_space, {name: p.default for name, p in params.items()}
-
-
-def trainer_data(plan: Any, workdir: Path) -> tuple[Any, Any, Any]:
-    """(train, eval split, tokenizer): the rows and tokens the elalora-auto trials train on (same sample seed,
-    same tokenisation cache), and the split their objective is measured on."""
-    from elalora_auto.loading import load_tokenizer
-    from elalora_auto.spec import DataSettings
-    from elalora_auto.tasks import load_task_data, tokenize_cached
-
-    settings, task = plan.settings, plan.task
-    data = load_task_data(task, data_dir=settings.data_dir, max_train_samples=settings.max_train_samples,
-                          max_eval_samples=settings.max_eval_samples, seed=DataSettings().seed)
-    tokenizer = load_tokenizer(plan.model_path)
-    data = tokenize_cached(data, tokenizer, settings.max_length, workdir / "cache")
-    split = task.primary_split if task.primary_split in data.evals else next(iter(data.evals))
-    return data.train, data.evals[split], tokenizer
-
-
-def trainer_args(plan: Any, out: Path) -> Any:
-    """The elalora-auto trial's training settings in TrainingArguments: batch, steps, eval interval, AdamW without
-    weight decay, linear decay after 10% warm-up, length-grouped batches, bf16 on a CUDA device that has it."""
-    import torch
-    from transformers import TrainingArguments
-
-    from elalora_auto.spec import TrainingSettings
-
-    settings, defaults = plan.settings, TrainingSettings()
-    return TrainingArguments(
-        output_dir=str(out), max_steps=plan.total_steps, per_device_train_batch_size=settings.batch_size,
-        per_device_eval_batch_size=defaults.eval_batch_size, learning_rate=defaults.learning_rate,
-        weight_decay=defaults.weight_decay, lr_scheduler_type="linear",
-        warmup_steps=round(defaults.warmup_ratio * plan.total_steps), seed=settings.seed, eval_strategy="steps",
-        eval_steps=plan.eval_every, save_strategy="no", logging_strategy="no", report_to="none", disable_tqdm=True,
-        train_sampling_strategy="group_by_length", use_cpu=settings.device == "cpu",
-        dataloader_pin_memory=torch.cuda.is_available(),
-        bf16=settings.device != "cpu" and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-
-
-def make_trainer(plan: Any, workdir: Path, log: TrialLog, hp_space: Callable[[Any], dict[str, Any]],
-                 defaults: dict[str, Any]) -> Any:
-    """A Trainer whose model_init builds MiniLM + PEFT LoRA (the project's default BERT targets and heads) with
-    the trial's r and alpha; the fresh head is drawn from the seed as in an elalora-auto trial."""
-    from peft import LoraConfig, TaskType, get_peft_model
-    from transformers import PrinterCallback, Trainer
-
-    from elalora_auto.adapters import default_targets
-    from elalora_auto.loading import load_base_model, reset_fresh_head
-    from elalora_auto.tasks import compute_metrics, make_collator
-
-    task, seed = plan.task, plan.settings.seed
-    targets, heads = default_targets(plan.model_type)
-
-    def model_init(trial: Any = None) -> Any:
-        # transformers 5 calls model_init before hp_space: suggesting here first gives the same values there.
-        hp = defaults if trial is None else hp_space(trial)
-        base, missing = load_base_model(plan.model_path, task.num_labels, task.problem_type)
-        model = copy.deepcopy(base)
-        reset_fresh_head(model, missing, seed)
-        config = LoraConfig(task_type=TaskType.SEQ_CLS, r=hp["r_init"], lora_alpha=hp["lora_alpha"],
-                            lora_dropout=defaults["lora_dropout"], target_modules=targets, modules_to_save=heads)
-        model = get_peft_model(model, config)
-        log.start(trial, model)
-        return model
-
-    def metrics(prediction: Any) -> dict[str, float]:
-        return compute_metrics(task, prediction.predictions.argmax(-1), prediction.label_ids)
-
-    train, evaluation, tokenizer = trainer_data(plan, workdir)
-    trainer = Trainer(model_init=model_init, args=trainer_args(plan, workdir / "trainer-hps" / plan.settings.study),
-                      train_dataset=train, eval_dataset=evaluation, data_collator=make_collator(tokenizer),
-                      compute_metrics=metrics, callbacks=[log.callback])
-    trainer.remove_callback(PrinterCallback)  # its metric dicts: TrialLog prints one line per trial instead
-    return trainer
-
-
-def run_trainer_arm(settings: Any, results: Path, key: Record) -> tuple[Any, Any, None]:
-    """Trainer.hyperparameter_search on its own journal; on a resumed study only the remaining trials run, and
-    the sampler's seed moves with the trials done so a resume draws fresh configurations."""
-    import optuna
-
-    from elalora_auto.search.plan import plan_study
-    from elalora_auto.search.storage import open_storage
-    from elalora_auto.search.worker import sampler_seed
-
-    plan = plan_study(settings)
-    workdir = Path(settings.workdir)
-    storage = open_storage(None, workdir / "trainer-hps")
-    done = 0
-    if settings.study in optuna.get_all_study_names(storage=storage):
-        finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-        done = len(optuna.load_study(study_name=settings.study, storage=storage).get_trials(states=finished))
-    if done < settings.trials:
-        print(f"trainer-hps study {settings.study}: {done} of {settings.trials} trials done, "
-              f"{plan.total_steps} steps per trial", flush=True)
-        hp_space, defaults = lora_hp_space()
-        log = TrialLog(results, key, plan.primary_metric)
-        trainer = make_trainer(plan, workdir, log, hp_space, defaults)
-        trainer.hyperparameter_search(
-            hp_space=hp_space, compute_objective=lambda m: m[f"eval_{plan.primary_metric}"],
-            n_trials=settings.trials - done, direction="maximize", backend="optuna", storage=storage,
-            study_name=settings.study, load_if_exists=True, pruner=optuna.pruners.NopPruner(),
-            sampler=optuna.samplers.TPESampler(seed=sampler_seed(settings.seed, done, 0)))
-    return optuna.load_study(study_name=settings.study, storage=storage), plan, None
-
-
 def run_all(args: argparse.Namespace) -> None:
     """Every (seed, task, arm) study not yet in the results, seed-major: a cut-short run has every arm of the
     first seed."""
@@ -355,9 +86,6 @@ def run_all(args: argparse.Namespace) -> None:
 
 
 # -- the report -----------------------------------------------------------------------------------------------
-def complete_points(study: Record) -> list[tuple[float, float]]:
-    return [(r["accuracy"], float(r["trainable_params"])) for r in study["rows"]
-            if r["state"] == "COMPLETE" and r["accuracy"] is not None and r["trainable_params"]]
 
 
 def select_studies(records: Iterable[Record], args: argparse.Namespace) -> dict[str, list[Record]]:
@@ -369,55 +97,6 @@ def select_studies(records: Iterable[Record], args: argparse.Namespace) -> dict[
     for key in sorted(latest, key=lambda k: (args.tasks.index(k[0]), ARMS.index(k[1]), k[2])):
         by_task.setdefault(key[0], []).append(latest[key])
     return by_task
-
-
-def reference(studies: Sequence[Record]) -> tuple[float, float]:
-    """One reference per task: (majority-class accuracy, 1.1 x the largest size seen in any arm)."""
-    sizes = [p[1] for s in studies for p in complete_points(s)]
-    return float(studies[0]["baseline"]), 1.1 * max(sizes, default=1.0)
-
-
-def task_budgets(studies: Sequence[Record], given: Sequence[int] | None) -> list[int]:
-    """--budgets, else the 25/50/75% quantiles of every arm's sizes (observed sizes: each budget holds a trial)."""
-    import numpy as np
-
-    if given:
-        return list(given)
-    sizes = [p[1] for s in studies for p in complete_points(s)]
-    return [int(q) for q in np.quantile(sizes, [0.25, 0.5, 0.75], method="lower")] if sizes else []
-
-
-def best_at(points: Sequence[tuple[float, float]], budget: float) -> float | None:
-    fitting = [m for m, c in points if c <= budget]
-    return max(fitting) if fitting else None
-
-
-def normalised_hv(points: Sequence[tuple[float, float]], ref: tuple[float, float]) -> float:
-    """Hypervolume as a share of the reference box ((1 - floor) x ceiling): 1 would be 100% at no cost."""
-    from elalora_auto.search.pareto import hypervolume
-
-    return hypervolume(points, ref) / ((1.0 - ref[0]) * ref[1])
-
-
-def covers(a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]]) -> bool:
-    """Every point of b is matched or beaten in both objectives by some point of a."""
-    return all(any(p[0] >= q[0] and p[1] <= q[1] for p in a) for q in b)
-
-
-def relation(a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]]) -> str:
-    if covers(a, b) and covers(b, a):
-        return "equals"
-    if covers(a, b):
-        return "dominates"
-    return "is dominated by" if covers(b, a) else "neither dominates nor is dominated by"
-
-
-def fmt(value: float | None, spec: str = ".1f", scale: float = 100.0) -> str:
-    return "-" if value is None else format(value * scale, spec)
-
-
-def mean_or_none(values: Sequence[float | None]) -> float | None:
-    return None if not values or any(v is None for v in values) else statistics.mean(values)  # type: ignore[arg-type]
 
 
 def arm_lines(arm: str, studies: Sequence[Record], ref: tuple[float, float], budgets: Sequence[int]) -> list[str]:
@@ -565,22 +244,6 @@ def plot_task(task: str, studies: Sequence[Record], ref: tuple[float, float], fo
     # the legend outside: never over the fronts
     return save_front_plot(fig, ax, folder / f"search_vs_peers_{task}.png", loc="upper left",
                            bbox_to_anchor=(1.01, 1.0))
-
-
-def save_front_plot(fig: Any, ax: Any, path: Path, **legend: Any) -> Path:
-    """The axes every front plot shares (size on a log scale, accuracy in %), then the PNG."""
-    import matplotlib.pyplot as plt
-
-    ax.set_xscale("log")
-    ax.set_xlabel("trainable parameters (log scale)")
-    ax.set_ylabel("accuracy (%)")
-    ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=8, **legend)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def markdown(records: list[Record], args: argparse.Namespace, text: str) -> str:

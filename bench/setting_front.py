@@ -28,16 +28,15 @@ from typing import Any, Sequence
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from budget_front import as_study, load_study, rerun_parser, study_plan, train_params  # noqa: E402
-from common import ROOT, append_jsonl, read_jsonl  # noqa: E402
-from search_vs_peers import (  # noqa: E402
-    best_at, fmt, normalised_hv, reference, relation, save_front_plot, task_budgets,
+from common import RESULTS_DIR, append_jsonl, read_jsonl  # noqa: E402
+from common.fronts import (  # noqa: E402
+    Point, best_at, fmt, normalised_hv, reference, relation, save_front_plot, task_budgets,
 )
+from common.reruns import as_study, load_study, rerun_parser, study_plan, train_params  # noqa: E402
+from common.studies import Record  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results" / "setting_front.jsonl"
+RESULTS = RESULTS_DIR / "setting_front.jsonl"
 PEER_ARMS = ("lora", "trainer-hps")
-Record = dict[str, Any]
-Point = tuple[float, float]
 
 
 def points_of(rows: Sequence[Record]) -> list[Point]:

@@ -190,3 +190,82 @@ def test_bench_readme_names_every_bench_script() -> None:
     index = (ROOT / "bench" / "README.md").read_text()
     missing = [path.name for path in sorted((ROOT / "bench").glob("*.py")) if f"`{path.name}`" not in index]
     assert not missing, f"bench/README.md does not name {missing}: add a row (question, results, BENCHMARKS section)"
+
+
+# bench/ is a user of the package like any other: its scripts and their library (bench/common/) reach only public
+# names, so a change inside the package never silently breaks a benchmark. Known exceptions, each with its issue:
+BENCH_PRIVATE_ALLOWED = {
+    # issue 29 (per-step overhead) reworks the optimizer step; gpu_check counts host syncs by patching it
+    "gpu_check.py: elalora_auto.trial._optimizer_step",
+}
+
+
+def private_uses(path: Path) -> list[str]:
+    """Every private name of elalora_auto the file reaches: a module or name with a leading underscore in an
+    import, or an underscore attribute of a package module bound by an import (`trial._step`)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    bound: dict[str, str] = {}  # local name -> the package module it is bound to
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == PACKAGE.name:
+                    found += [alias.name] * any(part.startswith("_") for part in alias.name.split("."))
+                    bound[alias.asname or alias.name.split(".")[0]] = alias.name if alias.asname else PACKAGE.name
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == PACKAGE.name:
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                if any(part.startswith("_") for part in full.split(".")):
+                    found.append(full)
+                bound[alias.asname or alias.name] = full
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            chain = attribute_chain(node.value)
+            if chain and chain[0] in bound:
+                found.append(".".join([bound[chain[0]], *chain[1:], node.attr]))
+    return sorted(set(found))
+
+
+def attribute_chain(node: ast.expr) -> list[str]:
+    """`a.b.c` -> ['a', 'b', 'c']; [] for anything that is not a plain dotted name."""
+    parts: list[str] = []
+    while isinstance(node, ast.Attribute):
+        parts.insert(0, node.attr)
+        node = node.value
+    return [node.id, *parts] if isinstance(node, ast.Name) else []
+
+
+def bench_private_uses(bench: Path = ROOT / "bench") -> list[str]:
+    return [f"{path.relative_to(bench)}: {name}" for path in sorted(bench.rglob("*.py"))
+            for name in private_uses(path)]
+
+
+def test_bench_reaches_only_public_names_of_the_package() -> None:
+    found = set(bench_private_uses())
+    assert found - BENCH_PRIVATE_ALLOWED == set(), "bench/ reaches private names: use (or add) a public one"
+    assert BENCH_PRIVATE_ALLOWED - found == set(), "an allowed private use is gone: drop it from the allow-list"
+
+
+BENCH_LONG_ALLOWED = {"gpu_check.py"}  # issue 29 reworks it (helper lane of the per-step overhead): split there
+
+
+def test_bench_modules_keep_the_size_limits() -> None:
+    """The house rules of the package hold for bench/ too: a script over 400 lines holds two questions."""
+    bench = ROOT / "bench"
+    paths = sorted(bench.rglob("*.py"))
+    assert [f"{p.relative_to(bench)}: {n} lines" for p in paths if str(p.relative_to(bench)) not in
+            BENCH_LONG_ALLOWED and (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES] == []
+    assert [f"{p.relative_to(bench)}:{node.name}: {node.end_lineno - node.lineno + 1} lines" for p in paths
+            for node in ast.walk(ast.parse(p.read_text())) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES] == []
+
+
+def test_the_bench_check_catches_private_names(tmp_path: Path) -> None:
+    (tmp_path / "script.py").write_text(
+        "import elalora_auto.trial as trial\nfrom elalora_auto.search import _hidden, run_search\n"
+        "from elalora_auto import _private_module\nimport elalora_auto\n"
+        "def f():\n    trial._step = None\n    elalora_auto.search._x()\n    run_search._cache\n    trial.__name__\n")
+    assert bench_private_uses(tmp_path) == [
+        "script.py: elalora_auto._private_module", "script.py: elalora_auto.search._hidden",
+        "script.py: elalora_auto.search._x", "script.py: elalora_auto.search.run_search._cache",
+        "script.py: elalora_auto.trial._step"]

@@ -1,0 +1,84 @@
+"""Fronts of (accuracy, trainable parameters) points, as the search benches report them: one hypervolume
+reference per task, the best accuracy at or under a parameter budget, whether one front covers another, and the
+front plot's shared axes. A study here is a results row with `rows` (state, accuracy, trainable_params)."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any, Sequence
+
+Record = dict[str, Any]
+Point = tuple[float, float]
+
+
+def complete_points(study: Record) -> list[Point]:
+    return [(r["accuracy"], float(r["trainable_params"])) for r in study["rows"]
+            if r["state"] == "COMPLETE" and r["accuracy"] is not None and r["trainable_params"]]
+
+
+def reference(studies: Sequence[Record]) -> Point:
+    """One reference per task: (majority-class accuracy, 1.1 x the largest size seen in any arm)."""
+    sizes = [p[1] for s in studies for p in complete_points(s)]
+    return float(studies[0]["baseline"]), 1.1 * max(sizes, default=1.0)
+
+
+def task_budgets(studies: Sequence[Record], given: Sequence[int] | None) -> list[int]:
+    """--budgets, else the 25/50/75% quantiles of every arm's sizes (observed sizes: each budget holds a trial)."""
+    import numpy as np
+
+    if given:
+        return list(given)
+    sizes = [p[1] for s in studies for p in complete_points(s)]
+    return [int(q) for q in np.quantile(sizes, [0.25, 0.5, 0.75], method="lower")] if sizes else []
+
+
+def best_at(points: Sequence[Point], budget: float) -> float | None:
+    fitting = [m for m, c in points if c <= budget]
+    return max(fitting) if fitting else None
+
+
+def normalised_hv(points: Sequence[Point], ref: Point) -> float:
+    """Hypervolume as a share of the reference box ((1 - floor) x ceiling): 1 would be 100% at no cost."""
+    from elalora_auto.search.pareto import hypervolume
+
+    return hypervolume(points, ref) / ((1.0 - ref[0]) * ref[1])
+
+
+def covers(a: Sequence[Point], b: Sequence[Point]) -> bool:
+    """Every point of b is matched or beaten in both objectives by some point of a."""
+    return all(any(p[0] >= q[0] and p[1] <= q[1] for p in a) for q in b)
+
+
+def relation(a: Sequence[Point], b: Sequence[Point]) -> str:
+    if covers(a, b) and covers(b, a):
+        return "equals"
+    if covers(a, b):
+        return "dominates"
+    return "is dominated by" if covers(b, a) else "neither dominates nor is dominated by"
+
+
+def fmt(value: float | None, spec: str = ".1f", scale: float = 100.0) -> str:
+    return "-" if value is None else format(value * scale, spec)
+
+
+def mean_or_none(values: Sequence[float | None]) -> float | None:
+    return None if not values or any(v is None for v in values) else statistics.mean(values)  # type: ignore[arg-type]
+
+
+def save_front_plot(fig: Any, ax: Any, path: Path, **legend: Any) -> Path:
+    """The axes every front plot shares (size on a log scale, accuracy in %), then the PNG."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (log scale)")
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=8, **legend)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
