@@ -40,7 +40,7 @@ def main() -> None:
     tokenizer = load_tokenizer(model)
     data = tokenize_cached(load_task_data(task, data_dir=GLUE, max_train_samples=4000, max_eval_samples=200),
                            tokenizer, 64, CACHE)
-    adapter = build_adapter(copy.deepcopy(load_base_model(model, 2, task.problem_type)[0]), "lora", {"r_init": 4}, 20)
+    adapter = build_adapter(copy.deepcopy(load_base_model(model, task)[0]), "lora", {"r_init": 4}, 20)
     args = TrainingArguments(output_dir=str(ROOT / "bench" / "out" / "trainer"), max_steps=20,
                              per_device_train_batch_size=16, per_device_eval_batch_size=64, learning_rate=5e-4,
                              warmup_steps=2, report_to=[], save_strategy="no", logging_strategy="no",
