@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping
 
-from elalora_auto.errors import ConfigError, check_fields, reject_unknown
+from elalora_auto.errors import ConfigError, check_fields, lookup, reject_unknown
 
 if TYPE_CHECKING:
     import torch
@@ -278,9 +278,7 @@ def method_names() -> tuple[str, ...]:
 
 def get_method(name: str) -> Method:
     """The registered method called `name`; ConfigError naming the known ones."""
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(_REGISTRY)}")
-    return _REGISTRY[name]
+    return lookup(_REGISTRY, name, "method")
 
 
 def native_params(method: str, params: dict[str, Any], total_steps: int) -> dict[str, Any]:

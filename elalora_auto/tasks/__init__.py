@@ -21,7 +21,7 @@ _WHERE = {
     "tokenize_cached": "tokenize",
     "make_collator": "tokenize",
     "TaskFamily": "families",
-    "family_names": "families",
+    "FAMILIES": "families",
     "family_of": "families",
     "get_family": "families",
     "register_family": "families",

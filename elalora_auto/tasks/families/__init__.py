@@ -8,14 +8,11 @@ subclass, and its instance on the registry line below.
 from __future__ import annotations
 
 from elalora_auto.tasks.families import seq_cls
-from elalora_auto.tasks.families.base import (DEFAULT_FAMILY, TaskFamily, family_names, family_of, get_family,
-                                              peft_task_type, register_family)
+from elalora_auto.tasks.families.base import (DEFAULT_FAMILY, TaskFamily, family_of, get_family, peft_task_type,
+                                              register_family)
 
 # The registry: one line per family.
-for _family in (seq_cls.SequenceClassification(),):
-    register_family(_family)
+FAMILIES = tuple(register_family(f).name for f in (seq_cls.SequenceClassification(),))  # the built-in ones
 
-FAMILIES = family_names()  # the built-in families; family_names() also lists any registered later
-
-__all__ = ["DEFAULT_FAMILY", "FAMILIES", "TaskFamily", "family_names", "family_of", "get_family", "peft_task_type",
+__all__ = ["DEFAULT_FAMILY", "FAMILIES", "TaskFamily", "family_of", "get_family", "peft_task_type",
            "register_family"]

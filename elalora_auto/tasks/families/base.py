@@ -19,7 +19,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
-from elalora_auto.errors import UserError, close_hint
+from elalora_auto.errors import UserError, lookup
 from elalora_auto.tasks.registry import DEFAULT_FAMILY
 
 if TYPE_CHECKING:
@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 
     from elalora_auto.tasks.registry import TaskSpec
 
-__all__ = ["DEFAULT_FAMILY", "Collator", "DropLength", "Encoder", "TaskFamily", "family_names", "family_of",
-           "get_family", "peft_task_type", "register_family"]
+__all__ = ["DEFAULT_FAMILY", "Collator", "DropLength", "Encoder", "TaskFamily", "family_of", "get_family",
+           "peft_task_type", "register_family"]
 
 Encoder = Callable[[dict[str, list]], dict[str, Any]]  # a batch of rows (column -> values) -> model inputs + labels
 Collator = Callable[[list[dict[str, Any]]], dict[str, Any]]  # tokenised rows -> one padded batch of tensors
@@ -110,17 +110,9 @@ def register_family(family: TaskFamily) -> TaskFamily:
     return family
 
 
-def family_names() -> tuple[str, ...]:
-    """Every registered family, in registration order."""
-    return tuple(_REGISTRY)
-
-
 def get_family(name: str) -> TaskFamily:
     """The registered family called `name`; UserError naming the known ones."""
-    if name not in _REGISTRY:
-        raise UserError(f"unknown task family {name!r}{close_hint(name, _REGISTRY)}; choose one of "
-                        f"{', '.join(_REGISTRY)}")
-    return _REGISTRY[name]
+    return lookup(_REGISTRY, name, "task family", UserError)
 
 
 def family_of(task: TaskSpec) -> TaskFamily:
