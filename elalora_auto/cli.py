@@ -76,7 +76,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if spec.data.data_dir and not Path(spec.data.data_dir).is_dir():
         raise UserError(f"data directory {spec.data.data_dir} does not exist; fix --data-dir")
     load_tokenizer(spec.model)  # a bad model fails now, before any data is read (both are cached for the trial)
-    load_base_model(spec.model, task.num_labels, task.problem_type)
+    load_base_model(spec.model, task)
     spec = train_spec(base, overrides, fresh=not args.config)  # the method's defaults: its space's, as trial 0's
     check_params(spec.method, spec.params, run_steps(spec))  # the method's rules, once, before the data is tokenised
     if args.quiet:

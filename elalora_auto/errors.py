@@ -7,7 +7,9 @@ import difflib
 import math
 import types
 import typing
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping, TypeVar
+
+T = TypeVar("T")
 
 
 class UserError(ValueError):
@@ -33,6 +35,14 @@ def reject_unknown(given: Iterable[str], known: Iterable[str], what: str, error:
     if unknown:
         names = sorted(valid if valid is not None else known)
         raise error(f"{what} {unknown[0]!r} (valid: {', '.join(names)})")
+
+
+def lookup(registry: Mapping[str, T], name: str, what: str, error: type[UserError] = ConfigError) -> T:
+    """`registry[name]` (a registry of methods, of task families), else `error`("unknown {what} 'name'; choose
+    one of ...") naming the registered ones."""
+    if name not in registry:
+        raise error(f"unknown {what} {name!r}; choose one of {', '.join(registry)}")
+    return registry[name]
 
 
 def close_hint(name: str, names: Iterable[str]) -> str:

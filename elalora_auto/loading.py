@@ -3,9 +3,10 @@
 Every way a model name can be wrong ends here in one line naming the fix, before any training: an unknown name
 (with a "did you mean"), a hub id while offline or with the hub unreachable (checked in well under 2 s, instead of
 transformers' retries), a folder without weights, with truncated weights, or without its tokenizer files (which
-transformers would otherwise "load" as a tokenizer of special tokens only). A checkpoint whose classification
-head has another number of labels (a 2-label fine-tune used for STS-B or MNLI) loads with its head re-initialised,
-said once per process; the trial then re-draws every fresh head from its own seed (`reset_fresh_head`).
+transformers would otherwise "load" as a tokenizer of special tokens only). The model class and its arguments are
+the task family's (`TaskFamily.model_class`, `config_kwargs`); a checkpoint whose head does not fit the task (a
+2-label fine-tune used for STS-B or MNLI) loads with its head re-initialised, said once per process; the trial then
+re-draws every fresh head from its own seed (`reset_fresh_head`).
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ import functools
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 from torch import nn
 
 from elalora_auto.errors import UserError
+
+if TYPE_CHECKING:
+    from elalora_auto.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +34,7 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
                 "pytorch_model.bin.index.json")
 HUB_CHECK_TIMEOUT_S = 1.5
 
-_BASE_MODELS: dict[tuple[str, int, str], tuple[nn.Module, set[str]]] = {}
+_BASE_MODELS: dict[tuple[Any, ...], tuple[nn.Module, set[str]]] = {}
 _TOKENIZERS: dict[str, Any] = {}
 
 
@@ -113,18 +117,16 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _from_pretrained(name: str, num_labels: int, problem_type: str) -> tuple[nn.Module, dict[str, Any]]:
-    from transformers import AutoModelForSequenceClassification
-
+def _from_pretrained(name: str, model_class: Any, kwargs: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
     folder = Path(name).expanduser()
     if folder.is_dir() and not any((folder / f).is_file() for f in WEIGHT_FILES):
         raise UserError(f"model folder {name} has no weights ({' or '.join(WEIGHT_FILES[::2])}); save the model "
                         "there with save_pretrained")
     try:
         with _quiet_transformers():
-            return AutoModelForSequenceClassification.from_pretrained(
-                name, num_labels=num_labels, problem_type=problem_type, output_loading_info=True,
-                ignore_mismatched_sizes=True)
+            # A checkpoint's head of another shape (a 2-label fine-tune used for STS-B or MNLI) loads
+            # re-initialised rather than failing.
+            return model_class.from_pretrained(name, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
     except Exception as exc:  # noqa: BLE001 - OSError, SafetensorError, UnpicklingError...: all mean "unusable files"
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         if folder.is_dir():
@@ -133,20 +135,24 @@ def _from_pretrained(name: str, num_labels: int, problem_type: str) -> tuple[nn.
         raise _unknown_model(name, f"cannot load it ({first})") from None
 
 
-def load_base_model(name: str, num_labels: int, problem_type: str) -> tuple[nn.Module, set[str]]:
-    """The pretrained classifier, loaded once per process and key; callers must deepcopy before changing it.
+def load_base_model(name: str, task: TaskSpec) -> tuple[nn.Module, set[str]]:
+    """The pretrained model of the task's family, loaded once per process and key (model, family, the family's
+    arguments for the task); callers must deepcopy before changing it.
 
     Returns the model and the names of parameters the checkpoint did not provide, or provided at another shape (a
     head for another number of labels): the fresh head, which each trial re-initialises from its own seed.
     """
-    name = resolve_model(name)
-    key = (name, num_labels, problem_type)
+    from elalora_auto.tasks import family_of
+
+    name, family = resolve_model(name), family_of(task)
+    kwargs = family.config_kwargs(task)
+    key = (name, family.name, *sorted(kwargs.items()))
     if key not in _BASE_MODELS:
-        model, info = _from_pretrained(name, num_labels, problem_type)
+        model, info = _from_pretrained(name, family.model_class(), kwargs)
         mismatched = {entry[0] for entry in info.get("mismatched_keys", ())}
         if mismatched:
-            log.warning("model %s: head %s saved for another number of labels (this task needs %d output(s)); "
-                        "re-initialised from each trial's seed", name, ", ".join(sorted(mismatched)), num_labels)
+            log.warning("model %s: head %s %s; re-initialised from each trial's seed", name,
+                        ", ".join(sorted(mismatched)), family.head_note(task))
         model.eval()
         for param in model.parameters():
             param.requires_grad_(False)

@@ -92,11 +92,13 @@ def _evaluate(
     model: nn.Module, task: Any, evals: dict[str, Any], collate: Any, batch_size: int, device: torch.device,
     dtype: torch.dtype | None, trainer_rng: bool = False,
 ) -> dict[str, float]:
-    """Metrics on every eval split, prefixed '<split>_' when there are several."""
+    """Metrics on every eval split (the task family's predictions and metrics), prefixed '<split>_' when there
+    are several."""
     from torch.utils.data import DataLoader
 
-    from elalora_auto.tasks import compute_metrics
+    from elalora_auto.tasks import family_of
 
+    family = family_of(task)
     model.eval()
     metrics: dict[str, float] = {}
     for split, dataset in evals.items():
@@ -108,11 +110,10 @@ def _evaluate(
             # does draw it: `trainer_rng` follows it there).
             for batch in DataLoader(dataset.select_columns(columns), batch_size=batch_size, collate_fn=collate,
                                     generator=None if trainer_rng else torch.Generator()):
-                batch = {k: v.to(device) for k, v in batch.items()}
-                logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
-                preds.append((logits.squeeze(-1) if task.is_regression else logits.argmax(-1)).cpu())
-                labels.append(batch["labels"].cpu())
-        split_metrics = compute_metrics(task, torch.cat(preds).numpy(), torch.cat(labels).numpy())
+                predicted, truth = family.predict(model, {k: v.to(device) for k, v in batch.items()}, task)
+                preds.append(predicted.cpu())
+                labels.append(truth.cpu())
+        split_metrics = family.metrics(task, torch.cat(preds).numpy(), torch.cat(labels).numpy())
         prefix = f"{split}_" if len(evals) > 1 else ""
         metrics.update({prefix + k: float(v) for k, v in split_metrics.items()})
     model.train()
@@ -170,7 +171,7 @@ def setup_trial(spec: TrialSpec, adapter_factory: AdapterFactory | None = None) 
     from transformers import get_linear_schedule_with_warmup, set_seed
 
     from elalora_auto.adapters import build_adapter, get_method
-    from elalora_auto.tasks import load_task_data, make_collator, resolve_task, tokenize_cached
+    from elalora_auto.tasks import family_of, load_task_data, resolve_task, tokenize_cached
 
     tr, ds = spec.training, spec.data
     set_seed(tr.seed)
@@ -185,7 +186,7 @@ def setup_trial(spec: TrialSpec, adapter_factory: AdapterFactory | None = None) 
     data = tokenize_cached(data, tokenizer, tr.max_length, ds.cache_dir)
     steps = total_steps(tr, len(data.train))
 
-    base, missing = load_base_model(spec.model, task.num_labels, task.problem_type)
+    base, missing = load_base_model(spec.model, task)
     model = copy.deepcopy(base)
     reset_fresh_head(model, missing, tr.seed)
     params = dict(spec.params)
@@ -196,7 +197,7 @@ def setup_trial(spec: TrialSpec, adapter_factory: AdapterFactory | None = None) 
     # Validated where the configuration entered (the search's plan, `train`): the build translates names only.
     adapter = (adapter_factory or partial(build_adapter, validate=False))(model, spec.method, params, steps, heads)
     adapter.model.to(device).train()
-    collate = make_collator(tokenizer)
+    collate = family_of(task).collator(tokenizer)
     adapter.prepare(_first_epoch(data.train, tr.batch_size, collate, tr.seed))  # may replace parameters (EVA)
     optimizer = torch.optim.AdamW(
         adapter.param_groups(tr.learning_rate), lr=tr.learning_rate, weight_decay=tr.weight_decay,

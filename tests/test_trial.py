@@ -12,6 +12,7 @@ import torch
 
 from elalora_auto.errors import UserError
 from elalora_auto.events import Event
+from elalora_auto.tasks import get_task
 from elalora_auto.trial import NonFiniteLossError, TrialSpec, load_base_model, run_trial
 
 POSITIVE = ["great", "good", "fun", "fine"]
@@ -162,11 +163,11 @@ def test_failed_trials_write_their_ending_at_any_point(tiny_model_dir, sst2_dir,
 
 
 def test_cached_base_model_stays_bit_identical(tiny_model_dir, sst2_dir):
-    base, _ = load_base_model(str(tiny_model_dir), 2, "single_label_classification")
+    base, _ = load_base_model(str(tiny_model_dir), get_task("sst2"))
     before = {k: v.clone() for k, v in base.state_dict().items()}
     for method in ("lora", "elalora"):
         run_trial(tiny_spec(tiny_model_dir, sst2_dir, method, max_steps=3), progress=False)
-    assert load_base_model(str(tiny_model_dir), 2, "single_label_classification")[0] is base
+    assert load_base_model(str(tiny_model_dir), get_task("sst2"))[0] is base
     after = base.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 

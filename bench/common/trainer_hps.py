@@ -128,7 +128,7 @@ def make_trainer(plan: Any, workdir: Path, log: TrialLog, hp_space: Callable[[An
     def model_init(trial: Any = None) -> Any:
         # transformers 5 calls model_init before hp_space: suggesting here first gives the same values there.
         hp = defaults if trial is None else hp_space(trial)
-        base, missing = load_base_model(plan.model_path, task.num_labels, task.problem_type)
+        base, missing = load_base_model(plan.model_path, task)
         model = copy.deepcopy(base)
         reset_fresh_head(model, missing, seed)
         config = LoraConfig(task_type=TaskType.SEQ_CLS, r=hp["r_init"], lora_alpha=hp["lora_alpha"],

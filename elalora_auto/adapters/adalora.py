@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from elalora_auto.adapters.base import Adapter, Method, check_targets, module_key, seq_cls_config, unique_modules
+from elalora_auto.adapters.base import Adapter, Method, check_targets, module_key, peft_config, unique_modules
 from elalora_auto.adapters.lora import LORA_KEYS
 from elalora_auto.errors import ConfigError
 
@@ -150,7 +150,7 @@ class AdaLoraMethod(Method):
 
     def check(self, native: dict[str, Any], total_steps: int) -> None:
         self.check_shared_rules(native)
-        config = seq_cls_config("AdaLoraConfig", native, None, "adalora parameters", total_step=total_steps)
+        config = peft_config("AdaLoraConfig", native, None, "adalora parameters", total_step=total_steps)
         if isinstance(config.target_r, bool) or not isinstance(config.target_r, int) or \
                 not 1 <= config.target_r < config.init_r:
             raise ConfigError(f"r_target={config.target_r!r} must be a whole number in [1, r_init - 1 = "
@@ -160,5 +160,6 @@ class AdaLoraMethod(Method):
         from peft import get_peft_model
 
         check_targets(model, native["target_modules"])
-        config = seq_cls_config("AdaLoraConfig", native, heads, "adalora parameters", total_step=total_steps)
+        config = peft_config("AdaLoraConfig", native, heads, "adalora parameters", model,
+                             total_step=total_steps)
         return AdaLoraAdapter(get_peft_model(model, config), self.name)

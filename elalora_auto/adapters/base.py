@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping
 
-from elalora_auto.errors import ConfigError, check_fields, reject_unknown
+from elalora_auto.errors import ConfigError, check_fields, lookup, reject_unknown
 
 if TYPE_CHECKING:
     import torch
@@ -248,15 +248,18 @@ def numeric_config(factory: Callable[..., Any], values: dict[str, Any], what: st
         raise ConfigError(f"bad {what}: {' '.join(str(exc).split())}") from None
 
 
-def seq_cls_config(config_class: str, native: dict[str, Any], heads: list[str] | None, what: str,
-                   **fixed: Any) -> Any:
-    """One of PEFT's configs (`config_class`: "LoraConfig", "AdaLoraConfig") for sequence classification, its
-    own checks as one-line ConfigErrors; `heads` (modules_to_save) when known."""
+def peft_config(config_class: str, native: dict[str, Any], heads: list[str] | None, what: str,
+                model: nn.Module | None = None, **fixed: Any) -> Any:
+    """One of PEFT's configs (`config_class`: "LoraConfig", "AdaLoraConfig"), its own checks as one-line
+    ConfigErrors; `heads` (modules_to_save) when known; for a `model`, the PEFT task_type of its task family
+    (`tasks.families.peft_task_type`: sequence classification -> SEQ_CLS), which picks the PeftModel class."""
     import peft
 
+    from elalora_auto.tasks.families import peft_task_type
+
     saved = {} if heads is None else {"modules_to_save": list(heads)}
-    return numeric_config(getattr(peft, config_class), {"task_type": peft.TaskType.SEQ_CLS, **saved, **native,
-                                                        **fixed}, what)
+    task = {} if model is None else {"task_type": peft_task_type(model)}
+    return numeric_config(getattr(peft, config_class), {**task, **saved, **native, **fixed}, what)
 
 
 _REGISTRY: dict[str, Method] = {}
@@ -275,9 +278,7 @@ def method_names() -> tuple[str, ...]:
 
 def get_method(name: str) -> Method:
     """The registered method called `name`; ConfigError naming the known ones."""
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(_REGISTRY)}")
-    return _REGISTRY[name]
+    return lookup(_REGISTRY, name, "method")
 
 
 def native_params(method: str, params: dict[str, Any], total_steps: int) -> dict[str, Any]:

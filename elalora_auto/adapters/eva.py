@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from elalora_auto.adapters.base import Adapter, Method, check_targets, numeric_config, seq_cls_config
+from elalora_auto.adapters.base import Adapter, Method, check_targets, numeric_config, peft_config
 from elalora_auto.adapters.lora import LORA_KEYS, LoraAdapter
 from elalora_auto.errors import ConfigError
 
@@ -39,12 +39,13 @@ def _split(native: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], int]
     return lora, {k: v for k, v in native.items() if k in EVA_KEYS}, native.get("eva_batches", DEFAULT_BATCHES)
 
 
-def _eva_lora_config(native: dict[str, Any], heads: list[str] | None) -> Any:
+def _eva_lora_config(native: dict[str, Any], heads: list[str] | None, model: nn.Module | None = None) -> Any:
     from peft import EvaConfig
 
     lora, eva, _ = _split(native)
     eva_config = numeric_config(EvaConfig, eva, "eva parameters")
-    return seq_cls_config("LoraConfig", lora, heads, "eva parameters", init_lora_weights="eva", eva_config=eva_config)
+    return peft_config("LoraConfig", lora, heads, "eva parameters", model, init_lora_weights="eva",
+                       eva_config=eva_config)
 
 
 def _bounded_forward(limit: int, tau: float) -> Callable[[Any, dict[str, Any]], Any]:
@@ -150,5 +151,5 @@ class EvaMethod(Method):
         check_targets(model, native["target_modules"])
         with warnings.catch_warnings():  # "eva used with low_cpu_mem_usage=False": a memory hint for large models
             warnings.simplefilter("ignore")
-            peft_model = get_peft_model(model, _eva_lora_config(native, heads))
+            peft_model = get_peft_model(model, _eva_lora_config(native, heads, model))
         return EvaAdapter(peft_model, self.name, eva_batches=_split(native)[2])

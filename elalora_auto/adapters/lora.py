@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from elalora_auto.adapters.base import Adapter, Method, check_targets, module_key, seq_cls_config, unique_modules
+from elalora_auto.adapters.base import Adapter, Method, check_targets, module_key, peft_config, unique_modules
 
 if TYPE_CHECKING:
     from torch import nn
@@ -45,11 +45,11 @@ class LoraMethod(Method):
 
     def check(self, native: dict[str, Any], total_steps: int) -> None:
         self.check_shared_rules(native)
-        seq_cls_config("LoraConfig", native, None, "lora parameters")
+        peft_config("LoraConfig", native, None, "lora parameters")
 
     def wrap(self, model: nn.Module, native: dict[str, Any], total_steps: int, heads: list[str]) -> Adapter:
         from peft import get_peft_model
 
         check_targets(model, native["target_modules"])
-        config = seq_cls_config("LoraConfig", native, heads, "lora parameters")
+        config = peft_config("LoraConfig", native, heads, "lora parameters", model)
         return LoraAdapter(get_peft_model(model, config), self.name)

@@ -4,7 +4,6 @@ names, the run length and the majority-class baseline the pruning rule compares 
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -103,8 +102,8 @@ def plan_study(settings: SearchSettings) -> StudyPlan:
     rungs = settings.pruning.rungs(eval_every, steps)
     space.default_params(settings.trial0)  # trial 0's overrides: names and ranges, before the study is touched
     load_tokenizer(model_path)
-    load_base_model(model_path, task.num_labels, task.problem_type)  # cached: the process's trials reuse it
-    model_type = check_target_modules(model_path, task.num_labels, space)
+    load_base_model(model_path, task)  # cached: the process's trials reuse it
+    model_type = check_target_modules(model_path, task, space)
     baseline, margin = majority_baseline(task, next(iter(data.evals.values())))
     return StudyPlan(settings, space, task, model_path, model_type, steps, eval_every, task.primary_metric,
                      baseline, margin, rungs)
@@ -160,7 +159,7 @@ def _model_type(spec: Any) -> str:
     from elalora_auto.tasks import resolve_task
 
     task = resolve_task(spec.task, spec.custom)
-    return load_base_model(spec.model, task.num_labels, task.problem_type)[0].config.model_type
+    return load_base_model(spec.model, task)[0].config.model_type
 
 
 def check_device(device: str) -> None:
@@ -173,33 +172,29 @@ def check_device(device: str) -> None:
 
 
 def majority_baseline(task: Any, split: Any) -> tuple[float | None, float]:
-    """The primary metric of always answering the majority class, and the margin a learner must beat it by."""
+    """The primary metric of the task family's trivial predictor (sequence classification: the majority class)
+    on an eval split's labels, and the margin a learner must beat it by."""
     import numpy as np
 
-    from elalora_auto.tasks import compute_metrics
+    from elalora_auto.tasks import family_of
 
-    if task.is_regression:
-        return None, 0.02
-    labels = np.asarray(split["label"])
-    majority = np.bincount(labels.astype(int), minlength=task.num_labels).argmax()
-    baseline = compute_metrics(task, np.full_like(labels, majority), labels)[task.primary_metric]
-    margin = 0.02
-    if task.primary_metric == "accuracy":
-        margin = max(margin, 2 * math.sqrt(baseline * (1 - baseline) / len(labels)))
-    return baseline, margin
+    return family_of(task).baseline(task, np.asarray(split["label"]))
 
 
-def _meta_model(model_path: str, num_labels: int) -> Any:
-    """A weightless ('meta') copy of the model: module names and adapters without memory or time."""
+def _meta_model(model_path: str, task: Any) -> Any:
+    """A weightless ('meta') copy of the task family's model: module names and adapters without memory or time."""
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(model_path, num_labels=num_labels)
+    from elalora_auto.tasks import family_of
+
+    family = family_of(task)
+    config = AutoConfig.from_pretrained(model_path, **family.config_kwargs(task))
     with torch.device("meta"):
-        return AutoModelForSequenceClassification.from_config(config)
+        return family.model_class().from_config(config)
 
 
-def check_target_modules(model_path: str, num_labels: int, space: SearchSpace) -> str:
+def check_target_modules(model_path: str, task: Any, space: SearchSpace) -> str:
     """Every module name of every set, and the model type's default targets where the space can leave the
     targets to them, must exist in the model (checked on a meta copy).
 
@@ -209,7 +204,7 @@ def check_target_modules(model_path: str, num_labels: int, space: SearchSpace) -
     from elalora_auto.method.config import ElaLoraConfig
     from elalora_auto.search.space import DEFAULT_MODULES
 
-    model = _meta_model(model_path, num_labels)
+    model = _meta_model(model_path, task)
     model_type = model.config.model_type
     sets = {f"module_sets.{name}": space.module_names(name, model_type) for name in space.module_sets}
     choice = next((p for p in space.params if p.name == "target_modules"), None)

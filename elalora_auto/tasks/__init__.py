@@ -1,4 +1,4 @@
-"""GLUE and custom tasks: registry, loaders, metrics and the tokenisation cache.
+"""GLUE and custom tasks: registry, task families (families/), loaders, metrics and the tokenisation cache.
 
 Names are imported lazily: the registry is light, while loaders/tokenize pull in datasets and transformers.
 """
@@ -20,6 +20,11 @@ _WHERE = {
     "compute_metrics": "metrics",
     "tokenize_cached": "tokenize",
     "make_collator": "tokenize",
+    "TaskFamily": "families",
+    "FAMILIES": "families",
+    "family_of": "families",
+    "get_family": "families",
+    "register_family": "families",
 }
 __all__ = list(_WHERE)
 

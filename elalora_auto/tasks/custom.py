@@ -9,7 +9,7 @@ from typing import Any, Literal, Mapping, Sequence
 
 from elalora_auto.errors import UserError, reject_unknown
 from elalora_auto.tasks.loaders import read_table, require_columns
-from elalora_auto.tasks.registry import CLASSIFICATION_METRICS, REGRESSION_METRICS, TaskSpec, get_task
+from elalora_auto.tasks.registry import CLASSIFICATION_METRICS, DEFAULT_FAMILY, REGRESSION_METRICS, TaskSpec, get_task
 
 
 def custom_task(
@@ -20,14 +20,18 @@ def custom_task(
     label_column: str = "label",
     task_type: Literal["classification", "regression"] = "classification",
     metric: str | None = None,
+    family: str = DEFAULT_FAMILY,
 ) -> TaskSpec:
     """A task over the user's own csv/tsv/jsonl/json/parquet files.
 
     The files are read once here to check the columns and to fix the label set (string labels are sorted and
     numbered; integer labels must already be 0..K-1), since the model's head size must be known before
     any data is tokenised. Without `eval_file`, `load_task_data` holds out a fixed 10% of train as
-    "validation".
+    "validation". `family` names a registered task family (tasks/families/), sequence classification by default.
     """
+    from elalora_auto.tasks.families import get_family
+
+    get_family(family)
     if task_type not in ("classification", "regression"):
         raise UserError(f"task_type must be 'classification' or 'regression', not {task_type!r}")
     regression = task_type == "regression"
@@ -54,7 +58,7 @@ def custom_task(
 
     label_names = () if regression else _label_names(labels, label_column)
     return TaskSpec(name=name, text_columns=text_columns, label_names=label_names, metrics=allowed,
-                    primary_metric=metric, files=files, source_label_column=label_column)
+                    primary_metric=metric, files=files, source_label_column=label_column, family=family)
 
 
 def _label_names(labels: list, label_column: str) -> tuple[str, ...]:

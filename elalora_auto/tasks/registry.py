@@ -19,6 +19,7 @@ from elalora_auto.errors import UserError
 
 CLASSIFICATION_METRICS = ("accuracy", "f1", "matthews_correlation")
 REGRESSION_METRICS = ("pearson", "spearmanr")
+DEFAULT_FAMILY = "sequence_classification"  # the family of every GLUE task and of a `custom:` task by default
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,8 @@ class TaskSpec:
 
     `text_columns` use the Hugging Face `glue` schema names; every loader renames its source to them, so the
     tokeniser never needs to know where the data came from. `files` is only set for custom tasks
-    (split name -> path) and `source_label_column` names their label column.
+    (split name -> path) and `source_label_column` names their label column. `family` names the task family
+    (tasks/families/) that builds, feeds and scores its model.
     """
 
     name: str
@@ -40,6 +42,7 @@ class TaskSpec:
     glue_folder: str | None = None
     files: Mapping[str, str] = field(default_factory=dict)
     source_label_column: str = "label"
+    family: str = DEFAULT_FAMILY
 
     @property
     def is_regression(self) -> bool:

@@ -1,7 +1,8 @@
 """Tokenisation done once per (tokenizer, task, max length, data sample) and shared by every trial and worker.
 
-Rows are not padded here: `make_collator` pads each batch to its own longest row, and the "length" column
-lets a plain torch DataLoader group rows of similar length with transformers' sampler:
+What a row becomes is the task family's (`TaskFamily.encoder`); this module caches it and adds the "length"
+column. Rows are not padded here: `make_collator` (the family's) pads each batch to its own longest row, and the
+"length" column lets a plain torch DataLoader group rows of similar length with transformers' sampler:
 
     LengthGroupedSampler(batch_size, lengths=data.train["length"], generator=torch.Generator().manual_seed(seed))
 """
@@ -14,9 +15,10 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from transformers import DataCollatorWithPadding
-
+from elalora_auto.tasks.families import family_of, get_family
+from elalora_auto.tasks.families.base import Collator
 from elalora_auto.tasks.loaders import TaskData
+from elalora_auto.tasks.registry import DEFAULT_FAMILY
 
 if TYPE_CHECKING:
     import datasets
@@ -46,15 +48,14 @@ def _tokenize_split(
 ) -> datasets.Dataset:
     spec = task_data.spec
     key = hashlib.sha256(
-        f"{_FORMAT_VERSION}|{tokenizer_id}|{spec.name}|{max_length}|{ds._fingerprint}".encode()
+        f"{_FORMAT_VERSION}|{tokenizer_id}|{spec.family}|{spec.name}|{max_length}|{ds._fingerprint}".encode()
     ).hexdigest()[:20]
-    text_columns = list(spec.text_columns)
+    family_encode = family_of(spec).encoder(spec, tokenizer, max_length)
 
     def encode(batch: dict[str, list]) -> dict[str, Any]:
-        encoded = tokenizer(*(batch[c] for c in text_columns), truncation=True, max_length=max_length)
+        encoded = family_encode(batch)
         encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
-        encoded["labels"] = batch["label"]
-        return dict(encoded)
+        return encoded
 
     # new_fingerprint=key: datasets would otherwise hash the closure (tokenizer included) on every call.
     options: dict[str, Any] = {"keep_in_memory": True}
@@ -78,10 +79,11 @@ def tokenize_cached(
     max_length: int,
     cache_dir: str | Path | None = None,
 ) -> TaskData:
-    """Tokenised copies of every split: input_ids, attention_mask, [token_type_ids], length, labels.
+    """Tokenised copies of every split: the family's columns (sequence classification: input_ids,
+    attention_mask, [token_type_ids], labels) and length.
 
     With `cache_dir` (e.g. WORKDIR/cache) each split is written once to a file named by a hash of the
-    tokenizer, task, max length and the split's data fingerprint; later calls in any process map that
+    tokenizer, task (and its family), max length and the split's data fingerprint; later calls in any process map that
     file instead of tokenising again. Without it, tokenisation stays in memory.
     """
     cache_path = Path(cache_dir) if cache_dir is not None else None
@@ -99,13 +101,7 @@ def tokenize_cached(
     )
 
 
-class LengthDroppingCollator(DataCollatorWithPadding):
-    """DataCollatorWithPadding that drops the "length" column (kept for batching), which the model does not take."""
-
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        return super().__call__([{k: v for k, v in f.items() if k != "length"} for f in features])
-
-
-def make_collator(tokenizer: PreTrainedTokenizerBase) -> DataCollatorWithPadding:
-    """Pads each batch to its own longest row (dynamic padding), so no padding is stored in the cache."""
-    return LengthDroppingCollator(tokenizer)
+def make_collator(tokenizer: PreTrainedTokenizerBase, family: str = DEFAULT_FAMILY) -> Collator:
+    """The family's dynamic padding (each batch padded to its own longest row, so the cache stores no padding),
+    dropping the "length" column."""
+    return get_family(family).collator(tokenizer)
