@@ -10,6 +10,7 @@ from elalora_auto import arguments
 from elalora_auto.adapters import method_names
 from elalora_auto.errors import UserError
 from elalora_auto.output import library_output
+from elalora_auto.search.settings import SAMPLERS
 from elalora_auto.workdir import Workdir
 
 
@@ -180,7 +181,7 @@ def _cmd_ui(args: argparse.Namespace) -> int:
 # -- search, worker, status, demo ------------------------------------------------------------------------
 _SEARCH_FLAGS = ("task", "trials", "model", "data_dir", "method", "space", "study", "storage", "workdir",
                  "max_train_samples", "max_eval_samples", "max_steps", "epochs", "objective", "max_params",
-                 "timeout", "seed", "device", "tracking_uri")
+                 "timeout", "seed", "device", "tracking_uri", "sampler")
 
 
 def _add_search_parsers(sub: argparse._SubParsersAction) -> None:
@@ -207,6 +208,8 @@ def _add_search_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--objective", choices=("pareto", "metric"),
                    help="pareto (default): maximise the metric and minimise trainable parameters; metric: the metric alone")
     p.add_argument("--max-params", type=arguments.positive_int, help="with --objective metric: trainable-parameter cap (a constraint)")
+    p.add_argument("--sampler", choices=SAMPLERS, help="tpe (default): Optuna's TPESampler; gp: its GPSampler "
+                                                       "(Gaussian process; after startup_trials, default 10)")
     p.add_argument("--timeout", type=arguments.positive_float, help="seconds after which this process starts no new trial")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
