@@ -53,7 +53,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from elalora_auto.adapters import check_params
     from elalora_auto.search.checks import check_training
-    from elalora_auto.search.plan import run_steps, train_spec
+    from elalora_auto.search.plan import train_spec
     from elalora_auto.tasks import resolve_task
     from elalora_auto.trial import TrialSpec, load_base_model, load_tokenizer, run_trial
 
@@ -78,8 +78,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise UserError(f"data directory {spec.data.data_dir} does not exist; fix --data-dir")
     load_tokenizer(spec.model)  # a bad model fails now, before any data is read (both are cached for the trial)
     load_base_model(spec.model, task.num_labels, task.problem_type)
-    spec = train_spec(base, overrides, fresh=not args.config)  # the method's defaults: its space's, as trial 0's
-    check_params(spec.method, spec.params, run_steps(spec))  # the method's rules, once, before the data is tokenised
+    spec, steps = train_spec(base, overrides, fresh=not args.config)  # the method's defaults: its space's, as trial 0's
+    check_params(spec.method, spec.params, steps)  # the method's rules, once, before the data is tokenised
     if args.quiet:
         __import__("datasets").disable_progress_bars()
     result = run_trial(spec, output_dir=args.export, progress=not args.quiet)
