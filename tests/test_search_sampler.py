@@ -51,6 +51,20 @@ def test_gp_proposes_after_its_startup_trials_in_a_pareto_study_with_pruned_tria
     assert all(t.number > done[2] for t in proposed)  # the draws before were random
 
 
+def test_gp_with_two_workers_proposes_in_both_beside_pruned_trials(study_file: Path, tmp_path: Path) -> None:
+    """Each worker process builds its own GPSampler (seeded by its pid); a trial running in the other one enters the
+    batch acquisition through the params GP stored on it. No trial fails."""
+    halving = {"rule": "halving", "min_steps": 3, "reduction_factor": 2, "rung_ties": "hypervolume",
+               "baseline_patience": 99}
+    path = _gp_study_file(study_file, startup_trials=3, pruning=halving, trial0={"learning_rate": 5e-3, "r_init": 2})
+    assert main(["search", "--config", str(path), "--space", str(_space(tmp_path)), "--study", "gp2", "--sampler",
+                 "gp", "--trials", "12", "--quiet", "--workers", "2"]) == 0
+    trials = _study(tmp_path, "gp2").get_trials()
+    assert len(trials) == 12 and {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
+    proposed = [t for t in trials if GP_PARAMS in t.system_attrs]
+    assert len({t.user_attrs["worker"] for t in proposed}) == 2, [(t.number, t.user_attrs["worker"]) for t in trials]
+
+
 def test_gp_takes_the_max_params_cap_as_its_constraint(study_file: Path, tmp_path: Path) -> None:
     """Single objective under a cap no trial meets: every complete trial is infeasible, and GP still proposes."""
     settings = SearchSettings.from_sources(str(_gp_study_file(study_file)), {
