@@ -10,6 +10,7 @@ from elalora_auto import arguments
 from elalora_auto.adapters import method_names
 from elalora_auto.errors import UserError
 from elalora_auto.output import library_output
+from elalora_auto.search.settings import SAMPLERS
 from elalora_auto.workdir import Workdir
 
 
@@ -52,7 +53,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from elalora_auto.adapters import check_params
     from elalora_auto.search.checks import check_training
-    from elalora_auto.search.plan import run_steps, train_spec
+    from elalora_auto.search.plan import train_spec
     from elalora_auto.tasks import resolve_task
     from elalora_auto.trial import TrialSpec, load_base_model, load_tokenizer, run_trial
 
@@ -77,8 +78,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise UserError(f"data directory {spec.data.data_dir} does not exist; fix --data-dir")
     load_tokenizer(spec.model)  # a bad model fails now, before any data is read (both are cached for the trial)
     load_base_model(spec.model, task)
-    spec = train_spec(base, overrides, fresh=not args.config)  # the method's defaults: its space's, as trial 0's
-    check_params(spec.method, spec.params, run_steps(spec))  # the method's rules, once, before the data is tokenised
+    spec, steps = train_spec(base, overrides, fresh=not args.config)  # the method's defaults: its space's, as trial 0's
+    check_params(spec.method, spec.params, steps)  # the method's rules, once, before the data is tokenised
     if args.quiet:
         __import__("datasets").disable_progress_bars()
     result = run_trial(spec, output_dir=args.export, progress=not args.quiet)
@@ -180,7 +181,7 @@ def _cmd_ui(args: argparse.Namespace) -> int:
 # -- search, worker, status, demo ------------------------------------------------------------------------
 _SEARCH_FLAGS = ("task", "trials", "model", "data_dir", "method", "space", "study", "storage", "workdir",
                  "max_train_samples", "max_eval_samples", "max_steps", "epochs", "objective", "max_params",
-                 "timeout", "seed", "device", "tracking_uri")
+                 "timeout", "seed", "device", "tracking_uri", "sampler")
 
 
 def _add_search_parsers(sub: argparse._SubParsersAction) -> None:
@@ -207,6 +208,8 @@ def _add_search_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--objective", choices=("pareto", "metric"),
                    help="pareto (default): maximise the metric and minimise trainable parameters; metric: the metric alone")
     p.add_argument("--max-params", type=arguments.positive_int, help="with --objective metric: trainable-parameter cap (a constraint)")
+    p.add_argument("--sampler", choices=SAMPLERS, help="tpe (default): Optuna's TPESampler; gp: its GPSampler "
+                                                       "(Gaussian process; after startup_trials, default 10)")
     p.add_argument("--timeout", type=arguments.positive_float, help="seconds after which this process starts no new trial")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))

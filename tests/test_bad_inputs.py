@@ -48,6 +48,7 @@ STUDY_FILES = {
     "trials_many.yaml": 'trials: "many"\n',
     "batch_zero.yaml": "batch_size: 0\n",
     "storage_malformed.yaml": "storage: 'sqlite:x.db'\n",
+    "sampler_unknown.yaml": "sampler: cmaes\n",
 }
 
 
@@ -119,6 +120,9 @@ def cases(w: dict[str, Path]) -> dict[str, tuple[list[str], str]]:
         "search: trials 'many'": (search + ["--config", str(root / "trials_many.yaml")], "trials"),
         "search: batch_size 0": (search + ["--config", str(root / "batch_zero.yaml")], "batch_size"),
         "search: storage in a study file": (search + ["--config", str(root / "storage_malformed.yaml")], ":///"),
+        "search: sampler in a study file": (search + ["--config", str(root / "sampler_unknown.yaml")],
+                                            "--sampler 'cmaes': choose one of tpe, gp"),
+        "search: --sampler cmaes": (search + ["--sampler", "cmaes"], "invalid choice: 'cmaes'"),
         "search: --timeout -5": (search + ["--timeout", "-5"], "> 0"),
         "search: --trials 0": (search + ["--trials", "0"], "at least 1"),
         "search: --workdir a file": (_with(search, "--workdir", str(root / "a-file")), "is a file"),

@@ -140,3 +140,26 @@ def test_a_search_from_a_checkpoint_with_another_head_size_says_so_once(task, tm
     storage = JournalStorage(JournalFileBackend(str(tmp_path / "runs" / "optuna-journal.log")))
     states = [t.state.name for t in optuna.load_study(study_name="s", storage=storage).trials]
     assert len(states) == 2 and set(states) <= {"COMPLETE", "PRUNED"}, run.stderr  # trained, none failed
+
+
+@pytest.mark.parametrize(("length", "reads"), [
+    (["--set", "training.max_steps=null", "--set", "training.epochs=1"], 2),  # one to size the run, one to train
+    (["--max-steps", "3"], 1),  # max_steps sizes it: the trial's own read only
+])
+def test_train_reads_its_data_once_to_size_the_run(tiny_model_dir, tmp_path, monkeypatch, capsys, length, reads):
+    """`train` by epochs sized the run twice (the method's defaults, then its rules), reading the training rows for
+    each, before the trial read them a third time."""
+    import elalora_auto.tasks
+
+    data, loads = write_tiny_sst2(tmp_path / "glue", n_train=24), []
+    real = elalora_auto.tasks.load_task_data
+
+    def counted(*args, **kwargs):
+        loads.append(args[0].name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(elalora_auto.tasks, "load_task_data", counted)
+    assert main(["train", "--task", "sst2", "--data-dir", str(data), "--model", str(tiny_model_dir), "--quiet",
+                 "--set", "training.batch_size=8", "--set", "params.r_init=2", *length]) == 0
+    assert loads == ["sst2"] * reads
+    assert "accuracy" in capsys.readouterr().out

@@ -61,8 +61,8 @@ def test_given_params_win_under_any_alias(tiny_model_dir, tmp_path):
     data = write_tiny_sst2(tmp_path / "glue")
     base = TrialSpec(task="sst2", model=str(tiny_model_dir))
     common = [f"data.data_dir={data}", f"max_steps={STEPS}"]
-    ela = train_spec(base, [*common, "params.r=3"], fresh=True)
+    ela, _ = train_spec(base, [*common, "params.r=3"], fresh=True)
     assert ela.params["r"] == 3 and "r_init" not in ela.params and ela.params["b"] == 4
-    lora = train_spec(base, [*common, "method=lora", "params.r=3", "training.learning_rate=1e-3"], fresh=True)
+    lora, steps = train_spec(base, [*common, "method=lora", "params.r=3", "training.learning_rate=1e-3"], fresh=True)
     assert lora.params == {"r": 3, "lora_alpha": 16, "lora_dropout": 0.05}
-    assert lora.training.learning_rate == 1e-3
+    assert lora.training.learning_rate == 1e-3 and steps == STEPS

@@ -4,8 +4,9 @@ names, the run length and the majority-class baseline the pruning rule compares 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from elalora_auto.errors import ConfigError, UserError, reject_unknown
 from elalora_auto.search.settings import SearchSettings
@@ -109,21 +110,24 @@ def plan_study(settings: SearchSettings) -> StudyPlan:
                      baseline, margin, rungs)
 
 
-def train_spec(base: Any, overrides: Sequence[str], fresh: bool) -> Any:
-    """The `train` command's TrialSpec: `base` (a trial config file's spec, or a fresh one when `fresh`) under the
-    `overrides`, and whatever neither gives taken from the method's built-in space (`SearchSpace.defaults`,
-    resolved for this run's length and model), where a study's trial 0 takes it from: so `train --method X --set
-    ...` and a search's trial 0 with the same settings build the same adapter (issue 27). A config file gives all
-    its training settings (export writes every field); given params win over the defaults under any alias."""
+def train_spec(base: Any, overrides: Sequence[str], fresh: bool) -> tuple[Any, int]:
+    """The `train` command's TrialSpec and its run's optimizer steps: `base` (a trial config file's spec, or a fresh
+    one when `fresh`) under the `overrides`, and whatever neither gives taken from the method's built-in space
+    (`SearchSpace.defaults`, resolved for this run's length and model), where a study's trial 0 takes it from: so
+    `train --method X --set ...` and a search's trial 0 with the same settings build the same adapter (issue 27). A
+    config file gives all its training settings (export writes every field); given params win over the defaults
+    under any alias. A run sized by epochs reads its training rows once here, for both sizings (the space's
+    training defaults cannot move the data settings)."""
     spec = base.apply_overrides(overrides)
+    rows = functools.cache(functools.partial(_train_rows, spec))
     params, training = SearchSpace.load(spec.method).defaults(
-        {"total_steps": run_steps(spec), "model_type": _model_type(spec)})
+        {"total_steps": _run_steps(spec, rows), "model_type": _model_type(spec)})
     if fresh and training:
         spec = dataclasses.replace(base, training=dataclasses.replace(base.training, **training))
         spec = spec.apply_overrides(overrides)
     given = dict(spec.params)
     spec.params = {**{k: v for k, v in params.items() if not _named(spec.method, given, k)}, **given}
-    return spec
+    return spec, _run_steps(spec, rows)
 
 
 def _named(method: str, params: dict[str, Any], name: str) -> bool:
@@ -139,18 +143,24 @@ def _named(method: str, params: dict[str, Any], name: str) -> bool:
     return False
 
 
-def run_steps(spec: Any) -> int:
-    """The run's optimizer steps: max_steps, else epochs over the training rows (read for it)."""
+def _run_steps(spec: Any, rows: Callable[[], int]) -> int:
+    """The run's optimizer steps: max_steps, else epochs over the `rows()` training rows (read only then)."""
     from elalora_auto.spec import total_steps
-    from elalora_auto.tasks import load_task_data, resolve_task
 
     if spec.training.max_steps is not None:
         return int(spec.training.max_steps)
+    return total_steps(spec.training, rows())
+
+
+def _train_rows(spec: Any) -> int:
+    """The training rows the trial will read (its task and data settings, as `trial.setup_trial` reads them)."""
+    from elalora_auto.tasks import load_task_data, resolve_task
+
     ds = spec.data
     data = load_task_data(resolve_task(spec.task, spec.custom), data_dir=ds.data_dir,
                           max_train_samples=ds.max_train_samples, max_eval_samples=ds.max_eval_samples,
                           validation_fraction=ds.validation_fraction, seed=ds.seed)
-    return total_steps(spec.training, len(data.train))
+    return len(data.train)
 
 
 def _model_type(spec: Any) -> str:

@@ -17,9 +17,10 @@ from elalora_auto.search.space import read_yaml, resolve_resource
 
 OBJECTIVES = ("pareto", "metric")
 DEVICES = ("auto", "cpu", "cuda")
+SAMPLERS = ("tpe", "gp")  # Optuna's TPESampler (the default) or GPSampler (search/worker.py `make_sampler`)
 # Options that must be > 0 when given (seed may be 0).
 _POSITIVE = ("trials", "max_train_samples", "max_eval_samples", "max_steps", "epochs", "batch_size", "max_length",
-             "eval_every", "max_params", "timeout")
+             "eval_every", "max_params", "timeout", "startup_trials")
 HEARTBEAT_INTERVAL_S = 60
 GRACE_PERIOD_S = 180
 
@@ -120,6 +121,10 @@ class SearchSettings:
     max_length: int = 128
     eval_every: int | None = None  # default: a quarter of the run (three intermediate evaluations)
     objective: str = "pareto"
+    sampler: str = "tpe"
+    # finished trials (trial 0, then random draws) before the sampler's model proposes: TPE counts complete and
+    # pruned ones, GP complete ones only (its model ignores pruned trials); 10 is Optuna's default for both
+    startup_trials: int = 10
     max_params: int | None = None
     timeout: float | None = None
     seed: int = 42
@@ -172,6 +177,8 @@ class SearchSettings:
             raise UserError("no task: pass --task NAME (e.g. sst2) or set task: in the --config file")
         if self.objective not in OBJECTIVES:
             raise UserError(f"--objective {self.objective!r}: choose pareto or metric")
+        if self.sampler not in SAMPLERS:
+            raise UserError(f"--sampler {self.sampler!r}: choose one of {', '.join(SAMPLERS)}")
         if self.device not in DEVICES:
             raise UserError(f"--device {self.device!r}: choose one of {', '.join(DEVICES)}")
         if self.storage is not None:

@@ -48,11 +48,11 @@ def create_or_load_study(plan: StudyPlan, storage: Any, keep_budget: bool = Fals
         except optuna.exceptions.DuplicatedStudyError:
             pass  # another process created it a moment ago
     study = optuna.load_study(study_name=name, storage=storage)
-    stored = _stored_settings(study)
-    for key in ("task", "model", "method", "objective"):
+    stored = {"sampler": "tpe", **_stored_settings(study)}  # a study from before `sampler` was TPE's
+    for key in ("task", "model", "method", "objective", "sampler"):
         if stored.get(key) != getattr(settings, key):
             raise UserError(f"study {name!r} exists with {key}={stored.get(key)!r}, not {getattr(settings, key)!r}; "
-                            "pass another --study name")
+                            f"pass --{key} {stored.get(key)} to resume it, or another --study name")
     if isinstance(storage, optuna.storages.RDBStorage) and stored.get("heartbeat", dataclasses.asdict(
             HeartbeatSettings())) != dataclasses.asdict(settings.heartbeat):
         raise UserError(f"study {name!r} exists with heartbeat={stored.get('heartbeat')!r}, not "

@@ -61,6 +61,17 @@ def sampler_seed(seed: int, n_trials: int, salt: int) -> int:
     return int(np.random.SeedSequence([seed % 2**32, n_trials, salt]).generate_state(1)[0])
 
 
+def make_sampler(name: str, seed: int, startup_trials: int) -> optuna.samplers.BaseSampler:
+    """The study's sampler (`SearchSettings.sampler`). Constraints reach either through `trial.set_constraint`
+    (the `--max-params` cap; a pruned Pareto trial's `pruning.PRUNED`), which both read from the trials: Optuna 5
+    deprecated `constraints_func`. GPSampler models complete trials only, so pruned ones and their constraint
+    never enter it; running trials (other workers') enter its batch acquisition through their shared params."""
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup_trials)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials, multivariate=True,
+                                      constant_liar=True)
+
+
 def _has_waiting(study: optuna.Study) -> bool:
     return bool(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
 
@@ -154,7 +165,7 @@ class Worker:
         study.pruner = self.rule.pruner()
         seed = sampler_seed(settings.seed, len(study.get_trials(deepcopy=False)),
                             os.getpid() if salt is None else salt)
-        study.sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+        study.sampler = make_sampler(settings.sampler, seed, settings.startup_trials)
         self.budget = int(study.user_attrs.get("settings", {}).get("trials", settings.trials))
         self.trials_dir = Workdir(settings.workdir).trials(study.study_name)
         self.failures = _failure_types()

@@ -1,0 +1,55 @@
+"""Where library output goes, and that routing it imports no library: each case runs in a fresh process, so
+whether a library is imported, and when, is the command's own doing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+
+def _python(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("TRANSFORMERS_VERBOSITY", "ELALORA_AUTO_VERBOSE")}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=300)
+
+
+def test_cheap_commands_import_no_library_they_do_not_use(tmp_path: Path) -> None:
+    """`ui` on a missing store needs neither Optuna nor transformers, `status` no transformers (it reads the study
+    through Optuna): library_output imported both at every command's start (about 0.7 s; 2-3 s on a busy machine)."""
+    done = _python(f"""
+        import sys
+        from elalora_auto.cli import main
+        loaded = lambda: sorted(m for m in ("optuna", "transformers") if m in sys.modules)
+        assert main(["ui", "--workdir", {str(tmp_path)!r}]) == 2
+        print("ui", loaded())
+        assert main(["status", "--workdir", {str(tmp_path)!r}]) == 2
+        print("status", loaded())
+        """, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["ui []", "status ['optuna']"], done.stdout
+
+
+def test_a_library_imported_within_is_quieted_like_one_imported_before(tmp_path: Path) -> None:
+    """Optuna and transformers imported inside library_output: their log lines reach the log file, not the terminal,
+    and transformers' progress bars are off until it ends."""
+    done = _python("""
+        import sys
+        from elalora_auto.output import library_output
+        with library_output("runs") as log:
+            assert "transformers" not in sys.modules and "optuna" not in sys.modules
+            import optuna
+            from transformers.utils import logging as hf_logging
+            optuna.logging.get_logger("optuna.probe").warning("optuna line")
+            hf_logging.get_logger("transformers.probe").warning("transformers line")
+            print("bars within", hf_logging.is_progress_bar_enabled())
+        print("bars after", hf_logging.is_progress_bar_enabled())
+        print(log.read_text())
+        """, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "optuna line" not in done.stderr and "transformers line" not in done.stderr, done.stderr
+    out = done.stdout
+    assert "bars within False" in out and "bars after True" in out
+    assert "optuna.probe WARNING: optuna line" in out and "transformers.probe WARNING: transformers line" in out

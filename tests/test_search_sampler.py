@@ -1,0 +1,110 @@
+"""The search's sampler option (`sampler: tpe | gp`): GP proposes once its start-up trials are done, with the
+constraints the TPE path sets (a pruned Pareto trial's, the `--max-params` cap); TPE stays the default."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from test_search_study import _space, _study, study_file  # noqa: F401 - the tiny study fixture
+
+from elalora_auto.cli import main
+from elalora_auto.search import SearchSettings, run_search
+from elalora_auto.search.pruning import PRUNED
+
+GP_PARAMS = "gp:relative_params:0"  # the system attr GPSampler writes on each trial whose params its model proposed
+
+
+def _gp_study_file(study_file: Path, **extra: object) -> Path:
+    """The tiny study with two start-up trials; `extra` settings on top."""
+    config = {**yaml.safe_load(study_file.read_text()), "startup_trials": 2, **extra}
+    study_file.write_text(yaml.safe_dump(config))
+    return study_file
+
+
+def test_gp_proposes_after_its_startup_trials_in_a_pareto_study_with_pruned_trials(study_file: Path,
+                                                                                   tmp_path: Path) -> None:
+    """Strict halving rungs prune the random draws larger than trial 0 (equal metric, more parameters), each marked
+    infeasible (the constraint TPE needs); GP models the complete trials only and proposes once three are done,
+    without failing a trial."""
+    halving = {"rule": "halving", "min_steps": 3, "reduction_factor": 2, "rung_ties": "hypervolume",
+               "baseline_patience": 99}
+    path = _gp_study_file(study_file, startup_trials=3, pruning=halving, trial0={"learning_rate": 5e-3, "r_init": 2})
+    assert main(["search", "--config", str(path), "--space", str(_space(tmp_path)), "--study", "gp", "--sampler", "gp",
+                 "--trials", "10", "--quiet"]) == 0
+    study = _study(tmp_path, "gp")
+    trials = study.get_trials()
+    assert study.user_attrs["settings"]["sampler"] == "gp"
+    assert {t.state.name for t in trials} == {"COMPLETE", "PRUNED"}
+    assert all(t.constraints == {PRUNED: 1.0} for t in trials if t.state.name == "PRUNED")
+    proposed = [t for t in trials if GP_PARAMS in t.system_attrs]
+    assert len(proposed) >= 2, [(t.number, t.state.name) for t in trials]
+    for t in proposed:  # GP's proposal is what the trial ran, and it came after three complete trials
+        drawn = json.loads(t.system_attrs[GP_PARAMS])  # every name with a range (k, target_modules have one value)
+        assert set(drawn) == {"r_init", "b", "t_init", "t_final", "delta_t", "learning_rate"}
+        assert drawn == {k: t.params[k] for k in drawn}
+        assert sum(u.state.name == "COMPLETE" for u in trials if u.number < t.number) >= 3
+    done = [t.number for t in trials if t.state.name == "COMPLETE"]
+    assert all(t.number > done[2] for t in proposed)  # the draws before were random
+
+
+def test_gp_with_two_workers_proposes_in_both_beside_pruned_trials(study_file: Path, tmp_path: Path) -> None:
+    """Each worker process builds its own GPSampler (seeded by its pid); a trial running in the other one enters the
+    batch acquisition through the params GP stored on it. No trial fails."""
+    halving = {"rule": "halving", "min_steps": 3, "reduction_factor": 2, "rung_ties": "hypervolume",
+               "baseline_patience": 99}
+    path = _gp_study_file(study_file, startup_trials=3, pruning=halving, trial0={"learning_rate": 5e-3, "r_init": 2})
+    assert main(["search", "--config", str(path), "--space", str(_space(tmp_path)), "--study", "gp2", "--sampler",
+                 "gp", "--trials", "12", "--quiet", "--workers", "2"]) == 0
+    trials = _study(tmp_path, "gp2").get_trials()
+    assert len(trials) == 12 and {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
+    proposed = [t for t in trials if GP_PARAMS in t.system_attrs]
+    assert len({t.user_attrs["worker"] for t in proposed}) == 2, [(t.number, t.user_attrs["worker"]) for t in trials]
+
+
+def test_gp_takes_the_max_params_cap_as_its_constraint(study_file: Path, tmp_path: Path) -> None:
+    """Single objective under a cap no trial meets: every complete trial is infeasible, and GP still proposes."""
+    settings = SearchSettings.from_sources(str(_gp_study_file(study_file)), {
+        "space": str(_space(tmp_path)), "study": "capped", "sampler": "gp", "objective": "metric",
+        "max_params": 10, "trials": 4})
+    study = run_search(settings, progress=False)
+    assert isinstance(study.sampler, optuna.samplers.GPSampler)
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    assert all(t.constraints["max_params"] > 0 for t in trials)
+    assert [t.number for t in trials if GP_PARAMS in t.system_attrs] == [2, 3]
+
+
+def test_tpe_stays_the_default(study_file: Path, tmp_path: Path) -> None:
+    settings = SearchSettings.from_sources(str(study_file), {"space": str(_space(tmp_path)), "study": "t",
+                                                              "trials": 1})
+    study = run_search(settings, progress=False)
+    assert isinstance(study.sampler, optuna.samplers.TPESampler)
+    assert study.user_attrs["settings"]["sampler"] == "tpe" == SearchSettings().sampler
+
+
+@pytest.mark.parametrize("where", ["flag", "study file"])
+def test_an_unknown_sampler_is_one_line_before_any_work(study_file: Path, tmp_path: Path, capsys,
+                                                        where: str) -> None:
+    args = ["search", "--config", str(study_file), "--study", "bad", "--trials", "1", "--quiet"]
+    if where == "flag":
+        with pytest.raises(SystemExit) as exit_:
+            main([*args, "--sampler", "cmaes"])
+        assert exit_.value.code == 2
+        assert "argument --sampler: invalid choice: 'cmaes' (choose from 'tpe', 'gp')" in capsys.readouterr().err
+    else:
+        _gp_study_file(study_file, sampler="cmaes")
+        assert main(args) == 2
+        assert capsys.readouterr().err.strip() == "error: --sampler 'cmaes': choose one of tpe, gp"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_study_resumes_only_with_its_own_sampler(study_file: Path, tmp_path: Path, capsys) -> None:
+    args = ["search", "--config", str(study_file), "--space", str(_space(tmp_path)), "--study", "s", "--quiet"]
+    assert main([*args, "--trials", "1", "--sampler", "gp"]) == 0
+    assert main([*args, "--trials", "2"]) == 2
+    assert "exists with sampler='gp', not 'tpe'; pass --sampler gp to resume it" in capsys.readouterr().err
+    assert len(_study(tmp_path, "s").get_trials()) == 1
