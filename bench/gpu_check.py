@@ -230,7 +230,7 @@ def run_counting_syncs(spec: Any, device: torch.device) -> tuple[Any, int | None
         warnings.showwarning, trial._optimizer_step = show, real_step
     tr, last = spec.training, result.steps_done
     checked = {step for step in range(1, last + 1) if step % max(1, tr.log_every) == 0
-               or (tr.eval_every and step % tr.eval_every == 0)} | {last} | {r["step"] for r in result.rank_history}
+               or (tr.eval_every and step % tr.eval_every == 0)} | {last} | {r.step for r in result.rank_history}
     syncs = sum(count for step, count in per_step.items() if step and step not in checked)
     return result, syncs if cuda(device) else None
 

@@ -81,7 +81,7 @@ def run_one(spec: Any, variant: str, lr: float, seed: int, model_label: str) -> 
     except Exception as exc:  # a diverged run (non-finite loss) is a result of the ablation, not a crash of it
         return {**row, "status": "FAILED", "error": f"{type(exc).__name__}: {exc}"}
     curve = [{"step": e["step"], "metric": e["metrics"][result.primary_metric]} for e in result.eval_history]
-    return {**row, "status": result.status, "metric": result.primary_metric, "final": result.primary,
+    return {**row, "status": result.state.name, "metric": result.primary_metric, "final": result.primary,
             "curve": curve, "trainable_params": result.trainable_params, "total_rank": sum(result.rank_map.values()),
             "rounds": len(result.rank_history), "train_time_s": result.train_time_s,
             "loss_last": result.train_loss_history[-1]["loss"] if result.train_loss_history else None}

@@ -152,8 +152,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     study = load_study(args.study, args.workdir, args.storage)
     trials_dir = Workdir(args.workdir).trials(args.study)
     row = pick_trial(study_rows(study, trials_dir), args.trial, args.pick, args.max_params)
-    out = export_trial(study, row, trials_dir / str(row["number"]), args.out, merge=args.merge, force=args.force)
-    print(f"trial {row['number']} ({row['metric']:.4f}, {int(row['trainable_params']):,} trainable parameters) "
+    out = export_trial(study, row, trials_dir / str(row.number), args.out, merge=args.merge, force=args.force)
+    print(f"trial {row.number} ({row.metric:.4f}, {int(row.trainable_params):,} trainable parameters) "
           f"exported to {out}: adapter/ (stock PEFT LoRA + tokenizer), config.yaml, README.md"
           f"{', merged/' if args.merge else ''}{', base-model/' if (out / 'base-model').is_dir() else ''}")
     if args.register:
@@ -161,7 +161,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         from elalora_auto.tracking.models import register_trial
 
         uri = args.tracking_uri or default_tracking_uri(args.workdir)
-        model = register_trial(uri, study.study_name, row["number"], trials_dir / str(row["number"]), args.register)
+        model = register_trial(uri, study.study_name, row.number, trials_dir / str(row.number), args.register)
         print(f"registered as {model} in {uri}; load it with mlflow.pyfunc.load_model({model!r})")
     return 0
 

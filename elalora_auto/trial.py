@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
+from optuna.trial import TrialState
 from torch import nn
 
 from elalora_auto.errors import UserError
 from elalora_auto.events import Event, Listener, emit
 from elalora_auto.loading import load_base_model, load_tokenizer, reset_fresh_head, resolve_model
+from elalora_auto.records import RankPoint, RoundRecord
 from elalora_auto.spec import DataSettings, TrainingSettings, TrialResult, TrialSpec, total_steps
 from elalora_auto.trial_output import device_name, ending_of, finish_trial, peak_memory_mb, write_trial_output
 
@@ -161,7 +163,7 @@ class LoopOutcome:
     examples: int = 0
     eval_time_s: float = 0.0
     steps_done: int = 0
-    rank_maps: list[dict[str, Any]] = field(default_factory=list)  # {step, rank_map}: the start and each round
+    rank_maps: list[RankPoint] = field(default_factory=list)  # the start and each round
     started: float = field(default_factory=time.perf_counter)
     setup_time_s: float = 0.0
 
@@ -209,7 +211,7 @@ def setup_trial(spec: TrialSpec, adapter_factory: AdapterFactory | None = None) 
 
 
 def _optimizer_step(setup: TrialSetup, batches: Any, grad_accum: int, max_grad_norm: float,
-                    step: int) -> tuple[torch.Tensor, int, Any]:
+                    step: int) -> tuple[torch.Tensor, int, RoundRecord | None]:
     """One optimizer step over `grad_accum` batches: (loss, still on the device; examples seen; the adapter's
     round record or None). Reads nothing back from the device."""
     model, device, dtype = setup.adapter.model, setup.device, setup.dtype
@@ -275,8 +277,8 @@ def train_loop(spec: TrialSpec, setup: TrialSetup, reporter: Reporter | None, li
             out.steps_done = step
             bar.update(1)
             if record is not None:
-                out.rank_maps.append({"step": step, "rank_map": adapter.rank_map()})
-                emit(listeners, Event("round", step, {"record": record, "rank_map": out.rank_maps[-1]["rank_map"]}))
+                out.rank_maps.append(RankPoint(step, adapter.rank_map()))
+                emit(listeners, Event("round", step, {"record": record, "rank_map": out.rank_maps[-1].rank_map}))
             log_now = step % max(1, tr.log_every) == 0 or step == last
             eval_now = step == last or bool(tr.eval_every and step % tr.eval_every == 0)
             if log_now or eval_now:
@@ -315,22 +317,22 @@ def run_trial(
     out, setup = LoopOutcome(), None
     try:
         setup = setup_trial(spec, adapter_factory)
-        out.rank_maps.append({"step": 0, "rank_map": setup.adapter.rank_map()})
+        out.rank_maps.append(RankPoint(0, setup.adapter.rank_map()))
         emit(listeners, Event("trial_start", 0, {"spec": spec.to_dict(),
                                                 "trainable_params": setup.adapter.num_trainable_parameters(),
-                                                "rank_map": out.rank_maps[0]["rank_map"]}))
+                                                "rank_map": out.rank_maps[0].rank_map}))
         out.setup_time_s = time.perf_counter() - out.started
         train_loop(spec, setup, reporter, listeners, progress, out)
     except Exception as exc:
         result = _result(setup, out, *ending_of(exc))
         finish_trial(spec, result, setup and setup.adapter, output_dir, listeners, failing=exc)
         raise
-    result = _result(setup, out, "COMPLETE", None)
+    result = _result(setup, out, TrialState.COMPLETE, None)
     finish_trial(spec, result, setup.adapter, output_dir, listeners)
     return result
 
 
-def _result(setup: TrialSetup | None, out: LoopOutcome, state: str, reason: str | None) -> TrialResult:
+def _result(setup: TrialSetup | None, out: LoopOutcome, state: TrialState, reason: str | None) -> TrialResult:
     """The TrialResult of whatever the trial reached; `setup` is None when it failed while setting up."""
     wall = time.perf_counter() - out.started
     if setup is None:

@@ -22,19 +22,21 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
+from optuna.trial import TrialState
+
 from elalora_auto.events import Event, Listener, emit
 from elalora_auto.spec import TrialResult, TrialSpec
 
-STATES = ("COMPLETE", "PRUNED", "FAIL")
+RESULT_FILE = "result.json"
 
 
-def ending_of(exc: BaseException) -> tuple[str, str]:
+def ending_of(exc: BaseException) -> tuple[TrialState, str]:
     """(state, reason) of a trial stopped by `exc`: optuna.TrialPruned is PRUNED, anything else FAIL."""
     import optuna
 
     if isinstance(exc, optuna.TrialPruned):
-        return "PRUNED", str(exc) or "pruned by the search's pruner"
-    return "FAIL", (f"{type(exc).__name__}: {exc}".splitlines() or [type(exc).__name__])[0]
+        return TrialState.PRUNED, str(exc) or "pruned by the search's pruner"
+    return TrialState.FAIL, (f"{type(exc).__name__}: {exc}".splitlines() or [type(exc).__name__])[0]
 
 
 def device_name(device: Any) -> str:
@@ -53,12 +55,13 @@ def peak_memory_mb(device: Any) -> float | None:
     return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
 
 
-def evolution_points(result: dict[str, Any]) -> list[tuple[int, dict[str, int]]]:
-    """[(step, rank_map)] of a result dict (as in result.json), extended to the last step taken."""
-    points = [(int(e["step"]), dict(e["rank_map"])) for e in result.get("rank_evolution") or []]
-    if points and result.get("rank_map") and points[-1][0] < int(result.get("steps_done") or 0):
-        points.append((int(result["steps_done"]), dict(result["rank_map"])))
-    return points
+def read_result(trial_dir: str | Path | None) -> TrialResult | None:
+    """A trial folder's result.json (any version's) as a TrialResult; None without a folder or before the trial
+    ended (the file is written last)."""
+    path = None if trial_dir is None else Path(trial_dir) / RESULT_FILE
+    if path is None or not path.is_file():
+        return None
+    return TrialResult.from_dict(json.loads(path.read_text()))
 
 
 def write_trial_output(out: Path, spec: TrialSpec, result: TrialResult, adapter: Any | None) -> None:
@@ -69,20 +72,20 @@ def write_trial_output(out: Path, spec: TrialSpec, result: TrialResult, adapter:
         from elalora_auto import plots
 
         (out / "rank_map.json").write_text(json.dumps(result.rank_map, indent=1, sort_keys=True))
-        when = ("final rank per matrix" if result.state == "COMPLETE"
-                else f"rank per matrix, {result.state.lower()} at step {result.steps_done}")
+        when = ("final rank per matrix" if result.state == TrialState.COMPLETE
+                else f"rank per matrix, {result.state.name.lower()} at step {result.steps_done}")
         plots.rank_heatmap(result.rank_map, out / "rank_heatmap.png", when)
         if len(result.rank_evolution) > 1:
-            plots.rank_evolution(evolution_points(result.to_dict()), out / "rank_evolution.png")
-    if result.state == "COMPLETE" and adapter is not None:
+            plots.rank_evolution(result.rank_points(), out / "rank_evolution.png")
+    if result.state == TrialState.COMPLETE and adapter is not None:
         adapter.export_lora(out / "adapter", base_model_name_or_path=spec.model)
     # Last: a result.json means the folder is whole (readers take its presence as "this trial ended").
-    (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
+    (out / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=2))
 
 
 def finish_trial(spec: TrialSpec, result: TrialResult, adapter: Any | None, output_dir: str | Path | None,
                  listeners: Iterable[Listener], failing: BaseException | None = None) -> None:
-    """Write the folder (with `output_dir`) and emit `trial_end` {result, output_dir}.
+    """Write the folder (with `output_dir`) and emit `trial_end` {result: the TrialResult itself, output_dir}.
 
     While `failing` propagates, an error of the write step is attached to it as a note instead of replacing it:
     the trial's own error is the one the search must record.
@@ -95,4 +98,4 @@ def finish_trial(spec: TrialSpec, result: TrialResult, adapter: Any | None, outp
             raise
         failing.add_note(f"writing the trial folder {output_dir} failed too: {type(exc).__name__}: {exc}")
     emit(list(listeners), Event("trial_end", result.steps_done, {
-        "result": result.to_dict(), "output_dir": None if output_dir is None else str(output_dir)}))
+        "result": result, "output_dir": None if output_dir is None else str(output_dir)}))

@@ -88,7 +88,7 @@ def test_a_method_added_by_one_class_is_checked_searched_and_trained(toy_registe
     spec = tiny_spec(tiny_model_dir, write_tiny_sst2(tmp_path), "lora", max_steps=4)
     spec = TrialSpec.from_dict({**spec.to_dict(), "method": "qv-lora", "params": {"r_init": 2}})
     result = run_trial(spec, output_dir=tmp_path / "out", progress=False)
-    assert result.state == "COMPLETE" and len(result.rank_map) == 4  # query and value of the 2 layers
+    assert result.state.name == "COMPLETE" and len(result.rank_map) == 4  # query and value of the 2 layers
     assert set(result.rank_map.values()) == {2} and all(k.endswith(("query", "value")) for k in result.rank_map)
     assert (tmp_path / "out" / "adapter" / "adapter_config.json").is_file()
 
@@ -134,12 +134,12 @@ def test_eva_initialises_from_batches_and_redistributes_ranks_only_when_rho_exce
     adapter.prepare(iter(_batches(tiny_model_dir)))
     ranks = adapter.rank_map()
     assert set(ranks) == set(before) and sum(ranks.values()) == 4 * 13  # EVA keeps LoRA's total rank
-    assert adapter.round_history[-1]["step"] == 0 and adapter.round_history[-1]["total_rank"] == 4 * 13
+    assert adapter.round_history[-1].step == 0 and adapter.round_history[-1].total_rank == 4 * 13
     if rho == 1.0:
-        assert set(ranks.values()) == {4} and adapter.round_history[-1]["changed"] == {}
+        assert set(ranks.values()) == {4} and adapter.round_history[-1].changed == {}
     else:
         assert len(set(ranks.values())) > 1 and max(ranks.values()) <= 8
-        assert adapter.round_history[-1]["changed"]
+        assert adapter.round_history[-1].changed
     trainable = sum(p.numel() for g in adapter.param_groups(1e-3) for p in g["params"])
     assert adapter.num_trainable_parameters() == trainable  # the optimizer, built after prepare, trains them all
 
@@ -167,9 +167,9 @@ def test_an_eva_trial_runs_and_its_export_loads_in_stock_peft(tiny_model_dir, tm
     spec = tiny_spec(tiny_model_dir, write_tiny_sst2(tmp_path), "lora", eval_every=6)
     spec = TrialSpec.from_dict({**spec.to_dict(), "method": "eva", "params": {"r_init": 2, "rho": 2.0}})
     result = run_trial(spec, output_dir=tmp_path / "out", progress=False, adapter_factory=build_and_keep)
-    assert result.state == "COMPLETE" and result.steps_done == 12
+    assert result.state.name == "COMPLETE" and result.steps_done == 12
     assert len(set(result.rank_map.values())) > 1 and sum(result.rank_map.values()) == 2 * 13
-    assert result.rank_history[0]["step"] == 0 and result.rank_evolution[0]["rank_map"] == result.rank_map
+    assert result.rank_history[0].step == 0 and result.rank_evolution[0].rank_map == result.rank_map
     folder = tmp_path / "out" / "adapter"
     saved = yaml.safe_load((folder / "adapter_config.json").read_text())
     assert saved["init_lora_weights"] is True and saved["eva_config"] is None

@@ -52,7 +52,7 @@ def test_adalora_is_driven_to_its_target_budget(tiny_model_dir):
     _train(adapter, 40)
     ranks = adapter.rank_map()
     assert sum(ranks.values()) == 3 * len(ranks)
-    assert adapter.round_history and adapter.round_history[-1]["total_rank"] == sum(ranks.values())
+    assert adapter.round_history and adapter.round_history[-1].total_rank == sum(ranks.values())
     # Counted as the final adapter keeps it: live components only, so fewer than while training at init_r.
     shapes = {n: p.shape for n, p in adapter.model.named_parameters() if ".lora_A." in n}
     assert len(shapes) == 13 and adapter.num_trainable_parameters() < initial

@@ -187,8 +187,8 @@ def test_report_prints_the_front_and_writes_the_plots(study_dir, tmp_path, capsy
     assert {"index.html", "pareto_front.png", "pareto_front.html", "trials.csv", "optuna_history.html",
             "knee_rank_heatmap.png", "plotly.min.js"} <= names
     index = (folder / "index.html").read_text()
-    knee = next(row for row in study_rows(study, workdir / "trials" / "ex") if row["knee"])
-    assert "pareto_front.png" in index and f"Knee: trial {knee['number']}" in index
+    knee = next(row for row in study_rows(study, workdir / "trials" / "ex") if row.knee)
+    assert "pareto_front.png" in index and f"Knee: trial {knee.number}" in index
     assert "knee_rank_heatmap.png" in index and "based on 2 complete trials" in index
     assert index.count("<tr>") == 1 + 2 + 1 + 3  # front header + 2 front rows, all-trials header + 3 trials
     assert len(index) < 20_000  # plotly lives once in plotly.min.js, not inlined per page

@@ -54,9 +54,10 @@ def test_front_adapters_are_mlflow_models_and_the_registered_one_loads_with_stoc
         lambda event: tracker(Event(event.kind, event.step, {**event.data, "study_name": "mm", "trial_number": 0}))],
         adapter_factory=lambda *args: kept.setdefault(0, build_adapter(*args)))
     study.tell(trial, [result.primary, result.trainable_params])
-    tracker(Event("trial_finished", 0, {"study": study, "study_name": "mm", "trial_number": 0, "state": "COMPLETE",
-                                        "params": {}, "values": [result.primary, result.trainable_params],
-                                        "result": result.to_dict(), "output_dir": str(out)}))
+    tracker(Event("trial_finished", 0, {"study": study, "study_name": "mm", "trial_number": 0,
+                                        "state": result.state, "reason": None, "params": {},
+                                        "values": [result.primary, result.trainable_params], "result": result,
+                                        "output_dir": str(out)}))
     tracker(Event("study_end", 0, {"study": study, "study_name": "mm"}))
 
     uri = default_tracking_uri(workdir)

@@ -11,8 +11,10 @@ import optuna
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from optuna.trial import TrialState
 
 from elalora_auto import plots
+from elalora_auto.records import StudyRow
 
 TYPES = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
          "intermediate.dense", "output.dense")
@@ -34,18 +36,20 @@ def rank_history(names: list[str], rounds: int = 10, seed: int = 0) -> list[tupl
     return history
 
 
-def front_rows(count: int, seed: int = 0) -> list[dict]:
+def row(number: int, metric: float, size: int, method: str = "elalora", on_front: bool = False,
+        knee: bool = False, params: dict | None = None) -> StudyRow:
+    """A complete trial's row as `results.study_rows` makes it."""
+    return StudyRow(number=number, state=TrialState.COMPLETE, metric=metric, trainable_params=size, method=method,
+                    params={} if params is None else params, on_front=on_front, knee=knee)
+
+
+def front_rows(count: int, seed: int = 0) -> list[StudyRow]:
     """`count` trials from 18k to 600k parameters; the cheapest-to-best staircase is the front, its middle the knee."""
     rng = random.Random(seed)
     sizes = [18_000 * 2 ** (i % 6) for i in range(count)]
-    rows = [{"number": i, "metric": 0.8 + 0.01 * (i % 6) - 0.002 * (i // 6) + rng.uniform(0, 0.001),
-             "trainable_params": size, "method": "elalora", "on_front": False, "knee": False,
-             "params": {"r_init": 8, "learning_rate": 3e-4}} for i, size in enumerate(sizes)]
-    front = [row for row in rows if row["number"] < 6]
-    for row in front:
-        row["on_front"] = True
-    front[len(front) // 2]["knee"] = True
-    return rows
+    on_front = min(count, 6)
+    return [row(i, 0.8 + 0.01 * (i % 6) - 0.002 * (i // 6) + rng.uniform(0, 0.001), size, on_front=i < on_front,
+                knee=i == on_front // 2, params={"r_init": 8, "learning_rate": 3e-4}) for i, size in enumerate(sizes)]
 
 
 def texts(fig: Figure) -> list[str]:
@@ -60,8 +64,7 @@ def small_study(complete: int) -> optuna.Study:
 
 
 def test_pareto_png_stars_the_knee_and_labels_ticks_without_overlap(tmp_path):
-    rows = front_rows(16) + [{"number": 0, "metric": 0.79, "trainable_params": 590_000, "method": "lora (peer)",
-                              "on_front": False, "params": {}}]
+    rows = front_rows(16) + [row(0, 0.79, 590_000, "lora (peer)")]
     fig = plots.pareto_figure(rows, "accuracy", complete_trials=16)
     assert any(text == "knee: trial 3" for text in texts(fig))
     FigureCanvasAgg(fig).draw()

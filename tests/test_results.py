@@ -31,14 +31,14 @@ def _capped_study() -> optuna.Study:
 def test_the_front_applies_constraints_and_every_reader_agrees() -> None:
     study = _capped_study()
     rows = study_rows(study)
-    assert [r["number"] for r in front(rows)] == [0, 2]  # trial 1 is infeasible, trial 3 dominated
-    assert not rows[1]["feasible"] and not rows[1]["on_front"]
-    assert knee_row(rows)["number"] == 2  # a two-point front has no bend: the best metric is the knee
+    assert [r.number for r in front(rows)] == [0, 2]  # trial 1 is infeasible, trial 3 dominated
+    assert not rows[1].feasible and not rows[1].on_front
+    assert knee_row(rows).number == 2  # a two-point front has no bend: the best metric is the knee
     table = summary_table(study, rows)
     assert "5 trials (COMPLETE: 4, FAIL: 1)" in table and "hypervolume" in table
     body = [line for line in table.splitlines()[3:] if not line.startswith("hypervolume")]
     assert [int(line[1:7]) for line in body] == [0, 2]
-    assert pick_trial(rows)["number"] == 2  # the best feasible trial, not the capped-out 0.95
+    assert pick_trial(rows).number == 2  # the best feasible trial, not the capped-out 0.95
     with pytest.raises(UserError, match="breaks the study's constraint"):
         pick_trial(rows, trial=1)
 
@@ -59,7 +59,7 @@ def _ended(folder, state: str, size: int, t_init_steps: int) -> None:
         rank_map={"bert.encoder.layer.0.attention.self.query": 3, "bert.encoder.layer.1.attention.self.query": 5},
         rank_history=[], eval_history=[], train_loss_history=[], wall_time_s=1.0, setup_time_s=0.1,
         train_time_s=0.8, eval_time_s=0.1, examples_per_s=100.0, steps=150, steps_done=60,
-        intermediate_values={30: 0.55, 60: 0.6}, device="cpu", state=state,
+        intermediate_values={30: 0.55, 60: 0.6}, device="cpu", state=optuna.trial.TrialState[state],
         reason=None if state == "COMPLETE" else "below the median at step 60")
     write_trial_output(folder, spec, result, None)
 
@@ -79,11 +79,11 @@ def test_pruned_trials_keep_what_they_reached_and_schedules_read_in_steps(tmp_pa
         else:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     done, pruned = study_rows(study, tmp_path)
-    assert pruned["state"] == "PRUNED" and pruned["trainable_params"] == 2000  # from its folder: no values
-    assert pruned["rank_summary"]["total"] == 8 and pruned["intermediate_values"] == {30: 0.55, 60: 0.6}
-    assert pruned["reason"] == "below the median at step 60" and pruned["steps_done"] == 60
-    assert done["schedule_steps"] == {"t_init": 12} and pruned["schedule_steps"] == {"t_init": 15}
-    assert params_line(done["params"], steps=done["schedule_steps"]) == "t_init=12 (fraction 0.08)"
+    assert pruned.state.name == "PRUNED" and pruned.trainable_params == 2000  # from its folder: no values
+    assert pruned.reached.rank_summary["total"] == 8 and pruned.reached.intermediate_values == {30: 0.55, 60: 0.6}
+    assert pruned.reached.reason == "below the median at step 60" and pruned.reached.steps_done == 60
+    assert done.schedule_steps == {"t_init": 12} and pruned.schedule_steps == {"t_init": 15}
+    assert params_line(done.params, steps=done.schedule_steps) == "t_init=12 (fraction 0.08)"
     flat = csv_row(pruned)
     assert flat["t_init"] == 15 and flat["t_init_fraction"] == 0.1 and flat["ranks_total"] == 8
     assert summary_table(study, [done, pruned]).endswith(

@@ -12,6 +12,8 @@ import pytest
 from mlflow import MlflowClient
 
 from elalora_auto.events import Event, emit, with_context
+from elalora_auto.records import RoundRecord
+from elalora_auto.spec import TrialResult
 from elalora_auto.tracking import MlflowTracker
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -34,26 +36,29 @@ def _run_trial(tracker: MlflowTracker, study: optuna.Study, workdir: Path, outco
                                                   "trainable_params": 100 * r}))
         if step == 10:
             ranks = {**ranks, NAMES[0]: r + 1, NAMES[1]: r - 1}
-            emit(listeners, Event("round", step, {"record": {"pruned": 1, "grown": 1}, "rank_map": ranks}))
+            record = RoundRecord(step, sum(ranks.values()), pruned=((NAMES[1], 1),), grown=((NAMES[0], 1),))
+            emit(listeners, Event("round", step, {"record": record, "rank_map": ranks}))
     accuracy = 0.5 + r / 20
     emit(listeners, Event("eval", 20, {"metrics": {"accuracy": accuracy}, "primary": accuracy}))
     out = workdir / "trials" / name / str(trial.number)
     reason = None
     if outcome == "COMPLETE":
-        result = {"metrics": {"accuracy": accuracy}, "primary": accuracy, "primary_metric": "accuracy",
-                  "trainable_params": 100 * r, "rank_map": ranks, "wall_time_s": 1.0, "examples_per_s": 10.0}
-        emit(listeners, Event("trial_end", 20, {"result": result}))
+        result = TrialResult(metrics={"accuracy": accuracy}, primary=accuracy, primary_metric="accuracy",
+                             trainable_params=100 * r, rank_map=ranks, rank_history=[], eval_history=[],
+                             train_loss_history=[], wall_time_s=1.0, setup_time_s=0.0, train_time_s=1.0,
+                             eval_time_s=0.0, examples_per_s=10.0, steps=20, steps_done=20)
+        emit(listeners, Event("trial_end", 20, {"result": result, "output_dir": str(out)}))
         (out / "adapter").mkdir(parents=True)
         (out / "adapter" / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
         values = [accuracy, 100 * r]
         study.tell(trial, values)
-    else:
+    else:  # stopped before its ending was written (a killed process): the tracker has only the events it saw
         values, result = None, None
         reason = "median rule at step 10" if outcome == "PRUNED" else "NonFiniteLossError: loss nan at step 3"
         study.tell(trial, state=getattr(optuna.trial.TrialState, "FAIL" if outcome == "FAIL" else outcome))
     frozen = study.trials[trial.number]
     emit([tracker], Event("trial_finished", 0, {
-        "study": study, "study_name": name, "trial_number": trial.number, "state": outcome, "reason": reason,
+        "study": study, "study_name": name, "trial_number": trial.number, "state": frozen.state, "reason": reason,
         "params": frozen.params, "values": values, "result": result, "output_dir": str(out)}))
     return frozen
 
@@ -147,7 +152,8 @@ def test_a_trial_left_running_by_a_dead_process_is_reconciled_on_the_next_start(
     first(Event("study_start", 0, {"study": study, "study_name": "s2", "storage": "memory", "settings": {}}))
     asked = [study.ask() for _ in range(2)]  # two trials start; their process dies before either finishes
     for trial in asked:
-        first(Event("trial_start", 0, {"study_name": "s2", "trial_number": trial.number, "spec": {},
+        first(Event("trial_start", 0, {"study_name": "s2", "trial_number": trial.number,
+                                       "spec": {"task": "sst2", "training": {"seed": 1}}, "trainable_params": 40,
                                        "rank_map": {NAMES[0]: 4}}))
     assert first.flush()
     asked[0].set_user_attr("fail_reason", "interrupted (Ctrl-C)")  # what Ctrl-C leaves in Optuna
@@ -174,7 +180,7 @@ def test_resuming_reuses_the_parent_and_child_runs(tracked):
     again(Event("study_start", 0, {"study": study, "study_name": "s1", "storage": "memory", "settings": {}}))
     done = trials[0]
     again(Event("trial_finished", 0, {"study": study, "study_name": "s1", "trial_number": done.number,
-                                      "state": "COMPLETE", "reason": None, "params": done.params,
+                                      "state": done.state, "reason": None, "params": done.params,
                                       "values": done.values, "result": None, "output_dir": None}))
     assert again.study_runs("s1").parent_run_id == tracker.study_runs("s1").parent_run_id
     numbers = [int(run.data.tags["elalora.trial"]) for run in _children(tracker.client, "s1")]

@@ -17,15 +17,18 @@ from test_search_study import study_file  # noqa: F401 - the tiny study fixture
 
 ONE_TRIAL = textwrap.dedent("""
     import sys
+    from optuna.trial import TrialState
     from elalora_auto.events import Event
     from elalora_auto.tracking import MlflowTracker
     workdir, number = sys.argv[1], int(sys.argv[2])
     tracker = MlflowTracker(workdir=workdir)
     tracker(Event("study_start", 0, {"study_name": "race", "storage": "memory", "settings": {"trials": 4}}))
     data = {"study_name": "race", "trial_number": number}
-    tracker(Event("trial_start", 0, {**data, "spec": {"task": "x"}, "trainable_params": 10, "rank_map": {"q": 2}}))
-    tracker(Event("train_step", 1, {**data, "loss": 0.5}))
-    tracker(Event("trial_finished", 0, {**data, "state": "COMPLETE", "values": [0.5, 10], "params": {"r": number}}))
+    tracker(Event("trial_start", 0, {**data, "spec": {"task": "x", "training": {"seed": 1}}, "trainable_params": 10,
+                                     "rank_map": {"q": 2}}))
+    tracker(Event("train_step", 1, {**data, "loss": 0.5, "lr": 1e-3, "total_rank": 2, "trainable_params": 10}))
+    tracker(Event("trial_finished", 0, {**data, "state": TrialState.COMPLETE, "reason": None, "values": [0.5, 10],
+                                        "params": {"r": number}, "result": None, "output_dir": None}))
     assert tracker.flush(), "the store did not take the events"
 """)
 

@@ -63,7 +63,7 @@ def test_each_method_completes_with_sane_result(tiny_model_dir, sst2_dir, tmp_pa
     spec = tiny_spec(tiny_model_dir, sst2_dir, method, eval_every=6)
     result = run_trial(spec, listeners=[events.append], output_dir=tmp_path / "out", progress=False)
 
-    assert result.state == "COMPLETE" and result.reason is None and result.steps == result.steps_done == 12
+    assert result.state.name == "COMPLETE" and result.reason is None and result.steps == result.steps_done == 12
     assert result.device == "cpu" and result.peak_memory_mb is None and result.examples_per_s > 0
     assert result.intermediate_values == {e["step"]: e["metrics"]["accuracy"] for e in result.eval_history}
     assert result.metrics and all(0.0 <= v <= 1.0 and math.isfinite(v) for v in result.metrics.values())
@@ -72,7 +72,7 @@ def test_each_method_completes_with_sane_result(tiny_model_dir, sst2_dir, tmp_pa
     assert [e["step"] for e in result.eval_history] == [6, 12]
     kinds = [e.kind for e in events]
     assert kinds[0] == "trial_start" and kinds[-1] == "trial_end" and kinds.count("eval") == 2
-    assert events[-1].data["result"]["trainable_params"] == result.trainable_params
+    assert events[-1].data["result"].trainable_params == result.trainable_params
     assert (tmp_path / "out" / "adapter" / "adapter_config.json").is_file()
     assert (tmp_path / "out" / "rank_heatmap.png").is_file()
     saved = json.loads((tmp_path / "out" / "adapter" / "adapter_config.json").read_text())["modules_to_save"]
@@ -83,7 +83,7 @@ def test_each_method_completes_with_sane_result(tiny_model_dir, sst2_dir, tmp_pa
         # ElaLoRA prunes and grows in equal numbers: the total rank stays r_init x number of matrices.
         assert sum(result.rank_map.values()) == 2 * len(result.rank_map)
         assert kinds.count("round") == len(result.rank_history) == len(result.rank_evolution) - 1
-        assert result.rank_evolution[-1]["rank_map"] == result.rank_map
+        assert result.rank_evolution[-1].rank_map == result.rank_map
         assert (tmp_path / "out" / "rank_evolution.png").is_file()
     if method == "lora":
         assert set(result.rank_map.values()) == {2}
@@ -128,7 +128,7 @@ def test_pruned_trial_propagates_and_still_writes_its_ending(tiny_model_dir, sst
     sent = events[-1].data
     assert sent["output_dir"] == str(out) and events[-1].step == 8
     written = _folder(out)
-    for result in (written, sent["result"]):
+    for result in (written, sent["result"].to_dict()):
         assert result["state"] == "PRUNED" and result["reason"] == "below the median at step 8"
         assert result["steps_done"] == 8 and result["steps"] == 12 and result["trainable_params"] > 0
         assert result["rank_map"] and result["device"] == "cpu" and result["peak_memory_mb"] is None
@@ -150,7 +150,7 @@ def test_failed_trials_write_their_ending_at_any_point(tiny_model_dir, sst2_dir,
     result = _folder(diverged)
     assert result["state"] == "FAIL" and result["reason"].startswith("NonFiniteLossError: non-finite")
     assert result["trainable_params"] > 0 and result["rank_map"] and result["primary"] is None
-    assert events[-1].kind == "trial_end" and events[-1].data["result"]["state"] == "FAIL"
+    assert events[-1].kind == "trial_end" and events[-1].data["result"].state.name == "FAIL"
     assert (diverged / "rank_heatmap.png").is_file() and not (diverged / "adapter").exists()
 
     early = tmp_path / "bad"

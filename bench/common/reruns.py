@@ -48,7 +48,7 @@ def train_params(plan: Any, study: Record, trial: Record, params: dict[str, Any]
     start = time.perf_counter()
     result = run_trial(spec, progress=False)
     return {"task": study["task"], "seed": study["seed"], "study": study["study"], "number": trial["number"],
-            "params": params, "status": result.status, "accuracy": result.primary,
+            "params": params, "status": result.state.name, "accuracy": result.primary,
             "trainable_params": result.trainable_params, "total_rank": sum(result.rank_map.values()),
             "wall_time_s": round(time.perf_counter() - start, 1),
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

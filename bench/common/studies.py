@@ -80,11 +80,12 @@ def trial_listener(results: Path, key: Record) -> Callable[[Any], None]:
     def listen(event: Any) -> None:
         if event.kind != "trial_finished":
             return
-        data, result = event.data, event.data.get("result") or {}
+        data = event.data
+        done = data["result"] if data["state"].name == "COMPLETE" else None  # steps and time of complete trials
         values = data.get("values") or [None, None]
         size = None if values[1] is None else int(values[1])  # Optuna keeps objective values as floats
-        append_jsonl(results, trial_record(key, data["trial_number"], data["state"], values[0], size,
-                                            result.get("steps_done"), result.get("wall_time_s"), data["params"]))
+        append_jsonl(results, trial_record(key, data["trial_number"], data["state"].name, values[0], size,
+                                            done and done.steps_done, done and done.wall_time_s, data["params"]))
 
     return listen
 
@@ -107,12 +108,12 @@ def study_rows_of(study: Any, trials_dir: Path | None) -> list[Record]:
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     rows = []
     for row in study_rows(study, trials_dir):
-        trial = trials[row["number"]]
+        trial = trials[row.number]
         wall = trial.user_attrs.get("wall_time_s") or (trial.duration and trial.duration.total_seconds())
-        rows.append({"number": row["number"], "state": row["state"], "accuracy": row["metric"],
-                     "trainable_params": row["trainable_params"],
-                     "steps_done": row["steps_done"] if row["steps_done"] is not None
-                     else trial.user_attrs.get("steps_done"), "wall_time_s": wall, "params": row["params"]})
+        rows.append({"number": row.number, "state": row.state.name, "accuracy": row.metric,
+                     "trainable_params": row.trainable_params,
+                     "steps_done": row.reached.steps_done if row.reached.steps_done is not None
+                     else trial.user_attrs.get("steps_done"), "wall_time_s": wall, "params": dict(row.params)})
     return rows
 
 

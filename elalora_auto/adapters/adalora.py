@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 from elalora_auto.adapters.base import Adapter, Method, check_targets, module_key, peft_config, unique_modules
 from elalora_auto.adapters.lora import LORA_KEYS
 from elalora_auto.errors import ConfigError
+from elalora_auto.records import RoundRecord, changed_ranks
 
 if TYPE_CHECKING:
     import torch
@@ -51,7 +52,7 @@ class AdaLoraAdapter(Adapter):
                     bool(flag) for flag in flags]
         return live
 
-    def after_optimizer_step(self, step: int, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+    def after_optimizer_step(self, step: int, optimizer: torch.optim.Optimizer) -> RoundRecord | None:
         """PEFT's update; the ranks are read only when PEFT set a new rank_pattern (the ranks' one source), so a
         step without masking does no per-matrix work here."""
         config = self._config()
@@ -62,11 +63,7 @@ class AdaLoraAdapter(Adapter):
         before, after = self._ranks(pattern), self.rank_map()
         if after == before:
             return None
-        record = {
-            "step": step,
-            "changed": {k: [before[k], after[k]] for k in after if before[k] != after[k]},
-            "total_rank": sum(after.values()),
-        }
+        record = changed_ranks(step, before, after)
         self.round_history.append(record)
         return record
 

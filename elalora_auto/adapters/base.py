@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping
 
 from elalora_auto.errors import ConfigError, check_fields, lookup, reject_unknown
+from elalora_auto.records import RoundRecord
 
 if TYPE_CHECKING:
     import torch
@@ -113,7 +114,7 @@ class Adapter(ABC):
 
     model: nn.Module
     method: str
-    round_history: list[dict[str, Any]] = field(default_factory=list)
+    round_history: list[RoundRecord] = field(default_factory=list)
 
     def prepare(self, batches: Iterable[dict[str, Any]]) -> None:
         """Data-dependent initialisation, after the model is on its device and before the optimizer is built.
@@ -126,7 +127,7 @@ class Adapter(ABC):
         """Optimizer groups: every trainable parameter at `lr` (ElaLoRA keeps its Parameter objects on resize)."""
         return [{"params": [p for p in self.model.parameters() if p.requires_grad], "lr": lr}]
 
-    def after_optimizer_step(self, step: int, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+    def after_optimizer_step(self, step: int, optimizer: torch.optim.Optimizer) -> RoundRecord | None:
         """Call after optimizer.step(), before zero_grad(); returns a round record when ranks moved."""
         return None
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from elalora_auto.adapters.base import Adapter, Method, numeric_config
 from elalora_auto.errors import check_fields
+from elalora_auto.records import RoundRecord
 
 if TYPE_CHECKING:
     import torch
@@ -18,11 +19,11 @@ if TYPE_CHECKING:
 class ElaLoraAdapter(Adapter):
     """ElaLoRA from elalora_auto.method: rounds of prune-and-grow after optimizer steps."""
 
-    def after_optimizer_step(self, step: int, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+    def after_optimizer_step(self, step: int, optimizer: torch.optim.Optimizer) -> RoundRecord | None:
         record = self.model.update_and_allocate(step, optimizer)
         if record is None:
             return None
-        self.round_history.append(dict(record))  # the method's RoundRecord, one shape for every method
+        self.round_history.append(RoundRecord.from_dict(record))  # the method's round dict, typed
         return self.round_history[-1]
 
     def rank_map(self) -> dict[str, int]:

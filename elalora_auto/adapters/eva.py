@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 from elalora_auto.adapters.base import Adapter, Method, check_targets, numeric_config, peft_config
 from elalora_auto.adapters.lora import LORA_KEYS, LoraAdapter
 from elalora_auto.errors import ConfigError
+from elalora_auto.records import changed_ranks
 
 if TYPE_CHECKING:
     from torch import nn
@@ -115,9 +116,7 @@ class EvaAdapter(LoraAdapter):
                                         forward_fn=_bounded_forward(MAX_PASSES_PER_BATCH * len(merged),
                                                                     config.eva_config.tau))
         after = self.rank_map()
-        self.round_history.append({"step": 0, "changed": {k: [before[k], after[k]] for k in after
-                                                          if before[k] != after[k]},
-                                   "total_rank": sum(after.values())})
+        self.round_history.append(changed_ranks(0, before, after))
 
     def rank_map(self) -> dict[str, int]:
         return {**dict.fromkeys(self.planned, 0), **LoraAdapter.rank_map(self)}

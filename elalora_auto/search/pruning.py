@@ -38,6 +38,7 @@ from typing import Any, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from elalora_auto.search.attrs import PRUNE_REASON, TRAINABLE_PARAMS
 from elalora_auto.search.pareto import front_ranks, hypervolume, reference_point
 from elalora_auto.search.settings import PruningSettings
 
@@ -188,7 +189,7 @@ class PruningRule:
             trial.report(value, step)
             reason = self._pruner.reasons.pop(trial.number, None) if trial.should_prune() and self._pruner else None
         if reason is not None:
-            trial.set_user_attr("prune_reason", reason)
+            trial.set_user_attr(PRUNE_REASON, reason)
             if self.multi:  # Optuna's TPE cannot rank pruned multi-objective trials by their values (see PRUNED)
                 trial.set_constraint(PRUNED, 1.0)
             raise optuna.TrialPruned(reason)
@@ -205,7 +206,7 @@ class PruningRule:
             return None
         peers = [t.intermediate_values[step]
                  for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                 if step in t.intermediate_values and t.user_attrs.get("trainable_params", math.inf) <= size]
+                 if step in t.intermediate_values and t.user_attrs.get(TRAINABLE_PARAMS, math.inf) <= size]
         return median_reason(values, step, size, peers, self.settings)
 
     def _rung_reason(self, trial: optuna.Trial, step: int, value: float, size: int) -> str | None:

@@ -19,6 +19,7 @@ import warnings
 from typing import Any
 
 from elalora_auto.errors import UserError
+from elalora_auto.search.attrs import FAIL_REASON
 from elalora_auto.search.plan import StudyPlan
 from elalora_auto.search.settings import HeartbeatSettings
 from elalora_auto.search.storage import MAX_RERUNS, redacted_settings
@@ -97,7 +98,7 @@ def counted_trials(study: Any) -> int:
     trials stopped by Ctrl-C or failed by the user's input not at all (the resumed run replaces them)."""
     trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    return sum(t.number not in retried and not not_counted(t.user_attrs.get("fail_reason")) for t in trials)
+    return sum(t.number not in retried and not not_counted(t.user_attrs.get(FAIL_REASON)) for t in trials)
 
 
 def not_counted(fail_reason: Any) -> bool:
@@ -124,7 +125,7 @@ def recover_orphans(study: Any, storage: Any) -> list[int]:
             continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         try:  # another worker (or Optuna's heartbeat check) may fail the same orphan first
-            storage.set_trial_user_attr(trial_id, "fail_reason", f"worker process {pid} died")
+            storage.set_trial_user_attr(trial_id, FAIL_REASON, f"worker process {pid} died")
             failed = storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue

@@ -15,12 +15,13 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, NoReturn, Sequence
+from typing import Any, Callable, Iterable, NoReturn, Sequence
 
 import optuna
 
 from elalora_auto.errors import UserError
 from elalora_auto.events import Event, Listener, emit, with_context
+from elalora_auto.search.attrs import FAIL_REASON, PRUNE_REASON, summary_attrs, summary_of_trial
 from elalora_auto.search.plan import StudyPlan
 from elalora_auto.search.pruning import RUNG_SIZES, PruningRule
 from elalora_auto.search.storage import SigintHold, TrialGate, redact, redacted_settings
@@ -30,11 +31,6 @@ from elalora_auto.workdir import Workdir
 
 MAX_CONSECUTIVE_USER_ERRORS = 3  # then the study stops with the error: its trials would all fail the same way
 MAX_CONSECUTIVE_CRASHES = 3  # trials in a row failed by an unexpected exception: then the study stops too
-
-
-def _rank_summary(rank_map: Mapping[str, int]) -> dict[str, float]:
-    ranks = list(rank_map.values()) or [0]
-    return {"min": min(ranks), "mean": round(sum(ranks) / len(ranks), 2), "max": max(ranks), "total": sum(ranks)}
 
 
 def _failure_types() -> tuple[type[BaseException], ...]:
@@ -170,7 +166,8 @@ class Worker:
         self.trials_dir = Workdir(settings.workdir).trials(study.study_name)
         self.failures = _failure_types()
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
-        self.results: dict[int, dict[str, Any]] = {}  # this process's finished trials, until `finished` reports them
+        # this process's ended trials (TrialResult, folder) from their `trial_end`, until `finished` reports them
+        self.results: dict[int, tuple[TrialResult, str | None]] = {}
         self.user_errors: list[str] = []  # consecutive trials failed by bad input
         # Any other exception fails its trial too (one library error must not end a 50-trial study), with its
         # traceback kept in the trial's folder; `crashes` are the consecutive ones (reason, traceback file).
@@ -229,7 +226,7 @@ class Worker:
         self.running = trial.number
         trial.set_user_attr("worker", self.worker_id)
         inherited = trial.user_attrs  # a re-run of a dead trial starts with that trial's attributes
-        for key, empty in (("fail_reason", None), (RUNG_SIZES, {})):
+        for key, empty in ((FAIL_REASON, None), (RUNG_SIZES, {})):
             if inherited.get(key):
                 trial.set_user_attr(key, empty)
         out = self.trials_dir / str(trial.number)
@@ -240,30 +237,25 @@ class Worker:
             if broken is not None:
                 self._skip(trial, spec, broken, out)
             result = run_trial(spec, reporter=lambda step, value, size: self.rule.check(trial, step, value, size),
-                               listeners=with_context(self.listeners, trial_number=trial.number,
-                                                      study_name=self.study.study_name),
-                               output_dir=out, progress=self.progress)
+                               listeners=self._trial_listeners(trial), output_dir=out, progress=self.progress)
         except optuna.TrialPruned:
             self.hold.start()
             raise
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            trial.set_user_attr("fail_reason", reason)
+            trial.set_user_attr(FAIL_REASON, reason)
             if not isinstance(exc, self.failures):
                 self.crashed[trial.number] = (reason, _keep_traceback(out, exc))
             self.hold.start()
             raise
         except KeyboardInterrupt:
             self.previous_sigint = _exit_on_second_interrupt()
-            trial.set_user_attr("fail_reason", INTERRUPTED)
+            trial.set_user_attr(FAIL_REASON, INTERRUPTED)
             rerun = {k: v for k, v in trial.user_attrs.items() if k == "origin"}
             self.study.enqueue_trial(trial.params, user_attrs={**rerun, "rerun_of": trial.number})
             raise
         self.hold.start()  # the result is written and told in one piece
-        self.results[trial.number] = {**result.to_dict(), "output_dir": str(out)}
-        for key, value in (("primary", result.primary), ("trainable_params", result.trainable_params),
-                           ("rank_summary", _rank_summary(result.rank_map)), ("output_dir", str(out)),
-                           ("wall_time_s", round(result.wall_time_s, 2))):
+        for key, value in summary_attrs(result, out).items():
             trial.set_user_attr(key, value)
         if self.plan.multi:
             return result.primary, result.trainable_params
@@ -276,30 +268,40 @@ class Worker:
         result.json with the reason) and `trial_end` written like any other ending's."""
         from elalora_auto.trial_output import finish_trial
 
-        trial.set_user_attr("prune_reason", reason)
-        listeners = with_context(self.listeners, trial_number=trial.number, study_name=self.study.study_name)
-        finish_trial(spec, TrialResult.unreached("PRUNED", reason), None, out, listeners)
+        trial.set_user_attr(PRUNE_REASON, reason)
+        finish_trial(spec, TrialResult.unreached(optuna.trial.TrialState.PRUNED, reason), None, out,
+                     self._trial_listeners(trial))
         raise optuna.TrialPruned(reason)
+
+    def _trial_listeners(self, trial: optuna.Trial) -> list[Listener]:
+        """The study's listeners with the trial's number and study, and the worker's own keeper of the ending."""
+        return with_context([*self.listeners, self._keep_ending], trial_number=trial.number,
+                            study_name=self.study.study_name)
+
+    def _keep_ending(self, event: Event) -> None:
+        """Each ending's TrialResult, complete, pruned or failed, from `trial_end`: `finished` hands it on."""
+        if event.kind == "trial_end":
+            self.results[event.data["trial_number"]] = (event.data["result"], event.data["output_dir"])
 
     def finished(self, study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
         """Optuna's callback after each trial: the `trial_finished` event, one line, the user-error count."""
         self.running = None
-        reason = frozen.user_attrs.get("fail_reason") or frozen.user_attrs.get("prune_reason")
-        result = self.results.pop(frozen.number, None)
+        reason = summary_of_trial(frozen).reason
+        result, output_dir = self.results.pop(frozen.number, (None, None))
         crash = self.crashed.pop(frozen.number, None)
         emit(self.listeners, Event("trial_finished", frozen.number, {
             "study": study, "study_name": study.study_name, "trial_number": frozen.number,
-            "state": frozen.state.name, "reason": reason, "params": dict(frozen.params),
+            "state": frozen.state, "reason": reason, "params": dict(frozen.params),
             "values": list(frozen.values) if frozen.values is not None else None, "result": result,
-            "output_dir": result["output_dir"] if result else None}))
-        if result is not None:
-            self.echo(f"trial {frozen.number}: {self.plan.primary_metric} {result['primary']:.4f}, "
-                      f"{result['trainable_params']:,} trainable parameters, {len(result['rank_history'])} rank "
-                      f"rounds, {result['wall_time_s']:.1f} s")
+            "output_dir": output_dir}))
+        if result is not None and frozen.state == optuna.trial.TrialState.COMPLETE:
+            self.echo(f"trial {frozen.number}: {self.plan.primary_metric} {result.primary:.4f}, "
+                      f"{result.trainable_params:,} trainable parameters, {len(result.rank_history)} rank "
+                      f"rounds, {result.wall_time_s:.1f} s")
         else:
             self.echo(f"trial {frozen.number}: {frozen.state.name.lower()} ({reason})"
                       + (f"; traceback: {crash[1]}" if crash else ""))
-        fail_reason = frozen.user_attrs.get("fail_reason")
+        fail_reason = frozen.user_attrs.get(FAIL_REASON)
         if frozen.state.name == "FAIL" and isinstance(fail_reason, str) and fail_reason.startswith(USER_ERRORS):
             self.user_errors.append(fail_reason)
         else:

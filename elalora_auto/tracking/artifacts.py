@@ -10,19 +10,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from optuna.trial import TrialState
+
 from elalora_auto.tracking.runs import NOTE, StudyRuns
 
-STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)
 PLOTS_PAGE = "study_plots.html"  # the parent's interactive plots, plotly inlined once (MLflow's viewer needs it)
 KIND_TAG = "mlflow.experimentKind"  # MLflow 3's UI opens a "custom model development" experiment on its runs
 STOPPED = "the trial's process stopped before it reported (killed)"
-
-
-def trial_result_of(output_dir: str | None) -> dict[str, Any]:
-    """A trial folder's result.json (every state writes one), {} without a folder."""
-    from elalora_auto.results import trial_result
-
-    return trial_result(output_dir) if output_dir else {}
 
 
 def describe_study(client: Any, name: str, runs: StudyRuns) -> None:
@@ -68,7 +63,7 @@ def log_adapter_if_on_front(client: Any, study: Any, number: int, run_id: str, o
 
     adapter = output_dir / "adapter"
     rows = study_rows(study, trials_dir)
-    if adapter.is_dir() and any(row["number"] == number and row["on_front"] for row in rows):
+    if adapter.is_dir() and any(row.number == number and row.on_front for row in rows):
         client.log_artifacts(run_id, str(adapter), "adapter")
 
 
@@ -85,10 +80,10 @@ def refresh_study(client: Any, study: Any, runs: StudyRuns, trials_dir: Path, ba
                 (Path(upload) / path.name).write_bytes(path.read_bytes())
         (Path(upload) / PLOTS_PAGE).write_text(one_plotly_page(Path(tmp), study.study_name))
         client.log_artifacts(runs.parent_run_id, upload)
-    counts = {state: sum(row["state"] == state for row in rows) for state in STATES}
+    counts = {state.name: sum(row.state == state for row in rows) for state in COUNTED}
     now = _now_ms()
     metrics = [Metric(f"trials_{state.lower()}", n, now, step) for state, n in counts.items()]
-    metrics.append(Metric("pareto_size", sum(row["on_front"] for row in rows), now, step))
+    metrics.append(Metric("pareto_size", sum(row.on_front for row in rows), now, step))
     client.log_batch(runs.parent_run_id, metrics=metrics)
 
 
@@ -118,10 +113,11 @@ def final_state(trial: Any) -> tuple[str, str, str]:
     stopped (Ctrl-C, kill, a dead worker) is KILLED; one that failed by itself is FAILED."""
     if trial is None:
         return "KILLED", "ABSENT", "no such trial in the Optuna study: " + STOPPED
+    from elalora_auto.search.attrs import summary_of_trial
     from elalora_auto.search.study import INTERRUPTED
 
     state = trial.state.name
-    reason = trial.user_attrs.get("fail_reason") or trial.user_attrs.get("prune_reason")
+    reason = summary_of_trial(trial).reason
     if state == "FAIL":
         stopped = reason is None or reason == INTERRUPTED or str(reason).startswith("worker process")
         return ("KILLED" if stopped else "FAILED"), state, str(reason or STOPPED)
@@ -135,7 +131,7 @@ def parent_outcome(study: Any) -> tuple[str | None, str]:
     from elalora_auto.search.study import counted_trials
 
     trials = study.get_trials(deepcopy=False)
-    if any(t.state.name in ("RUNNING", "WAITING") for t in trials):
+    if any(not t.state.is_finished() for t in trials):
         return None, "other workers are running trials"
     budget, counted = study_settings(study).get("trials"), counted_trials(study)
     if budget is None or counted >= int(budget):

@@ -66,9 +66,9 @@ def log_front_models(client: Any, study: Any, experiment_id: str, trials_dir: Pa
 
     ids = []
     for row in front(study_rows(study, trials_dir)):
-        trial_dir = trials_dir / str(row["number"])
+        trial_dir = trials_dir / str(row.number)
         runs = client.search_runs([experiment_id], f"tags.`{TAG_ROLE}` = 'trial' and tags.`{TAG_TRIAL}` = "
-                                                   f"'{row['number']}' and tags.`{TAG_STUDY}` = '{study.study_name}'")
+                                                   f"'{row.number}' and tags.`{TAG_STUDY}` = '{study.study_name}'")
         if runs and (trial_dir / "adapter" / "adapter_config.json").is_file() and (trial_dir / "config.yaml").is_file():
             ids.append(log_trial_model(client, runs[0], trial_dir))
     return ids

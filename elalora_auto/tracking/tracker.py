@@ -18,8 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from optuna.trial import TrialState
+
 from elalora_auto.events import Event
+from elalora_auto.records import RoundRecord
+from elalora_auto.spec import TrialResult
 from elalora_auto.tracking import artifacts, models
+from elalora_auto.tracking.payload import LIVE_KEYS, from_record, to_record
 from elalora_auto.tracking.runs import TAG_REASON, TAG_ROLE, TAG_STATE, TAG_STUDY, TAG_TRIAL, RunIndex, flatten
 from elalora_auto.tracking.spool import Record, Spool
 from elalora_auto.workdir import Workdir
@@ -27,8 +32,7 @@ from elalora_auto.workdir import Workdir
 log = logging.getLogger(__name__)
 
 # Optuna's final trial state -> MLflow's terminal run status.
-RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
-LIVE_KEYS = ("study", "backend")  # event values that are live objects: kept in memory, never spooled
+RUN_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
 _FLUSH_AT = 500  # buffered step metrics before a log_batch; MLflow accepts 1000 per call
 
 
@@ -37,7 +41,7 @@ class _TrialRun:
     run_id: str
     metrics: list[Any] = field(default_factory=list)  # buffered mlflow Metric objects
     rank_history: list[tuple[int, dict[str, int]]] = field(default_factory=list)
-    rounds: list[dict[str, Any]] = field(default_factory=list)
+    rounds: list[RoundRecord] = field(default_factory=list)
     trainable_params: int | None = None
     ended: bool = False  # trial_end seen: its result's metrics are logged
 
@@ -63,11 +67,10 @@ class MlflowTracker:
     # -- the listener (training thread): enqueue only -------------------------------------------------
     def __call__(self, event: Event) -> None:
         try:
-            data = {k: v for k, v in event.data.items() if k not in LIVE_KEYS}
             live = {k: event.data[k] for k in LIVE_KEYS if event.data.get(k) is not None}
-            if live and "study_name" in data:
-                self._live.setdefault(str(data["study_name"]), {}).update(live)
-            self.spool.put({"kind": event.kind, "step": int(event.step), "t_ms": _now_ms(), "data": data})
+            if live and "study_name" in event.data:
+                self._live.setdefault(str(event.data["study_name"]), {}).update(live)
+            self.spool.put(to_record(event, _now_ms()))
             if event.kind == "study_end":
                 self.flush()
         except Exception as exc:  # noqa: BLE001 - tracking must never fail a trial
@@ -93,7 +96,7 @@ class MlflowTracker:
         self.client.search_experiments(max_results=1)
 
     def _apply(self, record: Record) -> None:
-        getattr(self, f"_on_{record['kind']}")(record)
+        getattr(self, f"_on_{record['kind']}")(from_record(record), record["t_ms"])
 
     def _study(self, name: str) -> Any:
         """The live Optuna study of this process (None when replaying another process's events)."""
@@ -118,12 +121,12 @@ class MlflowTracker:
             self.client.log_batch(trial.run_id, metrics=batch)
 
     # -- study events ---------------------------------------------------------------------------------
-    def _on_study_start(self, record: Record) -> None:
-        data = record["data"]
+    def _on_study_start(self, event: Event, t_ms: int) -> None:
+        data = event.data
         name = data["study_name"]
         runs = self.study_runs(name)
-        params = {f"study.{k}": v for k, v in flatten(data.get("settings") or {}).items()}
-        params["study.storage"] = data.get("storage")
+        params = {f"study.{k}": v for k, v in flatten(data["settings"]).items()}
+        params["study.storage"] = data["storage"]
         self.runs.log_params(runs.parent_run_id, params)
         artifacts.describe_study(self.client, name, runs)
         if self.client.get_run(runs.parent_run_id).info.status != "RUNNING":
@@ -132,42 +135,41 @@ class MlflowTracker:
         if study is not None:
             self._reconcile(study, name)
 
-    def _on_trial_finished(self, record: Record) -> None:
-        data = record["data"]
+    def _on_trial_finished(self, event: Event, t_ms: int) -> None:
+        data = event.data
         name, number, state = data["study_name"], int(data["trial_number"]), data["state"]
+        result: TrialResult | None = data["result"]  # None: the trial stopped before its ending was written
         trial = self._trials.pop((name, number), None) or _TrialRun(self.trial_run_id(name, number))
-        result = data.get("result") or artifacts.trial_result_of(data.get("output_dir"))
         study = self._study(name)
         frozen = study.trials[number] if study is not None and number < len(study.trials) else None
         for step, value in sorted((frozen.intermediate_values if frozen else {}).items()):
-            self._metric(trial, "intermediate_value", value, step, record["t_ms"])
-        for i, value in enumerate(data.get("values") or []):
-            self._metric(trial, f"objective_{i}", value, 0, record["t_ms"])
+            self._metric(trial, "intermediate_value", value, step, t_ms)
+        values = data["values"] or []
+        for i, value in enumerate(values):
+            self._metric(trial, f"objective_{i}", value, 0, t_ms)
         self._flush(trial)
         from mlflow.entities import RunTag
 
-        tags = [RunTag(TAG_STATE, state)] + ([RunTag(TAG_REASON, str(data["reason"])[:5000])] if data.get("reason") else [])
+        tags = [RunTag(TAG_STATE, state.name)] + ([RunTag(TAG_REASON, str(data["reason"])[:5000])] if data["reason"] else [])
         self.client.log_batch(trial.run_id, tags=tags)
-        self.runs.log_params(trial.run_id, {f"params.{k}": v for k, v in (data.get("params") or {}).items()})
-        if not trial.ended:  # pruned and failed trials end without trial_end: their result.json speaks for them
-            self._log_result(trial, result, record["step"], record["t_ms"])
-        self._log_ranks(trial, number, result, record["step"])
+        self.runs.log_params(trial.run_id, {f"params.{k}": v for k, v in data["params"].items()})
+        if not trial.ended and result is not None:  # its trial_end went to another tracker, or none saw it
+            self._log_result(trial, result, event.step, t_ms)
+        size = self._log_ranks(trial, number, result, event.step)
         self.client.set_terminated(trial.run_id, status=RUN_STATUS.get(state, "FAILED"))
         runs = self.study_runs(name)
-        values = data.get("values") or []
-        artifacts.log_trial_on_parent(self.client, runs.parent_run_id, number, state, values[0] if values else None,
-                                      values[1] if len(values) > 1 else result.get("trainable_params", trial.trainable_params),
-                                      record["t_ms"])
+        artifacts.log_trial_on_parent(self.client, runs.parent_run_id, number, state.name,
+                                      values[0] if values else None, values[1] if len(values) > 1 else size, t_ms)
         if study is None:
             return
-        if state == "COMPLETE" and data.get("output_dir"):
+        if state == TrialState.COMPLETE and data["output_dir"]:
             artifacts.log_adapter_if_on_front(self.client, study, number, trial.run_id, Path(data["output_dir"]),
                                               self.workdir.trials(name))
         if time.monotonic() - runs.last_refresh >= self.refresh_every_s:
             self._refresh(study, name, number)
 
-    def _on_study_end(self, record: Record) -> None:
-        name = record["data"]["study_name"]
+    def _on_study_end(self, event: Event, t_ms: int) -> None:
+        name = event.data["study_name"]
         study = self._study(name)
         for key in [key for key in self._trials if key[0] == name]:
             self._flush(self._trials.pop(key))  # trials this process started and never finished (Ctrl-C)
@@ -199,7 +201,7 @@ class MlflowTracker:
         stale = self.runs.find_runs(runs.experiment_id, {TAG_STUDY: name, TAG_ROLE: "trial"}, status="RUNNING")
         for run in stale:
             trial = trials.get(int(run.data.tags.get(TAG_TRIAL, -1)))
-            if trial is not None and trial.state.name in ("RUNNING", "WAITING"):
+            if trial is not None and not trial.state.is_finished():
                 continue
             status, state, reason = artifacts.final_state(trial)
             from mlflow.entities import RunTag
@@ -208,79 +210,80 @@ class MlflowTracker:
             self.client.set_terminated(run.info.run_id, status=status)
 
     # -- trial events ---------------------------------------------------------------------------------
-    def _on_trial_start(self, record: Record) -> None:
-        data, step, t_ms = record["data"], record["step"], record["t_ms"]
+    def _on_trial_start(self, event: Event, t_ms: int) -> None:
+        data = event.data
         key = (data["study_name"], int(data["trial_number"]))
         trial = self._trials[key] = _TrialRun(self.trial_run_id(*key))
-        spec = data.get("spec") or {}
+        spec = data["spec"]  # TrialSpec.to_dict: the re-runnable YAML's shape
         params = {k: v for k, v in spec.items() if not isinstance(v, dict)}
         for section, values in spec.items():
             if isinstance(values, dict):
                 params.update({f"{section}.{k}": v for k, v in flatten(values).items()})
-        params["seed"] = (spec.get("training") or {}).get("seed")
+        params["seed"] = spec["training"]["seed"]
         self.runs.log_params(trial.run_id, params)
-        trial.trainable_params = data.get("trainable_params")
-        self._metric(trial, "trainable_params", trial.trainable_params, step, t_ms)
-        if data.get("rank_map"):
-            trial.rank_history.append((step, dict(data["rank_map"])))
-            self._metric(trial, "total_rank", sum(data["rank_map"].values()), step, t_ms)
+        trial.trainable_params = data["trainable_params"]
+        self._metric(trial, "trainable_params", trial.trainable_params, event.step, t_ms)
+        if data["rank_map"]:
+            trial.rank_history.append((event.step, dict(data["rank_map"])))
+            self._metric(trial, "total_rank", sum(data["rank_map"].values()), event.step, t_ms)
 
-    def _on_train_step(self, record: Record) -> None:
-        data = record["data"]
-        trial = self._trial(data)
+    def _on_train_step(self, event: Event, t_ms: int) -> None:
+        trial = self._trial(event.data)
         names = {"loss": "train_loss", "lr": "learning_rate", "total_rank": "total_rank",
                  "trainable_params": "trainable_params"}
         for key, metric in names.items():
-            self._metric(trial, metric, data.get(key), record["step"], record["t_ms"])
-        trial.trainable_params = data.get("trainable_params", trial.trainable_params)
+            self._metric(trial, metric, event.data[key], event.step, t_ms)
+        trial.trainable_params = event.data["trainable_params"]
         if len(trial.metrics) >= _FLUSH_AT:
             self._flush(trial)
 
-    def _on_eval(self, record: Record) -> None:
-        data = record["data"]
-        trial = self._trial(data)
-        for key, value in (data.get("metrics") or {}).items():
-            self._metric(trial, f"eval_{key}", value, record["step"], record["t_ms"])
-        self._metric(trial, "eval_primary", data.get("primary"), record["step"], record["t_ms"])
+    def _on_eval(self, event: Event, t_ms: int) -> None:
+        trial = self._trial(event.data)
+        for key, value in event.data["metrics"].items():
+            self._metric(trial, f"eval_{key}", value, event.step, t_ms)
+        self._metric(trial, "eval_primary", event.data["primary"], event.step, t_ms)
         self._flush(trial)  # evals are rare and what a user watches live
 
-    def _on_round(self, record: Record) -> None:
-        data = record["data"]
-        trial = self._trial(data)
-        trial.rounds.append({"step": record["step"], **dict(data.get("record") or {})})
-        if data.get("rank_map"):
-            trial.rank_history.append((record["step"], dict(data["rank_map"])))
+    def _on_round(self, event: Event, t_ms: int) -> None:
+        trial = self._trial(event.data)
+        trial.rounds.append(event.data["record"])
+        if event.data["rank_map"]:
+            trial.rank_history.append((event.step, dict(event.data["rank_map"])))
 
-    def _on_trial_end(self, record: Record) -> None:
-        trial = self._trial(record["data"])
-        self._log_result(trial, record["data"].get("result") or {}, record["step"], record["t_ms"])
+    def _on_trial_end(self, event: Event, t_ms: int) -> None:
+        trial = self._trial(event.data)
+        self._log_result(trial, event.data["result"], event.step, t_ms)
         trial.ended = True
 
-    def _log_result(self, trial: _TrialRun, result: dict[str, Any], step: int, t_ms: int) -> None:
-        for key, value in (result.get("metrics") or {}).items():
+    def _log_result(self, trial: _TrialRun, result: TrialResult, step: int, t_ms: int) -> None:
+        for key, value in result.metrics.items():
             self._metric(trial, f"final_{key}", value, step, t_ms)
-        for key in ("primary", "trainable_params"):
-            self._metric(trial, f"final_{key}", result.get(key), step, t_ms)
-        for key in ("wall_time_s", "examples_per_s", "peak_memory_mb"):
-            self._metric(trial, key, result.get(key), step, t_ms)
+        for name, value in (("final_primary", result.primary), ("final_trainable_params", result.trainable_params),
+                            ("wall_time_s", result.wall_time_s), ("examples_per_s", result.examples_per_s),
+                            ("peak_memory_mb", result.peak_memory_mb)):
+            self._metric(trial, name, value, step, t_ms)
         self._flush(trial)
 
-    def _log_ranks(self, trial: _TrialRun, number: int, result: dict[str, Any], step: int) -> None:
-        """The trial's final rank map, rank evolution and size, from its result or the events seen."""
-        rank_map = result.get("rank_map") or (trial.rank_history[-1][1] if trial.rank_history else {})
-        size = result.get("trainable_params", trial.trainable_params)
+    def _log_ranks(self, trial: _TrialRun, number: int, result: TrialResult | None, step: int) -> int | None:
+        """The trial's final rank map, rank evolution and size: from its result, or (a trial stopped before its
+        ending was written) from the events seen. Returns the size."""
+        if result is not None:
+            rank_map, size, rounds = result.rank_map, result.trainable_params, result.rank_history
+        else:
+            rank_map = trial.rank_history[-1][1] if trial.rank_history else {}
+            size, rounds = trial.trainable_params, trial.rounds
         if size is not None:
             self.runs.log_params(trial.run_id, {"trainable_params": size})
-        if result.get("device"):
-            self.runs.log_params(trial.run_id, {"device": result["device"]})
+        if result is not None and result.device:
+            self.runs.log_params(trial.run_id, {"device": result.device})
         if not rank_map:
-            return
+            return size
         history = list(trial.rank_history)
         if not history or history[-1][1] != rank_map:
             history.append((max(step, history[-1][0] if history else 0), dict(rank_map)))
-        rounds = list(trial.rounds) or list(result.get("rank_history") or []) \
-            or [{"step": s, "total_rank": sum(r.values())} for s, r in history]
-        artifacts.log_rank_artifacts(self.client, trial.run_id, number, dict(rank_map), history, rounds)
+        rows = [r.to_dict() for r in rounds] or [{"step": s, "total_rank": sum(r.values())} for s, r in history]
+        artifacts.log_rank_artifacts(self.client, trial.run_id, number, dict(rank_map), history, rows)
+        return size
 
 
 def _now_ms() -> int:
