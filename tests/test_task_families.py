@@ -114,7 +114,7 @@ def test_a_family_added_by_one_class_trains_and_scores_every_token(toy_family, t
         return kept[-1]
 
     result = run_trial(spec, output_dir=tmp_path / "out", progress=False, adapter_factory=keep)
-    assert result.state == "COMPLETE" and result.primary_metric == "accuracy" and 0.0 <= result.primary <= 1.0
+    assert result.state.name == "COMPLETE" and result.primary_metric == "accuracy" and 0.0 <= result.primary <= 1.0
     assert type(kept[0].model).__name__ == "PeftModelForTokenClassification"
     assert type(kept[0].model.base_model.model).__name__ == "BertForTokenClassification"
     # Scored per word, not per row: every word of the 12 rows (4 to 6 each), special tokens left out.
