@@ -255,6 +255,8 @@ def report(records: list[Record], args: argparse.Namespace) -> str:
             continue
         if kind == "run" and args.floor is not None:
             lines += ["", f"**Calibration: {args.task}, {args.steps} steps**", "", *calibration_lines(mine, args.floor)]
+        if {r["arm"] for r in mine} == {base}:
+            continue  # one arm alone (a calibration): nothing to pair
         if base not in {r["arm"] for r in mine}:
             lines.append(f"{title}: no rows of the baseline arm {base!r} yet; nothing to pair")
             continue

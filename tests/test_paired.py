@@ -47,6 +47,17 @@ def row(bench: ModuleType, arm: str, seed: int, value: float, other_versions: bo
     return {"key": key, **key, "metric": "accuracy", "value": value, "trainable_params": 100, "versions": versions}
 
 
+def test_calibration_lines_by_hand(bench: ModuleType) -> None:
+    # one arm over 4 seeds: 65.5, 66.0, 54.0, 60.0 -> mean 61.375, spread 12.0, 3 of 4 at or above 55.0;
+    # a second arm whose seeds all clear the floor; rows of both arms interleaved, as a cut-short run writes them
+    rows = [{"arm": arm, "seed": seed, "value": value} for arm, seed, value in (
+        ("a", 43, 0.655), ("b", 43, 0.70), ("a", 44, 0.66), ("a", 42, 0.54), ("b", 42, 0.71), ("a", 45, 0.60))]
+    table = bench.calibration_lines(rows, 0.55)
+    assert table[2].startswith("| a | 4 | 61.38 | 54.00 | 66.00 | 12.00 |") and table[2].endswith(
+        "| 3 of 4 (floor 55.0) |")
+    assert table[3].startswith("| b | 2 | 70.50 | 70.00 | 71.00 | 1.00 | 0.71 |") and "2 of 2" in table[3]
+
+
 def test_report_pairs_seeds_and_leaves_out_other_versions(bench: ModuleType) -> None:
     args = bench.parse_args(["--smoke", "--seeds", "1", "2", "3", "4", "--arm", "a=lora", "--arm", "b=lora",
                              "--baseline", "a"])
