@@ -1,9 +1,10 @@
 """GPU check (issue 8): ElaLoRA, PEFT LoRA and PEFT AdaLoRA on real hardware, as ONE prepared command.
 
-(a) Median step time, fixed per-step overhead over LoRA (ms) and peak memory of the three methods on a DeBERTa-v3-base-sized model built from its
-    config (random weights, no download), bf16 autocast, batch 32 and 64 x sequence 128 and 256; rank rounds
-    inside the timed steps (ElaLoRA and AdaLoRA: t_init 2, delta_t 5), the same batches for every method, the
-    methods alternating step by step (bench/step_time.py's loop).
+(a) Median step time, fixed per-step overhead over LoRA (ms) and peak memory of the three methods on a
+    DeBERTa-v3-base-sized model built from its config (random weights, no download), bf16 autocast, batch 32
+    and 64 x sequence 128 and 256; rank rounds inside the timed steps (ElaLoRA and AdaLoRA: t_init 2, delta_t
+    5), the same batches for every method, the methods alternating step by step (bench/step_time.py's
+    device_step_rows).
 (b) One real `run_trial` per method on MiniLM / SST-2 (`device: auto`, so CUDA with bf16 autocast), 100 steps:
     accuracy, examples/s and the CUDA synchronisations inside steps between logging points
     (`torch.cuda.set_sync_debug_mode`; the target is 0).
@@ -29,10 +30,8 @@ not exact, or the search lost MLflow events (one child run per trial, no trackin
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,8 +43,8 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import GLUE, ROOT, add_common_args, append_section, sst2_spec, write_json  # noqa: E402
-from step_time import (  # noqa: E402
-    METHODS, build_runs, interleaved, method_params, random_batches, spread, train_step)
+from gpu_search import STUDY, TRIALS, search_check, search_table  # noqa: E402
+from step_time import device_step_rows, device_step_table, gib, method_params  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -58,8 +57,6 @@ DEBERTA_V3_BASE: dict[str, Any] = {
     "position_biased_input": False, "layer_norm_eps": 1e-7, "pooler_hidden_size": 768, "pooler_dropout": 0,
     "pooler_hidden_act": "gelu", "num_labels": 2,
 }
-STUDY = "gpu-check"
-TRIALS = 4
 
 
 @dataclass(frozen=True)
@@ -92,10 +89,6 @@ def cuda(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
-def allocated(device: torch.device) -> int:
-    return torch.cuda.memory_allocated(device) if cuda(device) else 0
-
-
 def device_note(device: torch.device) -> str:
     """The accelerator (or CPU), the software and the host load, measured now."""
     load = os.getloadavg()
@@ -107,115 +100,50 @@ def device_note(device: torch.device) -> str:
     return f"{props.name} ({props.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}; {host}"
 
 
-def gib(n_bytes: float | None) -> str:
-    return "-" if n_bytes is None else f"{n_bytes / 2**30:.2f}"
-
-
-def verdict(ok: bool) -> str:
-    return "met" if ok else "MISSED"
-
-
 # ------------------------------------------------------------------------------------- (a) step time, memory
 def step_time_rows(sizes: Sizes, device: torch.device) -> list[dict[str, Any]]:
-    """Per (batch, length): the three methods interleaved (rotating order); median time and peak memory.
-
-    Peak memory of a method = its own resident bytes (its copy of the model, adapter, optimizer state and
-    importance statistics, counted as the allocation growth of its build and its own steps) + the largest
-    transient of one of its steps above what was allocated before it (`reset_peak_memory_stats`, then
-    `max_memory_allocated`): what it would peak at alone on the device, although all three stay resident.
-    """
+    """bench/step_time.py's interleaved steps on a DeBERTa-v3-base-sized model (random weights) on `device`."""
     from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
 
     torch.manual_seed(0)
     with torch.device(device):
         base = DebertaV2ForSequenceClassification(DebertaV2Config(**sizes.deberta))
-    dtype = torch.bfloat16
-    rows = []
-    for batch_size in sizes.batch_sizes:
-        for length in sizes.lengths:
-            batches = random_batches(base.config.vocab_size, batch_size, length, count=4, device=device)
-            runs: dict[str, dict[str, Any]] = {}
-            for method, params in method_params(sizes.rank).items():
-                before = allocated(device)
-                runs.update(build_runs(base, {method: params}))
-                runs[method].update(resident=allocated(device) - before, peak=None)
-
-            def one_step(method: str, step: int) -> tuple[float, bool]:
-                run = runs[method]
-                before = allocated(device)
-                if cuda(device):
-                    torch.cuda.reset_peak_memory_stats(device)
-                elapsed, moved = train_step(run, batches[step % len(batches)], step, dtype)
-                if cuda(device):
-                    peak = run["resident"] + torch.cuda.max_memory_allocated(device) - before
-                    run["peak"] = max(run["peak"] or 0, peak)
-                run["resident"] += allocated(device) - before
-                return elapsed, moved
-
-            for method, timed in interleaved(list(METHODS), sizes.warmup, sizes.steps, one_step).items():
-                runs[method].update(timed)
-            for method in METHODS:
-                times = runs[method]["times"]
-                rows.append({"batch": batch_size, "length": length, "method": method, **spread(times),
-                             "peak_bytes": runs[method]["peak"], "timed_steps": len(times),
-                             "rounds_in_timed_steps": runs[method]["rounds"],
-                             "trainable_params_start": runs[method]["params"]})
-                print(f"(a) batch {batch_size} length {length} {method}: {rows[-1]['median_s'] * 1e3:.1f} ms/step, "
-                      f"peak {gib(rows[-1]['peak_bytes'])} GiB, {runs[method]['rounds']} rounds moved rank",
-                      flush=True)
-            del runs, batches
-            gc.collect()
-            if cuda(device):
-                torch.cuda.empty_cache()
-    return rows
-
-
-def step_time_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| batch | length | method | median ms/step | IQR ms | vs LoRA | overhead vs LoRA ms | peak memory GiB | "
-             "vs LoRA | "
-             "rounds that moved rank / timed steps | targets (ElaLoRA: step <= 1.05x LoRA, <= AdaLoRA; memory "
-             "<= 1.05x LoRA) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for row in rows:
-        same = {r["method"]: r for r in rows if (r["batch"], r["length"]) == (row["batch"], row["length"])}
-        lora, adalora = same["lora"], same["adalora"]
-        step_ratio = row["median_s"] / lora["median_s"]
-        memory_ratio = row["peak_bytes"] / lora["peak_bytes"] if row["peak_bytes"] and lora["peak_bytes"] else None
-        target = ""
-        if row["method"] == "elalora":
-            versus_adalora = verdict(row["median_s"] <= adalora["median_s"])
-            target = (f"step {verdict(step_ratio <= 1.05)}, vs AdaLoRA {versus_adalora}, "
-                      f"memory {'-' if memory_ratio is None else verdict(memory_ratio <= 1.05)}")
-        lines.append(f"| {row['batch']} | {row['length']} | {row['method']} | {row['median_s'] * 1e3:.1f} | "
-                     f"{row['p25_s'] * 1e3:.1f}-{row['p75_s'] * 1e3:.1f} | {step_ratio:.3f}x | "
-                     f"{(row['median_s'] - lora['median_s']) * 1e3:+.2f} | "
-                     f"{gib(row['peak_bytes'])} | {'-' if memory_ratio is None else f'{memory_ratio:.3f}x'} | "
-                     f"{row['rounds_in_timed_steps']} / {row['timed_steps']} | {target} |")
-    return "\n".join(lines)
+    return device_step_rows(base, sizes.batch_sizes, sizes.lengths, sizes.warmup, sizes.steps, sizes.rank,
+                            torch.bfloat16)
 
 
 # ------------------------------------------------------------------------------------------ (b) run_trial
 def run_counting_syncs(spec: Any, device: torch.device) -> tuple[Any, int | None]:
     """run_trial, counting the CUDA synchronisations (torch.cuda.set_sync_debug_mode warnings) made while an
     optimizer step that is neither a logging, an evaluation nor a round step ran: (the result, that count; None
-    on the CPU, which has no sync to count)."""
+    on the CPU, which has no sync to count).
+
+    Measured from outside, through public names only: the trial's adapter factory puts a forward pre-hook on the
+    adapter's model, and each training forward with gradients starts step (forwards - 1) // grad_accum + 1; what
+    runs after a step's last forward (its backward, optimizer step, round, the logging point's read of the
+    losses, an evaluation) is the step's."""
     import warnings
 
-    import elalora_auto.trial as trial
+    from elalora_auto.adapters import build_adapter
+    from elalora_auto.trial import run_trial
 
-    now = {"step": 0}
-    real_step = trial._optimizer_step
-
-    def optimizer_step(*args: Any) -> Any:
-        now["step"] = args[-1]
-        return real_step(*args)
-
+    now = {"step": 0, "forwards": 0}
     per_step: Counter[int] = Counter()
+
+    def count_forward(module: torch.nn.Module, args: Any) -> None:
+        if module.training and torch.is_grad_enabled():
+            now["forwards"] += 1
+            now["step"] = (now["forwards"] - 1) // spec.training.grad_accum + 1
+
+    def adapter_factory(*args: Any) -> Any:
+        adapter = build_adapter(*args, validate=False)  # as the trial builds it: the spec was checked already
+        adapter.model.register_forward_pre_hook(count_forward)
+        return adapter
 
     def note(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
         if "synchroniz" in str(message):
             per_step[now["step"]] += 1
 
-    trial._optimizer_step = optimizer_step
     show = warnings.showwarning
     try:
         with warnings.catch_warnings():
@@ -223,11 +151,11 @@ def run_counting_syncs(spec: Any, device: torch.device) -> tuple[Any, int | None
             warnings.showwarning = note
             if cuda(device):
                 torch.cuda.set_sync_debug_mode("warn")
-            result = trial.run_trial(spec, progress=False)
+            result = run_trial(spec, progress=False, adapter_factory=adapter_factory)
     finally:
         if cuda(device):
             torch.cuda.set_sync_debug_mode("default")
-        warnings.showwarning, trial._optimizer_step = show, real_step
+        warnings.showwarning = show
     tr, last = spec.training, result.steps_done
     checked = {step for step in range(1, last + 1) if step % max(1, tr.log_every) == 0
                or (tr.eval_every and step % tr.eval_every == 0)} | {last} | {r.step for r in result.rank_history}
@@ -279,122 +207,6 @@ def trial_table(rows: list[dict[str, Any]]) -> str:
                      f"{row['trainable_params']:,} | {gib(row['peak_bytes'])} | "
                      f"{'-' if row['syncs_between_logs'] is None else row['syncs_between_logs']} |")
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------- (c) search
-def search_phases(search: list[str], worker: list[str]) -> list[list[list[str]]]:
-    """The processes that run the study, in phases: those of one phase side by side, phase after phase.
-
-    Today `search --create-only` makes the study, then two `worker` processes share it. Once
-    `search --workers N` exists this is the one line to change: `return [[search + ["--workers", "2"]]]`.
-    """
-    return [[search + ["--create-only"]], [worker, worker]]
-
-
-def run_phases(phases: list[list[list[str]]], logdir: Path, timeout_s: int) -> list[int]:
-    """Every process's exit code (-9: killed at the timeout), each logging to logdir/<n>.log; a phase with a
-    failed process ends the run."""
-    deadline = time.monotonic() + timeout_s
-    codes: list[int] = []
-    for phase in phases:
-        procs = []
-        for command in phase:
-            log = open(logdir / f"{len(codes) + len(procs)}.log", "w")
-            procs.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), log))
-        for proc, log in procs:
-            try:
-                codes.append(proc.wait(timeout=max(1.0, deadline - time.monotonic())))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                codes.append(proc.wait())
-            log.close()
-        if any(codes):
-            break
-    return codes
-
-
-def search_check(sizes: Sizes, device: torch.device, data_dir: Path, workdir: Path, demo: Any | None,
-                 smoke_config: Path | None) -> dict[str, Any]:
-    """The study through the CLI as a user runs it, then the exact count read back from its journal file."""
-    import optuna
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-    storage = workdir / "optuna-journal.log"
-    tracking_uri = f"sqlite:///{workdir / 'mlflow.db'}" if sizes.tracking else None
-    cli = [sys.executable, "-m", "elalora_auto.cli"]
-    where = ["--study", STUDY, "--storage", str(storage), "--workdir", str(workdir), "--device", device.type,
-             "--quiet", *(["--tracking-uri", tracking_uri] if tracking_uri else ["--no-tracking"])]
-    config = ["--config", str(smoke_config)] if smoke_config else ["--config", "sst2-minilm", "--data-dir",
-                                                                     str(data_dir)]
-    search = [*cli, "search", *config, "--trials", str(TRIALS), "--max-steps", str(sizes.search_steps), *where]
-    logs = workdir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    codes = run_phases(search_phases(search, [*cli, "worker", *where]), logs, sizes.search_timeout_s)
-    elapsed = time.perf_counter() - start
-    for n, code in enumerate(codes):
-        log = (logs / f"{n}.log").read_text()
-        if code:
-            print(f"(c) process {n} exited {code}; its log:\n{log[-3000:]}", flush=True)
-        for line in [line for line in log.splitlines() if "MLflow tracking skipped" in line][:3]:
-            print(f"(c) process {n}: {line}", flush=True)
-    study = optuna.load_study(study_name=STUDY, storage=JournalStorage(JournalFileBackend(str(storage))))
-    trials = study.get_trials(deepcopy=False)
-    numbers = sorted(t.number for t in trials)
-    workers = Counter(str(t.user_attrs.get("worker", "?")) for t in trials)
-    return {
-        "exit_codes": codes, "elapsed_s": elapsed, "numbers": numbers,
-        "exact": numbers == list(range(TRIALS)) and not any(codes),
-        "mlflow_trial_runs": None if tracking_uri is None else mlflow_trial_runs(tracking_uri),
-        # the tracker swallows its failures by design (a warning per lost event): count them in the logs
-        "tracking_skipped": sum(path.read_text().count("MLflow tracking skipped") for path in logs.glob("*.log")),
-        "states": dict(Counter(t.state.name for t in trials)), "workers": dict(workers),
-        "trials": [{"number": t.number, "state": t.state.name, "worker": t.user_attrs.get("worker"),
-                    "primary": t.user_attrs.get("primary"), "trainable_params": t.user_attrs.get("trainable_params"),
-                    "wall_time_s": t.user_attrs.get("wall_time_s"),
-                    "reason": t.user_attrs.get("fail_reason") or t.user_attrs.get("prune_reason")}
-                   for t in sorted(trials, key=lambda t: t.number)],
-    }
-
-
-def mlflow_trial_runs(tracking_uri: str) -> list[int]:
-    """The trial numbers of the study's MLflow child runs (one per trial expected), as the tracker tags them."""
-    from mlflow import MlflowClient
-
-    from elalora_auto.tracking import TAG_ROLE, TAG_STUDY, TAG_TRIAL
-
-    client = MlflowClient(tracking_uri)
-    experiment = client.get_experiment_by_name(STUDY)
-    if experiment is None:
-        return []
-    runs = client.search_runs([experiment.experiment_id],
-                              filter_string=f"tags.`{TAG_STUDY}` = '{STUDY}' and tags.`{TAG_ROLE}` = 'trial'")
-    return sorted(int(run.data.tags[TAG_TRIAL]) for run in runs)
-
-
-def count_line(result: dict[str, Any]) -> str:
-    states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(result["states"].items()))
-    shares = ", ".join(f"{worker} ran {n}" for worker, n in sorted(result["workers"].items()))
-    head = (f"search: exactly {TRIALS} trials, numbers {result['numbers']} distinct" if result["exact"] else
-            f"search: WRONG trial count: numbers {result['numbers']}, expected 0..{TRIALS - 1}; exit codes "
-            f"{result['exit_codes']}")
-    runs, skipped = result["mlflow_trial_runs"], result["tracking_skipped"]
-    tracked = "MLflow off" if runs is None else (
-        f"MLflow child runs for trials {runs}"
-        + ("" if runs == list(range(TRIALS)) else f" (MISSED: expected one per trial 0..{TRIALS - 1})")
-        + (f", {skipped} tracking events skipped (MISSED; see the workers' warnings)" if skipped else ""))
-    return f"{head} ({states}; {len(result['workers'])} workers: {shares}; {tracked}; {result['elapsed_s']:.0f} s)"
-
-
-def search_table(result: dict[str, Any]) -> str:
-    lines = ["| trial | state | worker | metric | trainable params | wall s | reason |",
-             "|---|---|---|---|---|---|---|"]
-    for t in result["trials"]:
-        metric = "-" if t["primary"] is None else f"{t['primary']:.4f}"
-        params = "-" if t["trainable_params"] is None else f"{t['trainable_params']:,}"
-        lines.append(f"| {t['number']} | {t['state'].lower()} | {t['worker']} | {metric} | {params} | "
-                     f"{t['wall_time_s'] or '-'} | {t['reason'] or ''} |")
-    return "\n".join(lines + ["", count_line(result)])
 
 
 # -------------------------------------------------------------------------------------------------- main
@@ -453,14 +265,15 @@ def run_parts(args: argparse.Namespace, sizes: Sizes, device: torch.device, work
 
     def step_time() -> str:
         payload["step_time"] = step_time_rows(sizes, device)
-        return step_time_table(payload["step_time"])
+        return device_step_table(payload["step_time"])
 
     def trials() -> str:
         payload["trials"] = trial_rows(sizes, device, args.data_dir, workdir, demo)
         return trial_table(payload["trials"])
 
     def search() -> str:
-        result = payload["search"] = search_check(sizes, device, args.data_dir, workdir / "search", demo, config)
+        result = payload["search"] = search_check(sizes.search_steps, sizes.search_timeout_s, sizes.tracking, device,
+                                                args.data_dir, workdir / "search", config)
         if not result["exact"]:
             failures.append("(c) trial count")
         if result["mlflow_trial_runs"] not in (None, list(range(TRIALS))) or result["tracking_skipped"]:

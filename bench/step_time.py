@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
 import statistics
 import sys
@@ -191,6 +192,86 @@ def table(rows: list[dict[str, Any]]) -> str:
                      f"{row['p75_s']:.4f} | {row['ratio_to_lora']:.3f}x | {row['overhead_ms']:+.2f} | "
                      f"{row['peak_bytes'] / 2**20:.1f} | {row['peak_ratio_to_lora']:.3f}x | {row['timed_steps']} | "
                      f"{row['rounds_in_timed_steps']} | {row['matrices']} |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------- on an accelerator (bench/gpu_check.py part a)
+def allocated(device: torch.device) -> int:
+    return torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+
+
+def gib(n_bytes: float | None) -> str:
+    return "-" if n_bytes is None else f"{n_bytes / 2**30:.2f}"
+
+
+def device_step_rows(base: torch.nn.Module, batch_sizes: tuple[int, ...], lengths: tuple[int, ...], warmup: int,
+                     steps: int, rank: int, dtype: torch.dtype | None) -> list[dict[str, Any]]:
+    """Per (batch, length) on `base`'s device, autocast to `dtype`: the three methods interleaved (rotating
+    order) on the same 4 batches; median time and peak memory.
+
+    Peak memory of a method = its own resident bytes (its copy of the model, adapter, optimizer state and
+    importance statistics, counted as the allocation growth of its build and its own steps) + the largest
+    transient of one of its steps above what was allocated before it (`reset_peak_memory_stats`, then
+    `max_memory_allocated`): what it would peak at alone on the device, although all three stay resident.
+    None on the CPU (bench/step_time.py's own table uses the profiler there).
+    """
+    device, rows = next(base.parameters()).device, []
+    for batch_size, length in [(b, n) for b in batch_sizes for n in lengths]:
+        batches = random_batches(base.config.vocab_size, batch_size, length, count=4, device=device)
+        runs: dict[str, dict[str, Any]] = {}
+        for method, params in method_params(rank).items():
+            before = allocated(device)
+            runs.update(build_runs(base, {method: params}))
+            runs[method].update(resident=allocated(device) - before, peak=None)
+
+        def one_step(method: str, step: int) -> tuple[float, bool]:
+            run, before = runs[method], allocated(device)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            elapsed, moved = train_step(run, batches[step % len(batches)], step, dtype)
+            if device.type == "cuda":
+                run["peak"] = max(run["peak"] or 0, run["resident"] + torch.cuda.max_memory_allocated(device) - before)
+            run["resident"] += allocated(device) - before
+            return elapsed, moved
+
+        for method, timed in interleaved(list(METHODS), warmup, steps, one_step).items():
+            times = timed["times"]
+            rows.append({"batch": batch_size, "length": length, "method": method, **spread(times),
+                         "peak_bytes": runs[method]["peak"], "timed_steps": len(times),
+                         "rounds_in_timed_steps": timed["rounds"], "trainable_params_start": runs[method]["params"]})
+            print(f"(a) batch {batch_size} length {length} {method}: {rows[-1]['median_s'] * 1e3:.1f} ms/step, "
+                  f"peak {gib(rows[-1]['peak_bytes'])} GiB, {timed['rounds']} rounds moved rank", flush=True)
+        del runs, batches
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def device_step_table(rows: list[dict[str, Any]]) -> str:
+    """device_step_rows as markdown, with the targets (ElaLoRA: step <= 1.05x LoRA and <= AdaLoRA, memory <= 1.05x
+    LoRA) met or MISSED beside the numbers."""
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    lines = ["| batch | length | method | median ms/step | IQR ms | vs LoRA | overhead vs LoRA ms | peak memory GiB | "
+             "vs LoRA | rounds that moved rank / timed steps | targets (ElaLoRA: step <= 1.05x LoRA, <= AdaLoRA; "
+             "memory <= 1.05x LoRA) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        same = {r["method"]: r for r in rows if (r["batch"], r["length"]) == (row["batch"], row["length"])}
+        lora, adalora = same["lora"], same["adalora"]
+        step_ratio = row["median_s"] / lora["median_s"]
+        memory_ratio = row["peak_bytes"] / lora["peak_bytes"] if row["peak_bytes"] and lora["peak_bytes"] else None
+        target = ""
+        if row["method"] == "elalora":
+            faster = verdict(row["median_s"] <= adalora["median_s"])
+            target = (f"step {verdict(step_ratio <= 1.05)}, vs AdaLoRA {faster}, "
+                      f"memory {'-' if memory_ratio is None else verdict(memory_ratio <= 1.05)}")
+        lines.append(f"| {row['batch']} | {row['length']} | {row['method']} | {row['median_s'] * 1e3:.1f} | "
+                     f"{row['p25_s'] * 1e3:.1f}-{row['p75_s'] * 1e3:.1f} | {step_ratio:.3f}x | "
+                     f"{(row['median_s'] - lora['median_s']) * 1e3:+.2f} | "
+                     f"{gib(row['peak_bytes'])} | {'-' if memory_ratio is None else f'{memory_ratio:.3f}x'} | "
+                     f"{row['rounds_in_timed_steps']} / {row['timed_steps']} | {target} |")
     return "\n".join(lines)
 
 

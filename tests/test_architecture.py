@@ -193,11 +193,9 @@ def test_bench_readme_names_every_bench_script() -> None:
 
 
 # bench/ is a user of the package like any other: its scripts and their library (bench/common/) reach only public
-# names, so a change inside the package never silently breaks a benchmark. Known exceptions, each with its issue:
-BENCH_PRIVATE_ALLOWED = {
-    # issue 29 (per-step overhead) reworks the optimizer step; gpu_check counts host syncs by patching it
-    "gpu_check.py: elalora_auto.trial._optimizer_step",
-}
+# names, so a change inside the package never silently breaks a benchmark. Known exceptions, each with its issue
+# (none today: gpu_check counts steps through run_trial's adapter_factory):
+BENCH_PRIVATE_ALLOWED: set[str] = set()
 
 
 def private_uses(path: Path) -> list[str]:
@@ -246,15 +244,12 @@ def test_bench_reaches_only_public_names_of_the_package() -> None:
     assert BENCH_PRIVATE_ALLOWED - found == set(), "an allowed private use is gone: drop it from the allow-list"
 
 
-BENCH_LONG_ALLOWED = {"gpu_check.py"}  # issue 29 reworks it (helper lane of the per-step overhead): split there
-
-
 def test_bench_modules_keep_the_size_limits() -> None:
     """The house rules of the package hold for bench/ too: a script over 400 lines holds two questions."""
     bench = ROOT / "bench"
     paths = sorted(bench.rglob("*.py"))
-    assert [f"{p.relative_to(bench)}: {n} lines" for p in paths if str(p.relative_to(bench)) not in
-            BENCH_LONG_ALLOWED and (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES] == []
+    assert [f"{p.relative_to(bench)}: {n} lines" for p in paths
+            if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES] == []
     assert [f"{p.relative_to(bench)}:{node.name}: {node.end_lineno - node.lineno + 1} lines" for p in paths
             for node in ast.walk(ast.parse(p.read_text())) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
             and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES] == []
