@@ -11,7 +11,7 @@ Two kinds of arm, both on a built-in study file's task, data, model, batch, leng
   defaults, as `train --method METHOD` builds it) with the TrialSpec overrides, e.g.
   `--arm half=elalora,params.final_budget=0.5`. Compared on the final metric.
 - `--search-arm NAME=METHOD[,space=YAML]`: one whole study of --trials trials per seed (search_vs_peers' project
-  arm, no pruning). Compared on the hypervolume of its (metric, trainable parameters) front and on the best metric at
+  arm) with the study file's own pruning (`--pruning study`, the shipped search) or none. Compared on the hypervolume of its (metric, trainable parameters) front and on the best metric at
   <= P parameters for three budgets P; also on how many seeds each arm's hypervolume is the largest.
 
 Rows: one JSON line per finished run or study (bench/results/paired.jsonl), with the library versions and commit on
@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import search_vs_peers as peers  # noqa: E402
 from common import GLUE, OUT, ROOT, append_jsonl, command_line, machine_note, read_jsonl, versions  # noqa: E402
+from common.studies import NO_PRUNING, study_pruning  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "paired.jsonl"
 WORKDIR = OUT / "paired"
@@ -83,14 +84,16 @@ def parse_arm(text: str) -> tuple[str, str, list[str]]:
 
 def arm_key(args: argparse.Namespace, kind: str, arm: str, spec: str, seed: int) -> Record:
     """What makes two rows the same measurement (the versions are checked beside it)."""
-    return {"kind": kind, "task": args.task, "arm": arm, "arm_spec": spec, "seed": seed, "steps": args.steps,
-            "trials": args.trials if kind == "study" else 1}
+    study = {"trials": args.trials, "pruning": args.pruning} if kind == "study" else {"trials": 1}
+    return {"kind": kind, "task": args.task, "arm": arm, "arm_spec": spec, "seed": seed, "steps": args.steps, **study}
 
 
 def study_settings(args: argparse.Namespace, method: str, seed: int, study: str, space: str | None = None) -> Any:
     """The study file's settings for this task, method and seed (search_vs_peers' arm_settings)."""
+    pruning = study_pruning(args.task) if args.pruning == "study" else NO_PRUNING
     bench = peers.parse_args([*(["--smoke"] if args.smoke else ["--tasks", args.task]), "--workdir",
-                              str(args.workdir), "--max-steps", str(args.steps), "--data-dir", str(args.data_dir)])
+                              str(args.workdir), "--max-steps", str(args.steps), "--data-dir", str(args.data_dir),
+                              "--pruning-json", pruning])
     key = {"task": args.task, "arm": method, "seed": seed, "trials": args.trials, "steps": args.steps,
            "study": study, **({"space": space} if space else {})}
     return peers.arm_settings(bench, key)
@@ -121,12 +124,13 @@ def search_arm(args: argparse.Namespace, key: Record, method: str, overrides: li
     """One whole study (search_vs_peers' project arm; resumes from its journal), as its complete trials' points."""
     space = next((o.partition("=")[2] for o in overrides if o.startswith("space=")), None)
     # the arm's definition in the study's name: a changed arm starts its own study, never resumes another's
-    tag = hashlib.sha1(f"{key['arm_spec']} {args.steps} {args.trials}".encode()).hexdigest()[:8]
+    tag = hashlib.sha1(f"{key['arm_spec']} {args.steps} {args.trials} {args.pruning}".encode()).hexdigest()[:8]
     settings = study_settings(args, method, key["seed"], f"{args.task}-{key['arm']}-{tag}-seed{key['seed']}", space)
     study, plan, trials_dir = peers.run_project_arm(settings, args.workdir / "trials.jsonl", key)
     rows = peers.study_rows_of(study, trials_dir)
     points = peers.complete_points({"rows": rows})
-    return {**key, "metric": plan.primary_metric, "baseline": plan.baseline, "points": points,
+    return {**key, "metric": plan.primary_metric, "baseline": plan.baseline, "points": points, "rows": rows,
+            "steps_total": sum(r["steps_done"] or 0 for r in rows),
             "wall_time_s": round(sum(r["wall_time_s"] or 0.0 for r in rows), 1)}
 
 
@@ -162,7 +166,8 @@ def comparable(records: list[Record], args: argparse.Namespace) -> tuple[list[Re
     mine = versions()
     names = {parse_arm(a)[0]: a for a in [*args.arm, *args.search_arm]}
     wanted = [r for r in records if r["task"] == args.task and r["steps"] == args.steps and r["seed"] in args.seeds
-              and names.get(r["arm"]) == r["arm_spec"] and r["trials"] == (args.trials if r["kind"] == "study" else 1)]
+              and names.get(r["arm"]) == r["arm_spec"] and r["trials"] == (args.trials if r["kind"] == "study" else 1)
+              and r.get("pruning", args.pruning) == args.pruning]
     kept = [r for r in wanted if r["versions"] == mine]
     other = [r for r in wanted if r["versions"] != mine]
     lines = [f"left out {len(other)} row(s) run under other library versions ("
@@ -276,6 +281,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="the arm every other arm of its kind is paired with (one per kind: --arm, --search-arm)")
     parser.add_argument("--steps", type=int, default=None, help="per run or trial (default: the study file's)")
     parser.add_argument("--trials", type=int, default=12, help="per search-arm study")
+    parser.add_argument("--pruning", choices=["study", "none"], default="study",
+                        help="search arms: the study file's own pruning (the shipped search) or every trial to the end")
     parser.add_argument("--budgets", nargs=3, type=int, default=None, help="P values (default: size quantiles)")
     parser.add_argument("--data-dir", type=Path, default=GLUE)
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")

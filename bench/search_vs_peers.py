@@ -268,7 +268,7 @@ def markdown(records: list[Record], args: argparse.Namespace, text: str) -> str:
 # -- command line ---------------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", choices=list(STUDY_FILES), default=list(STUDY_FILES))
+    parser.add_argument("--tasks", nargs="+", choices=list(STUDY_FILES), default=["sst2", "mnli"])
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43])
     parser.add_argument("--trials", type=int, default=None, help=f"per study (default 12; {SMOKE_TRIALS} with --smoke)")

@@ -19,7 +19,7 @@ from common.results import RESULTS_DIR, append_jsonl
 
 ARMS = ("elalora", "lora", "adalora", "trainer-hps")
 PROJECT_ARMS = ARMS[:3]  # the arms that are elalora-auto searches (and so take a --space)
-STUDY_FILES = {"sst2": "sst2-minilm", "mnli": "mnli-minilm"}
+STUDY_FILES = {"sst2": "sst2-minilm", "mnli": "mnli-minilm", "mrpc": "mrpc-minilm"}
 SMOKE_TASK, SMOKE_FILE, SMOKE_TRIALS, SMOKE_STEPS = "smoke", "demo", 2, 20
 SEARCH_RESULTS = RESULTS_DIR / "search_vs_peers.jsonl"  # the search arms' studies (other scripts pair with them)
 NO_PRUNING = '{"rule": "none"}'
@@ -48,6 +48,14 @@ def planned_steps(args: argparse.Namespace, task: str) -> int:
     if task == SMOKE_TASK:
         return SMOKE_STEPS
     return int(read_yaml(resolve_resource(STUDY_FILES[task], "studies"))["max_steps"])
+
+
+def study_pruning(task: str) -> str:
+    """The built-in study file's own pruning settings as JSON (what a user of that study gets), for a bench that
+    measures the shipped search rather than every trial run to the end."""
+    from elalora_auto.search.space import read_yaml, resolve_resource
+
+    return json.dumps(read_yaml(resolve_resource(STUDY_FILES.get(task, SMOKE_FILE), "studies")).get("pruning", {}))
 
 
 def arm_settings(args: argparse.Namespace, key: Record) -> Any:
