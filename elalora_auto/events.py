@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 # Trial-level kinds come from `trial.run_trial`; study-level kinds from the search's worker (`search.worker`).
-# Payloads are typed where they carry an outcome (TrialResult, TrialState, RoundRecord): see ARCHITECTURE.md.
+# Payloads are typed where they carry an outcome (TrialResult, Ending, RoundRecord): see ARCHITECTURE.md.
 TRIAL_KINDS = ("trial_start", "train_step", "eval", "round", "trial_end")
 STUDY_KINDS = ("study_start", "trial_finished", "study_end")
 

@@ -1,5 +1,6 @@
-"""The typed records that cross module boundaries on a trial's way to tracking and export: a rank round
-(`RoundRecord`), the ranks at one step (`RankPoint`) and one trial of a study as its readers see it (`StudyRow`).
+"""The typed records that cross module boundaries on a trial's way to tracking and export: how a trial ended
+(`Ending`), a rank round (`RoundRecord`), the ranks at one step (`RankPoint`) and one trial of a study as its readers
+see it (`StudyRow`).
 
 They sit in the lowest layer, so the adapters (which make rounds) and the plots (which draw rows) can share them
 with the trial, the results and the tracker. The trial's whole outcome is `spec.TrialResult`, built from these.
@@ -14,20 +15,28 @@ import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
-if TYPE_CHECKING:  # Optuna is imported on use: the adapters (imported by the CLI at start) need none of it
+if TYPE_CHECKING:  # a study's rows carry Optuna's state (results reads it from the trials); nothing here needs Optuna
     from optuna.trial import TrialState
 
 
-def state_of(name: str | TrialState) -> TrialState:
-    """Optuna's TrialState from its name (as JSON holds it); ValueError naming the valid ones."""
-    from optuna.trial import TrialState
+class Ending(enum.Enum):
+    """How a trial ended: `TrialResult.state` and `trial_finished`'s state. Our own, not Optuna's TrialState, so the
+    trial's data (spec, trial, the tracker's spool) loads without Optuna; the worker maps Optuna's finished state
+    onto it (`search.worker`). JSON holds the name."""
 
-    if isinstance(name, TrialState):
-        return name
-    try:
-        return TrialState[str(name)]
-    except KeyError:
-        raise ValueError(f"unknown trial state {name!r}; expected one of {[s.name for s in TrialState]}") from None
+    COMPLETE = "COMPLETE"
+    PRUNED = "PRUNED"
+    FAIL = "FAIL"
+
+    @classmethod
+    def named(cls, name: str | Ending) -> Ending:
+        """From its name (as result.json and the spool hold it); ValueError naming the valid ones."""
+        if isinstance(name, cls):
+            return name
+        try:
+            return cls[str(name)]
+        except KeyError:
+            raise ValueError(f"unknown trial ending {name!r}; expected one of {[e.name for e in cls]}") from None
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,9 @@ from pathlib import Path
 from typing import Any, Iterable, Literal
 
 import yaml
-from optuna.trial import TrialState
 
 from elalora_auto.errors import UserError, reject_unknown
-from elalora_auto.records import RankPoint, RoundRecord, state_of
-
-# The endings a trial can have (TrialResult.state): Optuna's own states, so a row and a result compare directly.
-ENDINGS = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+from elalora_auto.records import Ending, RankPoint, RoundRecord
 
 
 @dataclass
@@ -216,15 +212,16 @@ class TrialResult:
     # torch.cuda.max_memory_allocated during the trial, in MiB; None on CPU, where the only cheap figure (the
     # process's max RSS) also counts every earlier trial of the same worker process
     peak_memory_mb: float | None = None
-    state: TrialState = TrialState.COMPLETE  # one of records.ENDINGS
+    state: Ending = Ending.COMPLETE
     reason: str | None = None
 
     def __post_init__(self) -> None:
-        if self.state not in ENDINGS:
-            raise ValueError(f"a trial ends {[s.name for s in ENDINGS]}, not {self.state}")
+        if not isinstance(self.state, Ending):  # e.g. Optuna's TrialState: it would never equal an Ending
+            raise TypeError(f"TrialResult.state is a records.Ending ({', '.join(e.name for e in Ending)}), "
+                            f"not {self.state!r}")
 
     @classmethod
-    def unreached(cls, state: TrialState, reason: str | None, wall_time_s: float = 0.0) -> TrialResult:
+    def unreached(cls, state: Ending, reason: str | None, wall_time_s: float = 0.0) -> TrialResult:
         """The result of a trial that ended before its adapter existed (failed in setup, or pruned by a space
         constraint before it started): no size, ranks, metrics or steps."""
         return cls(metrics={}, primary=None, primary_metric=None, trainable_params=None, rank_map={},
@@ -255,7 +252,7 @@ class TrialResult:
         data.setdefault("eval_time_s", 0.0)
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
-        return cls(**{**values, "state": state_of(values["state"]),
+        return cls(**{**values, "state": Ending.named(values["state"]),
                       "rank_history": [RoundRecord.from_dict(r) for r in values.get("rank_history") or []],
                       "rank_evolution": [RankPoint.from_dict(p) for p in values.get("rank_evolution") or []],
                       "intermediate_values": {int(k): v for k, v in (values.get("intermediate_values") or {}).items()}})

@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
-from optuna.trial import TrialState
 from torch import nn
 
 from elalora_auto.errors import UserError
 from elalora_auto.events import Event, Listener, emit
 from elalora_auto.loading import load_base_model, load_tokenizer, reset_fresh_head, resolve_model
-from elalora_auto.records import RankPoint, RoundRecord
+from elalora_auto.records import Ending, RankPoint, RoundRecord
 from elalora_auto.spec import DataSettings, TrainingSettings, TrialResult, TrialSpec, total_steps
 from elalora_auto.trial_output import device_name, ending_of, finish_trial, peak_memory_mb, write_trial_output
 
@@ -327,12 +326,12 @@ def run_trial(
         result = _result(setup, out, *ending_of(exc))
         finish_trial(spec, result, setup and setup.adapter, output_dir, listeners, failing=exc)
         raise
-    result = _result(setup, out, TrialState.COMPLETE, None)
+    result = _result(setup, out, Ending.COMPLETE, None)
     finish_trial(spec, result, setup.adapter, output_dir, listeners)
     return result
 
 
-def _result(setup: TrialSetup | None, out: LoopOutcome, state: TrialState, reason: str | None) -> TrialResult:
+def _result(setup: TrialSetup | None, out: LoopOutcome, state: Ending, reason: str | None) -> TrialResult:
     """The TrialResult of whatever the trial reached; `setup` is None when it failed while setting up."""
     wall = time.perf_counter() - out.started
     if setup is None:

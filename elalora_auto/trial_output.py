@@ -22,21 +22,21 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from optuna.trial import TrialState
-
 from elalora_auto.events import Event, Listener, emit
+from elalora_auto.records import Ending
 from elalora_auto.spec import TrialResult, TrialSpec
 
 RESULT_FILE = "result.json"
 
 
-def ending_of(exc: BaseException) -> tuple[TrialState, str]:
-    """(state, reason) of a trial stopped by `exc`: optuna.TrialPruned is PRUNED, anything else FAIL."""
+def ending_of(exc: BaseException) -> tuple[Ending, str]:
+    """(state, reason) of a trial stopped by `exc`: optuna.TrialPruned (the search's reporter) is PRUNED, anything
+    else FAIL. Optuna is imported here, on a trial's failure only: a trial outside a search needs none of it."""
     import optuna
 
     if isinstance(exc, optuna.TrialPruned):
-        return TrialState.PRUNED, str(exc) or "pruned by the search's pruner"
-    return TrialState.FAIL, (f"{type(exc).__name__}: {exc}".splitlines() or [type(exc).__name__])[0]
+        return Ending.PRUNED, str(exc) or "pruned by the search's pruner"
+    return Ending.FAIL, (f"{type(exc).__name__}: {exc}".splitlines() or [type(exc).__name__])[0]
 
 
 def device_name(device: Any) -> str:
@@ -72,12 +72,12 @@ def write_trial_output(out: Path, spec: TrialSpec, result: TrialResult, adapter:
         from elalora_auto import plots
 
         (out / "rank_map.json").write_text(json.dumps(result.rank_map, indent=1, sort_keys=True))
-        when = ("final rank per matrix" if result.state == TrialState.COMPLETE
+        when = ("final rank per matrix" if result.state == Ending.COMPLETE
                 else f"rank per matrix, {result.state.name.lower()} at step {result.steps_done}")
         plots.rank_heatmap(result.rank_map, out / "rank_heatmap.png", when)
         if len(result.rank_evolution) > 1:
             plots.rank_evolution(result.rank_points(), out / "rank_evolution.png")
-    if result.state == TrialState.COMPLETE and adapter is not None:
+    if result.state == Ending.COMPLETE and adapter is not None:
         adapter.export_lora(out / "adapter", base_model_name_or_path=spec.model)
     # Last: a result.json means the folder is whole (readers take its presence as "this trial ended").
     (out / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=2))

@@ -17,19 +17,58 @@ def _python(code: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_cheap_commands_import_no_library_they_do_not_use(tmp_path: Path) -> None:
-    """`ui` on a missing store needs neither Optuna nor transformers, `status` no transformers (it reads the study
-    through Optuna): library_output imported both at every command's start (about 0.7 s; 2-3 s on a busy machine)."""
+    """`--help`, `ui` and `status` on a missing store need neither Optuna nor transformers, `status` on a study only
+    Optuna (it reads the study through it): library_output imported both at every command's start (about 0.7 s;
+    2-3 s on a busy machine), and while a trial's outcome held Optuna's TrialState every TrialSpec loaded Optuna."""
+    import optuna
+
+    from elalora_auto.search.storage import open_storage
+
+    runs = tmp_path / "runs"
+    optuna.create_study(study_name="s", storage=open_storage(None, runs))
     done = _python(f"""
-        import sys
+        import contextlib, io, sys
         from elalora_auto.cli import main
         loaded = lambda: sorted(m for m in ("optuna", "transformers") if m in sys.modules)
-        assert main(["ui", "--workdir", {str(tmp_path)!r}]) == 2
+        def run(*argv):
+            with contextlib.redirect_stdout(io.StringIO()):
+                try:
+                    return main(list(argv))
+                except SystemExit as exc:
+                    return exc.code
+        assert run("--help") == 0
+        print("help", loaded())
+        assert run("ui", "--workdir", {str(tmp_path)!r}) == 2
         print("ui", loaded())
-        assert main(["status", "--workdir", {str(tmp_path)!r}]) == 2
+        assert run("status", "--workdir", {str(tmp_path)!r}) == 2
+        print("status, no store", loaded())
+        assert run("status", "--workdir", {str(runs)!r}) == 0
         print("status", loaded())
         """, tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["ui []", "status ['optuna']"], done.stdout
+    assert done.stdout.splitlines() == ["help []", "ui []", "status, no store []", "status ['optuna']"], done.stdout
+
+
+def test_a_trials_outcome_loads_and_travels_without_optuna(tmp_path: Path) -> None:
+    """The trial's data, its folder's reader, the tracker and its spool records: none imports Optuna (a trial's
+    ending is `records.Ending`; only the search and the study's readers meet Optuna's TrialState)."""
+    done = _python("""
+        import json, sys
+        from elalora_auto.events import Event
+        from elalora_auto.records import Ending
+        from elalora_auto.spec import TrialResult, TrialSpec
+        from elalora_auto.tracking import MlflowTracker
+        from elalora_auto.tracking.payload import from_record, to_record
+        from elalora_auto.trial_output import read_result, write_trial_output
+        result = TrialResult.unreached(Ending.PRUNED, "a space constraint")
+        write_trial_output(__import__("pathlib").Path("t"), TrialSpec(task="sst2"), result, None)
+        assert read_result("t") == result
+        event = Event("trial_finished", 0, {"state": Ending.PRUNED, "result": result})
+        assert from_record(json.loads(json.dumps(to_record(event, 1)))).data == event.data
+        print("optuna" in sys.modules)
+        """, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False"], done.stdout
 
 
 def test_a_library_imported_within_is_quieted_like_one_imported_before(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 from optuna.trial import TrialState
 
 from elalora_auto.events import Event
-from elalora_auto.records import RankPoint, RoundRecord, StudyRow, TrialSummary
+from elalora_auto.records import Ending, RankPoint, RoundRecord, StudyRow, TrialSummary
 from elalora_auto.search.attrs import summary_of_result, summary_of_trial
 from elalora_auto.spec import TrialResult
 from elalora_auto.tracking.payload import from_record, to_record
@@ -21,7 +21,7 @@ ELALORA_ROUND = {"round": 1, "step": 6, "b": 2, "moved": 1, "cut": 0, "pool_size
                  "pruned": [[Q, 1]], "grown": [[V, 1]], "total_rank": 8, "adapter_params": 1200}
 
 
-def _result(state: TrialState = TrialState.PRUNED) -> TrialResult:
+def _result(state: Ending = Ending.PRUNED) -> TrialResult:
     return TrialResult(
         metrics={"accuracy": 0.7}, primary=0.7, primary_metric="accuracy", trainable_params=1200,
         rank_map={Q: 3, V: 5}, rank_history=[RoundRecord.from_dict(ELALORA_ROUND),
@@ -36,7 +36,7 @@ def test_a_result_round_trips_through_json_and_keeps_its_types() -> None:
     result = _result()
     back = TrialResult.from_dict(json.loads(json.dumps(result.to_dict())))
     assert back == result
-    assert back.state is TrialState.PRUNED and isinstance(back.rank_history[0], RoundRecord)
+    assert back.state is Ending.PRUNED and isinstance(back.rank_history[0], RoundRecord)
     assert back.rank_history[0].pruned == ((Q, 1),) and back.rank_history[1].changed == {Q: (4, 3), V: (4, 5)}
     assert back.rank_evolution[1] == RankPoint(6, {Q: 3, V: 5}) and back.intermediate_values == {6: 0.7}
     assert back.rank_points()[-1] == (9, {Q: 3, V: 5})  # extended to the last step taken
@@ -58,27 +58,36 @@ def test_a_result_json_of_an_older_version_still_loads(tmp_path) -> None:
            "setup_time_s": 1.0, "train_time_s": 2.0, "examples_per_s": 64.0, "steps": 12, "status": "COMPLETE"}
     (tmp_path / "result.json").write_text(json.dumps(old))
     result = read_result(tmp_path)
-    assert result.state is TrialState.COMPLETE and result.reason is None and result.eval_time_s == 0.0
+    assert result.state is Ending.COMPLETE and result.reason is None and result.eval_time_s == 0.0
     assert result.rank_history == [RoundRecord.from_dict(ELALORA_ROUND)] and result.rank_evolution == []
     assert result.trainable_params == 2048 and result.steps_done == 0 and result.device is None
-    assert TrialResult.from_dict({**old, "status": "FAIL"}).state is TrialState.FAIL
+    assert TrialResult.from_dict({**old, "status": "FAIL"}).state is Ending.FAIL
     assert read_result(tmp_path / "missing") is None and read_result(None) is None
 
 
+def test_a_result_ends_in_its_own_terms_only() -> None:
+    """Optuna's state never equals an Ending: a result given one would read as no ending at all downstream."""
+    with pytest.raises(TypeError, match="records.Ending"):
+        _result(TrialState.COMPLETE)
+    with pytest.raises(ValueError, match=r"expected one of \['COMPLETE', 'PRUNED', 'FAIL'\]"):
+        TrialResult.from_dict({**_result().to_dict(), "state": "RUNNING"})
+    assert Ending.named("FAIL") is Ending.FAIL and Ending.named(Ending.PRUNED) is Ending.PRUNED
+
+
 def test_events_reach_the_tracker_typed_from_its_spool_records_old_and_new() -> None:
-    result = _result(TrialState.COMPLETE)
+    result = _result(Ending.COMPLETE)
     finished = Event("trial_finished", 3, {"study": object(), "study_name": "s", "trial_number": 3,
-                                           "state": TrialState.COMPLETE, "result": result, "output_dir": None})
+                                           "state": Ending.COMPLETE, "result": result, "output_dir": None})
     record = json.loads(json.dumps(to_record(finished, 7)))  # what the spool file holds
     assert "study" not in record["data"] and record["data"]["state"] == "COMPLETE"
     back = from_record(record)
-    assert back.data["result"] == result and back.data["state"] is TrialState.COMPLETE
+    assert back.data["result"] == result and back.data["state"] is Ending.COMPLETE
     round_event = from_record(json.loads(json.dumps(to_record(
         Event("round", 6, {"record": RoundRecord.from_dict(ELALORA_ROUND), "rank_map": {Q: 3}}), 8))))
     assert round_event.data["record"] == RoundRecord.from_dict(ELALORA_ROUND)
     old = {"kind": "trial_end", "step": 12, "t_ms": 1, "data": {"result": {**result.to_dict(), "status": "PRUNED"}}}
     del old["data"]["result"]["state"]
-    assert from_record(old).data["result"].state is TrialState.PRUNED  # an older version's spool file
+    assert from_record(old).data["result"].state is Ending.PRUNED  # an older version's spool file
     old_round = {"kind": "round", "step": 4, "t_ms": 1,
                  "data": {"record": {"changed": {Q: [4, 3]}, "total_rank": 7}, "rank_map": {Q: 3}}}
     assert from_record(old_round).data["record"] == RoundRecord(4, 7, changed={Q: (4, 3)})

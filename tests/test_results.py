@@ -7,6 +7,7 @@ import pytest
 
 from elalora_auto.errors import UserError
 from elalora_auto.export import pick_trial
+from elalora_auto.records import Ending
 from elalora_auto.results import front, knee_row, study_rows, summary_table
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -59,7 +60,7 @@ def _ended(folder, state: str, size: int, t_init_steps: int) -> None:
         rank_map={"bert.encoder.layer.0.attention.self.query": 3, "bert.encoder.layer.1.attention.self.query": 5},
         rank_history=[], eval_history=[], train_loss_history=[], wall_time_s=1.0, setup_time_s=0.1,
         train_time_s=0.8, eval_time_s=0.1, examples_per_s=100.0, steps=150, steps_done=60,
-        intermediate_values={30: 0.55, 60: 0.6}, device="cpu", state=optuna.trial.TrialState[state],
+        intermediate_values={30: 0.55, 60: 0.6}, device="cpu", state=Ending[state],
         reason=None if state == "COMPLETE" else "below the median at step 60")
     write_trial_output(folder, spec, result, None)
 

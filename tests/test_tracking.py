@@ -12,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from elalora_auto.events import Event, emit, with_context
-from elalora_auto.records import RoundRecord
+from elalora_auto.records import Ending, RoundRecord
 from elalora_auto.spec import TrialResult
 from elalora_auto.tracking import MlflowTracker
 
@@ -58,8 +58,8 @@ def _run_trial(tracker: MlflowTracker, study: optuna.Study, workdir: Path, outco
         study.tell(trial, state=getattr(optuna.trial.TrialState, "FAIL" if outcome == "FAIL" else outcome))
     frozen = study.trials[trial.number]
     emit([tracker], Event("trial_finished", 0, {
-        "study": study, "study_name": name, "trial_number": trial.number, "state": frozen.state, "reason": reason,
-        "params": frozen.params, "values": values, "result": result, "output_dir": str(out)}))
+        "study": study, "study_name": name, "trial_number": trial.number, "state": Ending[frozen.state.name],
+        "reason": reason, "params": frozen.params, "values": values, "result": result, "output_dir": str(out)}))
     return frozen
 
 
@@ -180,7 +180,7 @@ def test_resuming_reuses_the_parent_and_child_runs(tracked):
     again(Event("study_start", 0, {"study": study, "study_name": "s1", "storage": "memory", "settings": {}}))
     done = trials[0]
     again(Event("trial_finished", 0, {"study": study, "study_name": "s1", "trial_number": done.number,
-                                      "state": done.state, "reason": None, "params": done.params,
+                                      "state": Ending[done.state.name], "reason": None, "params": done.params,
                                       "values": done.values, "result": None, "output_dir": None}))
     assert again.study_runs("s1").parent_run_id == tracker.study_runs("s1").parent_run_id
     numbers = [int(run.data.tags["elalora.trial"]) for run in _children(tracker.client, "s1")]

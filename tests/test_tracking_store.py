@@ -17,8 +17,8 @@ from test_search_study import study_file  # noqa: F401 - the tiny study fixture
 
 ONE_TRIAL = textwrap.dedent("""
     import sys
-    from optuna.trial import TrialState
     from elalora_auto.events import Event
+    from elalora_auto.records import Ending
     from elalora_auto.tracking import MlflowTracker
     workdir, number = sys.argv[1], int(sys.argv[2])
     tracker = MlflowTracker(workdir=workdir)
@@ -27,7 +27,7 @@ ONE_TRIAL = textwrap.dedent("""
     tracker(Event("trial_start", 0, {**data, "spec": {"task": "x", "training": {"seed": 1}}, "trainable_params": 10,
                                      "rank_map": {"q": 2}}))
     tracker(Event("train_step", 1, {**data, "loss": 0.5, "lr": 1e-3, "total_rank": 2, "trainable_params": 10}))
-    tracker(Event("trial_finished", 0, {**data, "state": TrialState.COMPLETE, "reason": None, "values": [0.5, 10],
+    tracker(Event("trial_finished", 0, {**data, "state": Ending.COMPLETE, "reason": None, "values": [0.5, 10],
                                         "params": {"r": number}, "result": None, "output_dir": None}))
     assert tracker.flush(), "the store did not take the events"
 """)

@@ -67,20 +67,22 @@ def redacted_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
 def open_storage(uri: str | None, workdir: str | Path, create: bool = True,
                  heartbeat: HeartbeatSettings | None = None) -> Any:
     """JournalStorage on WORKDIR/optuna-journal.log by default (or a given *.log path), else RDBStorage with
-    `heartbeat`'s timing (default 60 s / 180 s; pass the study's own to run trials)."""
-    import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
-
+    `heartbeat`'s timing (default 60 s / 180 s; pass the study's own to run trials). Optuna is imported once the
+    storage is known to exist: `status` on a missing one answers without it."""
     heartbeat, uri = heartbeat or HeartbeatSettings(), resolve_storage(uri)
     if uri is None or "://" not in uri:
         path = journal_path(uri, workdir)
         if not path.exists() and not create:
             raise UserError(f"no study storage at {path}; run `elalora-auto search` first or pass --storage/--workdir")
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
         path.parent.mkdir(parents=True, exist_ok=True)
         lock = _InterruptSafeLock(str(path))
         repair_journal(path, lock)
         return JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat, retry

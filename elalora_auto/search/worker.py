@@ -21,6 +21,7 @@ import optuna
 
 from elalora_auto.errors import UserError
 from elalora_auto.events import Event, Listener, emit, with_context
+from elalora_auto.records import Ending
 from elalora_auto.search.attrs import FAIL_REASON, PRUNE_REASON, summary_attrs, summary_of_trial
 from elalora_auto.search.plan import StudyPlan
 from elalora_auto.search.pruning import RUNG_SIZES, PruningRule
@@ -269,7 +270,7 @@ class Worker:
         from elalora_auto.trial_output import finish_trial
 
         trial.set_user_attr(PRUNE_REASON, reason)
-        finish_trial(spec, TrialResult.unreached(optuna.trial.TrialState.PRUNED, reason), None, out,
+        finish_trial(spec, TrialResult.unreached(Ending.PRUNED, reason), None, out,
                      self._trial_listeners(trial))
         raise optuna.TrialPruned(reason)
 
@@ -284,25 +285,28 @@ class Worker:
             self.results[event.data["trial_number"]] = (event.data["result"], event.data["output_dir"])
 
     def finished(self, study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
-        """Optuna's callback after each trial: the `trial_finished` event, one line, the user-error count."""
+        """Optuna's callback after each trial: the `trial_finished` event, one line, the user-error count. Here
+        Optuna's state (a finished one: COMPLETE, PRUNED or FAIL) becomes the trial's `Ending`, the one place the
+        two meet: Optuna was told it by the objective's return or exception."""
         self.running = None
+        state = Ending[frozen.state.name]
         reason = summary_of_trial(frozen).reason
         result, output_dir = self.results.pop(frozen.number, (None, None))
         crash = self.crashed.pop(frozen.number, None)
         emit(self.listeners, Event("trial_finished", frozen.number, {
             "study": study, "study_name": study.study_name, "trial_number": frozen.number,
-            "state": frozen.state, "reason": reason, "params": dict(frozen.params),
+            "state": state, "reason": reason, "params": dict(frozen.params),
             "values": list(frozen.values) if frozen.values is not None else None, "result": result,
             "output_dir": output_dir}))
-        if result is not None and frozen.state == optuna.trial.TrialState.COMPLETE:
+        if result is not None and state is Ending.COMPLETE:
             self.echo(f"trial {frozen.number}: {self.plan.primary_metric} {result.primary:.4f}, "
                       f"{result.trainable_params:,} trainable parameters, {len(result.rank_history)} rank "
                       f"rounds, {result.wall_time_s:.1f} s")
         else:
-            self.echo(f"trial {frozen.number}: {frozen.state.name.lower()} ({reason})"
+            self.echo(f"trial {frozen.number}: {state.name.lower()} ({reason})"
                       + (f"; traceback: {crash[1]}" if crash else ""))
         fail_reason = frozen.user_attrs.get(FAIL_REASON)
-        if frozen.state.name == "FAIL" and isinstance(fail_reason, str) and fail_reason.startswith(USER_ERRORS):
+        if state is Ending.FAIL and isinstance(fail_reason, str) and fail_reason.startswith(USER_ERRORS):
             self.user_errors.append(fail_reason)
         else:
             self.user_errors.clear()

@@ -10,11 +10,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from optuna.trial import TrialState
-
 from elalora_auto.tracking.runs import NOTE, StudyRuns
 
-COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)
+COUNTED = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")  # Optuna's trial states, by name
 PLOTS_PAGE = "study_plots.html"  # the parent's interactive plots, plotly inlined once (MLflow's viewer needs it)
 KIND_TAG = "mlflow.experimentKind"  # MLflow 3's UI opens a "custom model development" experiment on its runs
 STOPPED = "the trial's process stopped before it reported (killed)"
@@ -80,7 +78,7 @@ def refresh_study(client: Any, study: Any, runs: StudyRuns, trials_dir: Path, ba
                 (Path(upload) / path.name).write_bytes(path.read_bytes())
         (Path(upload) / PLOTS_PAGE).write_text(one_plotly_page(Path(tmp), study.study_name))
         client.log_artifacts(runs.parent_run_id, upload)
-    counts = {state.name: sum(row.state == state for row in rows) for state in COUNTED}
+    counts = {state: sum(row.state.name == state for row in rows) for state in COUNTED}
     now = _now_ms()
     metrics = [Metric(f"trials_{state.lower()}", n, now, step) for state, n in counts.items()]
     metrics.append(Metric("pareto_size", sum(row.on_front for row in rows), now, step))

@@ -1,19 +1,18 @@
 """An event as the tracker's spool file holds it (one JSON line) and back.
 
-The events carry typed values (the `TrialResult` of `trial_end` and `trial_finished`, their Optuna `TrialState`,
-the `RoundRecord` of `round`); a spool record holds their plain form. This is the one place that turns them into
+The events carry typed values (the `TrialResult` of `trial_end` and `trial_finished`, their `records.Ending`, the
+`RoundRecord` of `round`); a spool record holds their plain form. This is the one place that turns them into
 plain values and reads them back, spool files written by older versions included (results as dicts, states as
 names): every handler of the tracker sees the typed event.
 """
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
-from optuna.trial import TrialState
-
 from elalora_auto.events import Event
-from elalora_auto.records import RoundRecord, state_of
+from elalora_auto.records import Ending, RoundRecord
 from elalora_auto.spec import TrialResult
 from elalora_auto.tracking.spool import Record
 
@@ -32,7 +31,7 @@ def from_record(record: Record) -> Event:
     if data.get("result") is not None:
         data["result"] = TrialResult.from_dict(data["result"])
     if "state" in data:
-        data["state"] = state_of(data["state"])
+        data["state"] = Ending.named(data["state"])
     if "record" in data:
         data["record"] = RoundRecord.from_dict({"step": record["step"], **data["record"]})
     return Event(record["kind"], int(record["step"]), data)
@@ -41,4 +40,4 @@ def from_record(record: Record) -> Event:
 def _plain(value: Any) -> Any:
     if isinstance(value, (TrialResult, RoundRecord)):
         return value.to_dict()
-    return value.name if isinstance(value, TrialState) else value
+    return value.name if isinstance(value, enum.Enum) else value  # a state by its name

@@ -18,10 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from optuna.trial import TrialState
-
 from elalora_auto.events import Event
-from elalora_auto.records import RoundRecord
+from elalora_auto.records import Ending, RoundRecord
 from elalora_auto.spec import TrialResult
 from elalora_auto.tracking import artifacts, models
 from elalora_auto.tracking.payload import LIVE_KEYS, from_record, to_record
@@ -31,8 +29,8 @@ from elalora_auto.workdir import Workdir
 
 log = logging.getLogger(__name__)
 
-# Optuna's final trial state -> MLflow's terminal run status.
-RUN_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
+# A trial's ending -> MLflow's terminal run status.
+RUN_STATUS = {Ending.COMPLETE: "FINISHED", Ending.PRUNED: "KILLED", Ending.FAIL: "FAILED"}
 _FLUSH_AT = 500  # buffered step metrics before a log_batch; MLflow accepts 1000 per call
 
 
@@ -156,13 +154,13 @@ class MlflowTracker:
         if not trial.ended and result is not None:  # its trial_end went to another tracker, or none saw it
             self._log_result(trial, result, event.step, t_ms)
         size = self._log_ranks(trial, number, result, event.step)
-        self.client.set_terminated(trial.run_id, status=RUN_STATUS.get(state, "FAILED"))
+        self.client.set_terminated(trial.run_id, status=RUN_STATUS[state])
         runs = self.study_runs(name)
         artifacts.log_trial_on_parent(self.client, runs.parent_run_id, number, state.name,
                                       values[0] if values else None, values[1] if len(values) > 1 else size, t_ms)
         if study is None:
             return
-        if state == TrialState.COMPLETE and data["output_dir"]:
+        if state is Ending.COMPLETE and data["output_dir"]:
             artifacts.log_adapter_if_on_front(self.client, study, number, trial.run_id, Path(data["output_dir"]),
                                               self.workdir.trials(name))
         if time.monotonic() - runs.last_refresh >= self.refresh_every_s:
