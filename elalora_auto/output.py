@@ -58,7 +58,8 @@ def is_verbose(flag: bool = False) -> bool:
 class _AfterImport(importlib.abc.MetaPathFinder):
     """While installed, runs `actions[name](module)` right after module `name` is first imported, so a library is
     quieted when the command imports it, never imported for that alone (transformers and optuna cost most of a
-    second: `ui` needs neither, `status` no transformers)."""
+    second: `--help`, `ui` and `status` on a missing store need neither, `status` on a study no transformers).
+    Needed while a command imports either within `library_output`: each attaches its own terminal handler then."""
 
     def __init__(self, actions: dict[str, Callable[[ModuleType], None]]) -> None:
         self.actions = actions
