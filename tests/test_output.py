@@ -19,7 +19,8 @@ def _python(code: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_cheap_commands_import_no_library_they_do_not_use(tmp_path: Path) -> None:
     """`--help`, `ui` and `status` on a missing store need neither Optuna nor transformers, `status` on a study only
     Optuna (it reads the study through it): library_output imported both at every command's start (about 0.7 s;
-    2-3 s on a busy machine), and while a trial's outcome held Optuna's TrialState every TrialSpec loaded Optuna."""
+    2-3 s on a busy machine), and while a trial's outcome held Optuna's TrialState every TrialSpec loaded Optuna.
+    None loads the MLflow tracker either (`tracking.__getattr__`)."""
     import optuna
 
     from elalora_auto.search.storage import open_storage
@@ -29,7 +30,8 @@ def test_cheap_commands_import_no_library_they_do_not_use(tmp_path: Path) -> Non
     done = _python(f"""
         import contextlib, io, sys
         from elalora_auto.cli import main
-        loaded = lambda: sorted(m for m in ("optuna", "transformers") if m in sys.modules)
+        watched = ("optuna", "transformers", "elalora_auto.tracking.tracker")
+        loaded = lambda: sorted(m for m in watched if m in sys.modules)
         def run(*argv):
             with contextlib.redirect_stdout(io.StringIO()):
                 try:
