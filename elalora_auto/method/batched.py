@@ -6,6 +6,12 @@ shape (A or B, width, rank: a handful of groups), over tensor lists and constant
 layer's tensors change (a round, loading another rank, ``.to()``): the layers of one model share a
 ``Generation`` counter that every such change bumps, so a step does no Python work per matrix beyond reading
 its gradient.
+
+The importance statistics of all matrices live in two flat buffers (Ibar, U), each layer's ``ipt_bar_*`` /
+``ipt_unc_*`` buffer a view into them, so the EMA is a handful of ops over four flat tensors (the parameters and
+gradients gathered by one ``cat`` each) instead of eight multi-tensor ops over 3 x matrices tensors. Every op is
+elementwise, so each entry gets the same arithmetic as in the per-tensor form, bit for bit
+(tests/test_method_batched.py trains both and compares).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from elalora_auto.method.layer import LORA_ROW_NORM, PARTS, ElaLoraLayer, Generation
+from elalora_auto.method.layer import LORA_ROW_NORM, PARTS, STATS, ElaLoraLayer, Generation
 
 
 class _OrthDiff(torch.autograd.Function):
@@ -109,32 +115,52 @@ class MatrixBatch:
         self.bars: list[Tensor] = []
         self.uncs: list[Tensor] = []
         self.groups: list[OrthGroup] = []
+        self.flat: tuple[Tensor, Tensor] | None = None  # (Ibar, U) of every term in one buffer each, or None
 
     def _fresh(self) -> MatrixBatch:
         if self._built_at != self.generation.value:
             terms = [(layer, part) for layer in self.layers for part in PARTS]
             self.params = [layer.param(part) for layer, part in terms]
-            self.bars = [layer.ipt_bar[part] for layer, part in terms]
-            self.uncs = [layer.ipt_unc[part] for layer, part in terms]
             by_shape: dict[tuple[str, tuple[int, ...]], list[ElaLoraLayer]] = {}
             for layer in self.layers:
                 for part in ("A", "B"):
                     by_shape.setdefault((part, tuple(layer.param(part).shape)), []).append(layer)
             with torch.no_grad():
                 self.groups = [_orth_group(layers, part) for (part, _), layers in by_shape.items()]
+                self.flat = self._flatten_stats(terms)
+            self.bars = [layer.ipt_bar[part] for layer, part in terms]
+            self.uncs = [layer.ipt_unc[part] for layer, part in terms]
             self._built_at = self.generation.value
         return self
+
+    def _flatten_stats(self, terms: list[tuple[ElaLoraLayer, str]]) -> tuple[Tensor, Tensor] | None:
+        """Copy each kind of statistic of every term into one flat buffer and make the layers hold views of it;
+        None (statistics left as they are) when the parameters and statistics do not share one device and dtype."""
+        stats = [[getattr(layer, f"{kind}_{part}") for layer, part in terms] for kind in STATS]
+        if len({(t.device, t.dtype) for t in [*self.params, *stats[0], *stats[1]]}) != 1:
+            return None
+        flat = []
+        for kind, tensors in zip(STATS, stats):
+            buffer = torch.cat([t.reshape(-1) for t in tensors])
+            for (layer, part), tensor, view in zip(terms, tensors, buffer.split([t.numel() for t in tensors])):
+                layer.hold_stat_in(f"{kind}_{part}", view.view(tensor.shape))
+            flat.append(buffer)
+        return flat[0], flat[1]
 
     @torch.no_grad()
     def update_importance(self, beta1: float, beta2: float) -> None:
         """Ibar <- b1 Ibar + (1-b1) I;  U <- b2 U + (1-b2) |I - Ibar|, with I = |w * grad|, over every matrix
-        whose parameters have a gradient."""
+        whose parameters have a gradient: over the flat buffers when all have one (the usual step), else over
+        the tensors of those that have."""
         fresh = self._fresh()
         params, bars, uncs = fresh.params, fresh.bars, fresh.uncs
         grads = [param.grad for param in params]
         if any(grad is None for grad in grads):
             kept = [i for i, grad in enumerate(grads) if grad is not None]
             params, bars, uncs, grads = ([items[i] for i in kept] for items in (params, bars, uncs, grads))
+        elif fresh.flat is not None and all(grad.dtype == params[0].dtype for grad in grads):
+            flat_params, flat_grads = (torch.cat([t.reshape(-1) for t in tensors]) for tensors in (params, grads))
+            params, grads, bars, uncs = [flat_params], [flat_grads], [fresh.flat[0]], [fresh.flat[1]]
         if not params:
             return
         ipt = torch._foreach_mul(params, grads)

@@ -127,6 +127,12 @@ class ElaLoraLayer(nn.Module):
         """Uncertainty U per part (the buffers themselves)."""
         return {part: getattr(self, f"ipt_unc_{part}") for part in PARTS}
 
+    def hold_stat_in(self, name: str, view: Tensor) -> None:
+        """Keep statistic ``name`` (e.g. ``ipt_bar_A``) in ``view``, a tensor of its shape and values in storage
+        shared with the other layers' statistics (method/batched.py's flat EMA buffers): the layer itself does
+        not change, so unlike assigning a buffer this leaves the generation where it is."""
+        self._buffers[name] = view
+
     @property
     def born(self) -> list[int]:
         return self.born_round.tolist()
