@@ -1,8 +1,8 @@
 """The per-step work over all adapted matrices at once: the importance EMAs and the orthogonality penalty.
 
 A step's cost beyond LoRA is a few small ops per matrix; on a GPU their launches, not their arithmetic, are the
-bill. Here the EMAs are multi-tensor updates (``torch._foreach_*``) and the penalty is one ``bmm`` per factor
-shape (A or B, width, rank: a handful of groups), over tensor lists and constants built once and kept until a
+bill. Here the penalty is one ``bmm`` per factor shape (A or B, width, rank: a handful of groups) in a single
+autograd node (``_Penalty``), over tensor lists and constants built once and kept until a
 layer's tensors change (a round, loading another rank, ``.to()``): the layers of one model share a
 ``Generation`` counter that every such change bumps, so a step does no Python work per matrix beyond reading
 its gradient.
@@ -25,46 +25,45 @@ from torch import Tensor, nn
 from elalora_auto.method.layer import LORA_ROW_NORM, PARTS, STATS, ElaLoraLayer, Generation
 
 
-class _OrthDiff(torch.autograd.Function):
-    """Per matrix Gram / divisor * mask - target, the Gram of the rows of x (A factors: x x^T) or of its columns
-    (B factors: x^T x), in one autograd node. Its backward is the one of ElaLoraLayer.orth_penalty's ops
-    (grad * mask / divisor, then mm's G x + G^T x or x G^T + x G with G^T a transposed view), so each matrix's
-    gradient is that one bit for bit where the batched BLAS call rounds like the single one (bmm's own backward
-    multiplies in another layout). Under autocast the Gram is computed in the autocast dtype, as mm does."""
+class _Penalty(torch.autograd.Function):
+    """The mean over matrices of ||Gram / divisor * mask - target||_F, every group (OrthGroup) in one autograd
+    node: its forward runs each group's stack, Gram and matrix_norm without recording a graph, then cat, sum and
+    the division by the matrix count; its backward applies the formulas autograd would to that composition
+    (division, sum and cat: the gradient divided and spread; linalg_vector_norm of order 2: grad * (x / norm),
+    0 where the norm is 0; OrthGroup.grad_of; stack: unbind), each in the dtype the forward computed in, so
+    every gradient is the composed graph's bit for bit (tests/test_method_batched.py) with a fraction of its
+    per-op autograd work (nodes, saved variables, dispatch through the autograd layer)."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, group: OrthGroup) -> Tensor:
-        if torch.is_autocast_enabled(x.device.type):
-            x = x.to(torch.get_autocast_dtype(x.device.type))
-        ctx.save_for_backward(x)
-        ctx.group = group
-        diff = torch.bmm(x, x.transpose(1, 2)) if group.rows else torch.bmm(x.transpose(1, 2), x)
-        if group.divisor is not None:
-            diff = diff / group.divisor
-        if group.mask is not None:
-            diff = diff * group.mask
-        if group.neg_target is not None:
-            diff = diff + group.neg_target
-        return diff
+    def forward(ctx: Any, batch: MatrixBatch, *params: Tensor) -> Tensor:
+        ctx.groups, ctx.count, saved, norms = batch.groups, len(batch.layers), [], []
+        for group in batch.groups:
+            x, diff = group.gram_diff(torch.stack(group.params))
+            norms.append(torch.linalg.matrix_norm(diff))
+            saved += [x, diff, norms[-1]]
+        ctx.save_for_backward(*saved)
+        flat = torch.cat(norms)
+        ctx.norm_dtype = flat.dtype
+        return flat.sum() / ctx.count
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        (x,), group = ctx.saved_tensors, ctx.group
-        if group.mask is not None:
-            grad = grad * group.mask
-        if group.divisor is not None:
-            grad = grad / group.divisor
-        grad = grad.to(x.dtype)
-        if group.rows:
-            return torch.bmm(grad, x) + torch.bmm(grad.transpose(1, 2), x), None
-        return torch.bmm(x, grad.transpose(1, 2)) + torch.bmm(x, grad), None
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        grad = (grad / ctx.count).to(ctx.norm_dtype)
+        saved, grads = ctx.saved_tensors, []
+        for index, group in enumerate(ctx.groups):
+            x, diff, norm = saved[3 * index : 3 * index + 3]
+            scale = norm[:, None, None]
+            unit = (diff.to(norm.dtype) / scale).masked_fill_(scale == 0, 0)
+            grad_diff = grad.expand(norm.shape)[:, None, None] * unit
+            grads.extend(group.grad_of(grad_diff.to(diff.dtype), x).unbind(0))
+        return (None, *grads)
 
 
 @dataclass
 class OrthGroup:
     """The A factors or the B factors of one shape, as one batch.
 
-    Per step: one stack, one autograd node for Gram / divisor * mask - target (``_OrthDiff``), one norm per
+    Per step: one stack, Gram / divisor * mask - target (``gram_diff``, its gradient ``grad_of``), one norm per
     matrix. Grouping by exact shape (no padding) keeps each Gram matrix the BLAS problem of
     ``ElaLoraLayer.orth_penalty``, so on the CPU the values and gradients match it bit for bit where the batched
     BLAS call rounds like the single one (at equal even ranks, as at the start; not below width x rank^2 = 400,
@@ -79,9 +78,33 @@ class OrthGroup:
     mask: Tensor | None  # (m, r, r): the off-diagonal mask for LoRA-init B; None: ones
     neg_target: Tensor | None  # (m, r, r): minus the identity, 0 for LoRA-init B; None: 0 everywhere
 
-    def norms(self) -> Tensor:
-        """The Frobenius norms of this group's terms, one per matrix."""
-        return torch.linalg.matrix_norm(_OrthDiff.apply(torch.stack(self.params), self))
+    def gram_diff(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(x, per matrix Gram / divisor * mask - target of x): the Gram of the rows of x (A factors: x x^T) or of
+        its columns (B factors: x^T x). Under autocast x is first cast to the autocast dtype, as mm does."""
+        if torch.is_autocast_enabled(x.device.type):
+            x = x.to(torch.get_autocast_dtype(x.device.type))
+        diff = torch.bmm(x, x.transpose(1, 2)) if self.rows else torch.bmm(x.transpose(1, 2), x)
+        if self.divisor is not None:
+            diff = diff / self.divisor
+        if self.mask is not None:
+            diff = diff * self.mask
+        if self.neg_target is not None:
+            diff = diff + self.neg_target
+        return x, diff
+
+    def grad_of(self, grad: Tensor, x: Tensor) -> Tensor:
+        """The gradient for x of gram_diff's difference, given the difference's gradient: the backward of
+        ElaLoraLayer.orth_penalty's ops (grad * mask / divisor, then mm's G x + G^T x or x G^T + x G with G^T a
+        transposed view), so each matrix's gradient is that one bit for bit where the batched BLAS call rounds
+        like the single one (bmm's own backward multiplies in another layout)."""
+        if self.mask is not None:
+            grad = grad * self.mask
+        if self.divisor is not None:
+            grad = grad / self.divisor
+        grad = grad.to(x.dtype)
+        if self.rows:
+            return torch.bmm(grad, x) + torch.bmm(grad.transpose(1, 2), x)
+        return torch.bmm(x, grad.transpose(1, 2)) + torch.bmm(x, grad)
 
 
 def _orth_group(layers: list[ElaLoraLayer], part: str) -> OrthGroup:
@@ -173,6 +196,6 @@ class MatrixBatch:
         torch._foreach_add_(uncs, ipt, alpha=1.0 - beta2)
 
     def orthogonal_regularization(self) -> Tensor:
-        """Mean over matrices of their orth_penalty(), as one bmm per factor shape."""
-        norms = [group.norms() for group in self._fresh().groups]
-        return (torch.cat(norms) if len(norms) > 1 else norms[0]).sum() / len(self.layers)
+        """Mean over matrices of their orth_penalty(), as one bmm per factor shape, in one autograd node."""
+        fresh = self._fresh()
+        return _Penalty.apply(fresh, *(param for group in fresh.groups for param in group.params))
