@@ -131,7 +131,12 @@ class GroupDiff(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return ctx.group.grad_of(grad, ctx.saved_tensors[0]), None
+        group = ctx.group
+        if group.mask is not None:
+            grad = grad * group.mask
+        if group.divisor is not None:
+            grad = grad / group.divisor
+        return group.gram_grad(grad, ctx.saved_tensors[0]), None
 
 
 def composed_penalty(model: ElaLoraModel) -> torch.Tensor:

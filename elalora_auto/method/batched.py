@@ -30,40 +30,58 @@ class _Penalty(torch.autograd.Function):
     node: its forward runs each group's stack, Gram and matrix_norm without recording a graph, then cat, sum and
     the division by the matrix count; its backward applies the formulas autograd would to that composition
     (division, sum and cat: the gradient divided and spread; linalg_vector_norm of order 2: grad * (x / norm),
-    0 where the norm is 0; OrthGroup.grad_of; stack: unbind), each in the dtype the forward computed in, so
-    every gradient is the composed graph's bit for bit (tests/test_method_batched.py) with a fraction of its
-    per-op autograd work (nodes, saved variables, dispatch through the autograd layer)."""
+    0 where the norm is 0; the Gram difference's: * mask / divisor, then OrthGroup.gram_grad; stack: unbind),
+    each in the dtype the forward computed in. The elementwise steps run once over all groups' differences
+    (``FlatTerms``), which changes no bit (each element gets the same ops; a factor of 1 where a group has no
+    mask or divisor is exact), so every gradient is the composed graph's bit for bit
+    (tests/test_method_batched.py) with a fraction of its per-op autograd and dispatch work."""
 
     @staticmethod
     def forward(ctx: Any, batch: MatrixBatch, *params: Tensor) -> Tensor:
-        ctx.groups, ctx.count, saved, norms = batch.groups, len(batch.layers), [], []
+        xs, diffs, norms = [], [], []
         for group in batch.groups:
             x, diff = group.gram_diff(torch.stack(group.params))
+            xs.append(x)
+            diffs.append(diff.reshape(-1))
             norms.append(torch.linalg.matrix_norm(diff))
-            saved += [x, diff, norms[-1]]
-        ctx.save_for_backward(*saved)
         flat = torch.cat(norms)
-        ctx.norm_dtype = flat.dtype
+        ctx.groups, ctx.terms, ctx.count, ctx.diff_dtype = batch.groups, batch.terms, len(batch.layers), diffs[0].dtype
+        ctx.save_for_backward(torch.cat(diffs), flat, *xs)
         return flat.sum() / ctx.count
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        grad = (grad / ctx.count).to(ctx.norm_dtype)
-        saved, grads = ctx.saved_tensors, []
-        for index, group in enumerate(ctx.groups):
-            x, diff, norm = saved[3 * index : 3 * index + 3]
-            scale = norm[:, None, None]
-            unit = (diff.to(norm.dtype) / scale).masked_fill_(scale == 0, 0)
-            grad_diff = grad.expand(norm.shape)[:, None, None] * unit
-            grads.extend(group.grad_of(grad_diff.to(diff.dtype), x).unbind(0))
+        diff, norms, *xs = ctx.saved_tensors
+        terms = ctx.terms
+        scale = norms.repeat_interleave(terms.sizes, output_size=diff.numel())
+        unit = (diff.to(norms.dtype) / scale).masked_fill_(scale == 0, 0)
+        grad_diff = ((grad / ctx.count).to(norms.dtype) * unit).to(ctx.diff_dtype)
+        if terms.mask is not None:
+            grad_diff = grad_diff * terms.mask
+        if terms.divisor is not None:
+            grad_diff = grad_diff / terms.divisor
+        grads: list[Tensor] = []
+        for group, x, piece in zip(ctx.groups, xs, grad_diff.split(terms.group_sizes)):
+            rank = x.shape[1] if group.rows else x.shape[2]
+            grads.extend(group.gram_grad(piece.view(-1, rank, rank), x).unbind(0))
         return (None, *grads)
+
+
+@dataclass
+class FlatTerms:
+    """What _Penalty's backward needs to run its elementwise steps once over all groups' differences."""
+
+    sizes: Tensor  # elements of each matrix's difference (rank^2), in group order
+    group_sizes: list[int]  # elements of each group's differences
+    mask: Tensor | None  # each group's mask, 1 where it has none; None: no group has one
+    divisor: Tensor | None  # each group's divisor per element, 1 where it has none; None: no group has one
 
 
 @dataclass
 class OrthGroup:
     """The A factors or the B factors of one shape, as one batch.
 
-    Per step: one stack, Gram / divisor * mask - target (``gram_diff``, its gradient ``grad_of``), one norm per
+    Per step: one stack, Gram / divisor * mask - target (``gram_diff``; the backward's last step ``gram_grad``), one norm per
     matrix. Grouping by exact shape (no padding) keeps each Gram matrix the BLAS problem of
     ``ElaLoraLayer.orth_penalty``, so on the CPU the values and gradients match it bit for bit where the batched
     BLAS call rounds like the single one (at equal even ranks, as at the start; not below width x rank^2 = 400,
@@ -92,15 +110,11 @@ class OrthGroup:
             diff = diff + self.neg_target
         return x, diff
 
-    def grad_of(self, grad: Tensor, x: Tensor) -> Tensor:
-        """The gradient for x of gram_diff's difference, given the difference's gradient: the backward of
-        ElaLoraLayer.orth_penalty's ops (grad * mask / divisor, then mm's G x + G^T x or x G^T + x G with G^T a
-        transposed view), so each matrix's gradient is that one bit for bit where the batched BLAS call rounds
-        like the single one (bmm's own backward multiplies in another layout)."""
-        if self.mask is not None:
-            grad = grad * self.mask
-        if self.divisor is not None:
-            grad = grad / self.divisor
+    def gram_grad(self, grad: Tensor, x: Tensor) -> Tensor:
+        """The gradient for x of its Gram, given the Gram's gradient (after * mask / divisor): mm's backward as in
+        ElaLoraLayer.orth_penalty (G x + G^T x, or x G^T + x G, with G^T a transposed view), so each matrix's
+        gradient is that one bit for bit where the batched BLAS call rounds like the single one (bmm's own
+        backward multiplies in another layout)."""
         grad = grad.to(x.dtype)
         if self.rows:
             return torch.bmm(grad, x) + torch.bmm(grad.transpose(1, 2), x)
@@ -124,6 +138,26 @@ def _orth_group(layers: list[ElaLoraLayer], part: str) -> OrthGroup:
     return OrthGroup(params, False, divisor=None, mask=mask, neg_target=neg_target)
 
 
+def _flat_terms(groups: list[OrthGroup]) -> FlatTerms:
+    """The groups' sizes, masks and divisors laid out as the flat concatenation of their differences."""
+    ref = groups[0].params[0]
+    shapes = [(len(group.params), group.params[0].shape[0 if group.rows else 1]) for group in groups]
+    ones = torch.ones(1, 1, 1, device=ref.device, dtype=ref.dtype)
+
+    def flat(tensors: list[Tensor | None]) -> Tensor | None:
+        if all(tensor is None for tensor in tensors):
+            return None
+        return torch.cat([(ones if tensor is None else tensor).expand(count, rank, rank).reshape(-1)
+                          for tensor, (count, rank) in zip(tensors, shapes)])
+
+    return FlatTerms(
+        sizes=torch.tensor([rank * rank for count, rank in shapes for _ in range(count)], device=ref.device),
+        group_sizes=[count * rank * rank for count, rank in shapes],
+        mask=flat([group.mask for group in groups]),
+        divisor=flat([group.divisor for group in groups]),
+    )
+
+
 class MatrixBatch:
     """The adapted matrices' tensors as the lists the batched per-step ops take, rebuilt when the shared
     ``Generation`` moved (never inside a step unless a layer changed)."""
@@ -138,6 +172,7 @@ class MatrixBatch:
         self.bars: list[Tensor] = []
         self.uncs: list[Tensor] = []
         self.groups: list[OrthGroup] = []
+        self.terms: FlatTerms | None = None  # the groups laid out flat for the penalty's backward
         self.flat: tuple[Tensor, Tensor] | None = None  # (Ibar, U) of every term in one buffer each, or None
 
     def _fresh(self) -> MatrixBatch:
@@ -150,6 +185,7 @@ class MatrixBatch:
                     by_shape.setdefault((part, tuple(layer.param(part).shape)), []).append(layer)
             with torch.no_grad():
                 self.groups = [_orth_group(layers, part) for (part, _), layers in by_shape.items()]
+                self.terms = _flat_terms(self.groups)
                 self.flat = self._flatten_stats(terms)
             self.bars = [layer.ipt_bar[part] for layer, part in terms]
             self.uncs = [layer.ipt_unc[part] for layer, part in terms]
