@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from elalora_auto.method.layer import LORA_ROW_NORM, PARTS, STATS, ElaLoraLayer, Generation
 
@@ -50,6 +51,7 @@ class _Penalty(torch.autograd.Function):
         return flat.sum() / ctx.count
 
     @staticmethod
+    @once_differentiable  # the forward records no graph: a second derivative would be silently wrong
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         diff, norms, *xs = ctx.saved_tensors
         terms = ctx.terms
