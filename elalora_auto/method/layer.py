@@ -55,8 +55,9 @@ class ElaLoraLayer(nn.Module):
 
     Everything the layer owns is a parameter or a persistent buffer, so ``.to()``, ``.half()``, ``.cuda()`` and
     ``state_dict()`` cover it: the importance statistics ``ipt_bar_{A,E,B}`` / ``ipt_unc_{A,E,B}`` (same shape
-    as their parameter) and ``born_round`` (round in which each component was born, 0 = initial). A state dict
-    of another rank loads: ``_load_from_state_dict`` first resizes the parameters and buffers to its shapes.
+    as their parameter; views into the model's flat EMA buffers once built, method/batched.py) and ``born_round``
+    (round in which each component was born, 0 = initial). A state dict of another rank loads:
+    ``_load_from_state_dict`` first resizes the parameters and buffers to its shapes.
     """
 
     def __init__(
