@@ -83,8 +83,8 @@ class FlatTerms:
 class OrthGroup:
     """The A factors or the B factors of one shape, as one batch.
 
-    Per step: one stack, Gram / divisor * mask - target (``gram_diff``; the backward's last step ``gram_grad``), one norm per
-    matrix. Grouping by exact shape (no padding) keeps each Gram matrix the BLAS problem of
+    Per step: one stack, Gram / divisor * mask - target (``gram_diff``; the backward's last step ``gram_grad``),
+    one norm per matrix. Grouping by exact shape (no padding) keeps each Gram matrix the BLAS problem of
     ``ElaLoraLayer.orth_penalty``, so on the CPU the values and gradients match it bit for bit where the batched
     BLAS call rounds like the single one (at equal even ranks, as at the start; not below width x rank^2 = 400,
     where bmm takes a naive kernel, nor for B at odd ranks). That matters for the LoRA init: at its start and for
