@@ -55,8 +55,9 @@ class ElaLoraLayer(nn.Module):
 
     Everything the layer owns is a parameter or a persistent buffer, so ``.to()``, ``.half()``, ``.cuda()`` and
     ``state_dict()`` cover it: the importance statistics ``ipt_bar_{A,E,B}`` / ``ipt_unc_{A,E,B}`` (same shape
-    as their parameter) and ``born_round`` (round in which each component was born, 0 = initial). A state dict
-    of another rank loads: ``_load_from_state_dict`` first resizes the parameters and buffers to its shapes.
+    as their parameter; views into the model's flat EMA buffers once built, method/batched.py) and ``born_round``
+    (round in which each component was born, 0 = initial). A state dict of another rank loads:
+    ``_load_from_state_dict`` first resizes the parameters and buffers to its shapes.
     """
 
     def __init__(
@@ -126,6 +127,12 @@ class ElaLoraLayer(nn.Module):
     def ipt_unc(self) -> dict[str, Tensor]:
         """Uncertainty U per part (the buffers themselves)."""
         return {part: getattr(self, f"ipt_unc_{part}") for part in PARTS}
+
+    def hold_stat_in(self, name: str, view: Tensor) -> None:
+        """Keep statistic ``name`` (e.g. ``ipt_bar_A``) in ``view``, a tensor of its shape and values in storage
+        shared with the other layers' statistics (method/batched.py's flat EMA buffers): the layer itself does
+        not change, so unlike assigning a buffer this leaves the generation where it is."""
+        self._buffers[name] = view
 
     @property
     def born(self) -> list[int]:
