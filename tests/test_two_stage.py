@@ -44,21 +44,23 @@ def _logits(model: torch.nn.Module, batch: dict) -> torch.Tensor:
         return model(**batch).logits
 
 
-def test_a_two_stage_trial_trains_both_stages_and_exports_the_retrained_lora(tiny_model_dir, sst2_dir, tmp_path):
+def test_a_two_stage_trial_trains_both_stages_and_exports_the_retrained_lora(tiny_model_dir, sst2_dir, tmp_path,
+                                                                            capsys):
     """Stage 1 (ElaLoRA, 6 of the trial's 12 steps) finds the map; stage 2 (PEFT LoRA, 12 steps) has exactly its
-    ranks, is the trial's result, the only thing the pruner saw, and the export stock PEFT loads to the same logits."""
+    ranks, is the trial's result, the only thing the pruner saw, and `export`'s adapter stock PEFT loads to the same
+    logits; MLflow shows both stages."""
     from mlflow import MlflowClient
-    from peft import PeftModel
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from elalora_auto.search.storage import open_storage
     from elalora_auto.tracking import MlflowTracker
 
-    events, built, reported = [], [], []
-    tracker = MlflowTracker(workdir=tmp_path / "work")
-    study = optuna.create_study(study_name="two", directions=["maximize", "minimize"])
+    events, built, reported, work = [], [], [], tmp_path / "work"
+    tracker = MlflowTracker(workdir=work)
+    study = optuna.create_study(study_name="two", directions=["maximize", "minimize"], storage=open_storage(None, work))
+    study.set_user_attr("settings", {"task": "sst2", "method": "elalora", "primary_metric": "accuracy"})
     tracker(Event("study_start", 0, {"study": study, "study_name": "two", "storage": "memory", "settings": {}}))
     spec = two_stage(tiny_model_dir, sst2_dir, 0.5, eval_every=6)
-    out = tmp_path / "out"
+    trial, out = study.ask(), work / "trials" / "two" / "0"
     result = run_trial(spec, reporter=lambda step, value, size: reported.append((step, value, size)),
                        listeners=[events.append, *with_context([tracker], trial_number=0, study_name="two")],
                        output_dir=out, progress=False, adapter_factory=keeping(built))
@@ -80,14 +82,8 @@ def test_a_two_stage_trial_trains_both_stages_and_exports_the_retrained_lora(tin
     assert [e.step for e in events if e.kind == "train_step" and "stage" not in e.data][-1] == 12
     assert read_result(out).search_stage == search and read_result(out).to_dict() == result.to_dict()
 
-    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
-    assert config["peft_type"] == "LORA" and sorted(config["target_modules"]) == sorted(lora.rank_map())
-    assert sorted(config["rank_pattern"].values()) == sorted(lora.rank_map().values())
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    batch = dict(tokenizer(["the movie was great", "the film was very boring"], padding=True, return_tensors="pt"))
-    base = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
-    loaded = PeftModel.from_pretrained(base, out / "adapter")
-    assert torch.equal(_logits(loaded, batch), _logits(lora.model, batch))
+    study.tell(trial, [result.primary, result.trainable_params])
+    _exports_the_lora(work, tmp_path / "export", lora, tiny_model_dir, capsys)
 
     assert tracker.flush(60)
     client, run_id = MlflowClient(tracker.tracking_uri), tracker.trial_run_id("two", 0)
@@ -97,6 +93,27 @@ def test_a_two_stage_trial_trains_both_stages_and_exports_the_retrained_lora(tin
     assert history["eval_accuracy"] == [(e["step"], e["metrics"]["accuracy"]) for e in result.eval_history]
     assert history["search_final_primary"] == [(6, search.primary)]
     assert history["final_primary"] == [(18, result.primary)]
+
+
+def _exports_the_lora(work: Path, export: Path, lora: object, model_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    """`export` of the study's trial 0: stage 2's stock LoRA folder (its rank_pattern), loaded by plain PEFT, gives
+    the trial's final logits; the card says what the adapter is."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from elalora_auto.cli import main
+
+    assert main(["export", "--study", "two", "--workdir", str(work), "--trial", "0", "--out", str(export)]) == 0
+    capsys.readouterr()
+    config = json.loads((export / "adapter" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and sorted(config["target_modules"]) == sorted(lora.rank_map())
+    assert sorted(config["rank_pattern"].values()) == sorted(lora.rank_map().values())
+    assert "LoRA (rank map found by elalora) adapter" in (export / "README.md").read_text()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    batch = dict(tokenizer(["the movie was great", "the film was very boring"], padding=True, return_tensors="pt"))
+    loaded = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(model_dir),
+                                       export / "adapter")
+    assert torch.equal(_logits(loaded, batch), _logits(lora.model, batch))
 
 
 def test_stage_one_is_the_elalora_trial_and_stage_two_the_lora_trial_of_its_map(tiny_model_dir, sst2_dir):
