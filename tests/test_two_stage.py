@@ -163,3 +163,26 @@ def test_bad_two_stage_values_fail_in_one_line_before_any_work(params, says):
 def test_a_bad_rank_pattern_fails_in_one_line():
     with pytest.raises(ConfigError, match=r"rank_pattern\['query'\]=0 must be a whole number >= 1"):
         check_params("lora", {"rank_pattern": {"query": 0}}, 100)
+
+
+def test_train_runs_a_fixed_two_stage_configuration_and_refuses_a_bad_one(tiny_model_dir, sst2_dir, tmp_path,
+                                                                         capsys):
+    """`train --method elalora --set params.retrain=lora`: both stages, counted; a bad value is one line, exit 2,
+    before any data is read (the data folder here has none)."""
+    from elalora_auto.cli import main
+
+    train = ["train", "--task", "sst2", "--model", str(tiny_model_dir), "--method", "elalora", "--max-steps", "8",
+             "--set", "training.batch_size=8", "--set", "max_length=16", "--set", "params.r_init=2", "--set",
+             "params.b=1", "--set", "params.k=1", "--quiet", "--set", "params.retrain=lora"]
+    out = tmp_path / "result.json"
+    assert main([*train, "--data-dir", str(sst2_dir), "--set", "params.search_fraction=0.5", "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["search_stage"]["steps_done"] == 4 and result["steps_done"] == 4 + 8
+    assert "search stage: elalora found the rank map in 4 steps" in capsys.readouterr().out
+    empty = tmp_path / "empty"
+    (empty / "SST-2").mkdir(parents=True)
+    for bad, says in (("params.retrain=maybe", "retrain='maybe' must be one of none, lora"),
+                      ("params.search_fraction=0", "search_fraction=0 must be a number in (0, 1]")):
+        assert main([*train, "--data-dir", str(empty), "--set", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err and says in err, err
