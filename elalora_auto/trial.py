@@ -327,6 +327,8 @@ def run_trial(
     which propagates) and failed (the exception propagates). A KeyboardInterrupt is not an ending: nothing is
     written. The size lets a Pareto-mode pruning rule compare a trial only with trials no larger than it.
     `adapter_factory` replaces `adapters.build_adapter` (same arguments), e.g. to keep the adapter it builds.
+    A two-stage configuration (ElaLoRA's `retrain: lora`, two_stage.py) trains its search stage first, unreported
+    to `reporter`, then the LoRA retrained on its rank map, which is the trial's result.
     """
     listeners = list(listeners)
     out, setup, search = LoopOutcome(), None, None

@@ -5,7 +5,8 @@ plain record and enqueues it (`spool.Spool`); a background thread sends it to ML
 file while the store is down, and replays it when the store answers (or on the next start on this host).
 
 Every trial's run ends with its state and reason, its rank map (JSON + heatmap), rank evolution, trainable
-parameters, intermediate values, device, peak memory and throughput, whatever the state. A start reconciles
+parameters, intermediate values, device, peak memory and throughput, whatever the state; a two-stage trial's
+search stage beside them as `search_*` metrics (its events carry `stage`). A start reconciles
 runs that a killed process left RUNNING with what Optuna says of their trials; the parent run ends FINISHED
 when the study holds its budget and KILLED when it stopped short (interrupted, timed out).
 """
