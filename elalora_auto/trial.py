@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import torch
 from optuna.trial import TrialState
@@ -30,6 +30,9 @@ from elalora_auto.records import RankPoint, RoundRecord
 from elalora_auto.spec import DataSettings, TrainingSettings, TrialResult, TrialSpec, total_steps
 from elalora_auto.trial_output import device_name, ending_of, finish_trial, peak_memory_mb, write_trial_output
 from elalora_auto.two_stage import SEARCH, after_search, planned_steps, rank_map_of, retrain_spec, search_record
+
+if TYPE_CHECKING:
+    from elalora_auto.adapters import RetrainPlan
 
 __all__ = ["DataSettings", "NonFiniteLossError", "TrainingSettings", "TrialResult", "TrialSpec", "run_trial",
            "setup_trial", "train_loop", "evaluate_step", "write_trial_output", "total_steps", "load_base_model",
@@ -149,7 +152,7 @@ class TrialSetup:
     dtype: torch.dtype | None
     total_steps: int
     primary_key: str
-    retrain: Any = None  # adapters.RetrainPlan: this is a two-stage trial's stage 1 (ElaLoRA finding the rank map)
+    retrain: RetrainPlan | None = None  # set: this is a two-stage trial's stage 1 (ElaLoRA finding the rank map)
 
 
 @dataclass

@@ -16,11 +16,13 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from elalora_auto.adapters import RetrainPlan
 from elalora_auto.records import RoundRecord
 from elalora_auto.spec import SearchStage, TrialSpec
+
+if TYPE_CHECKING:
+    from elalora_auto.adapters import RetrainPlan
 
 SEARCH = "search"  # the `stage` of stage 1's events
 

@@ -66,7 +66,7 @@ def _two_stage(native: dict[str, Any], total_steps: int) -> tuple[str, int, dict
         return retrain, total_steps, native
     steps = max(1, round(fraction * total_steps))
     for key in SCHEDULE_KEYS:
-        if key in native and isinstance(native[key], int):
+        if isinstance(native.get(key), int) and not isinstance(native[key], bool):  # others: the config refuses
             native[key] = max(int(key == "delta_t"), round(native[key] * steps / total_steps))
     return retrain, steps, native
 
