@@ -90,6 +90,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"{spec.method} on {spec.task}: {result.primary_metric} = {result.primary:.4f}" + (f" ({others})" if others else ""))
     print(f"trainable parameters: {result.trainable_params:,}; {len(ranks)} adapted matrices, "
           f"total rank {sum(ranks)}, per matrix min {min(ranks, default=0)} / max {max(ranks, default=0)}")
+    if result.search_stage is not None:  # two stages: the numbers above are the LoRA retrained on its rank map
+        search = result.search_stage
+        print(f"search stage: {search.method} found the rank map in {search.steps_done} steps "
+              f"({result.primary_metric} there {search.primary:.4f}); the LoRA above trained on it from scratch, "
+              f"{result.steps_done} steps in all")
     if args.export:
         print(f"adapter and config written to {args.export}")
     return 0

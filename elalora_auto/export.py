@@ -176,7 +176,7 @@ def _model_card(study: Any, row: StudyRow, rows: Sequence[StudyRow], spec: Any, 
     merged = (f"`merged/` is a plain transformers model: `pipeline(\"{pipeline_task}\", model=\"merged\")`.\n\n"
               if pipeline_task else "")
     ran_on = f"- ran on: {result.device}\n" if result.device else ""
-    return f"""# {spec.method} adapter for {spec.task} on {base}
+    return f"""# {_kind(spec, result)} adapter for {spec.task} on {base}
 
 Trial {row.number} of the elalora-auto study `{study.study_name}`.
 
@@ -186,7 +186,7 @@ Trial {row.number} of the elalora-auto study `{study.study_name}`.
 - place: {place}
 - hyperparameters: {params_line(row.params, steps=row.schedule_steps)}
   (schedule parameters in optimizer steps; where the search sampled a fraction of the run, it is beside them)
-{ran_on}
+{ran_on}{_search_line(result, metric)}
 ## Load it with stock PEFT (no elalora-auto needed)
 
 `adapter/` holds the LoRA weights and the tokenizer; {where}.
@@ -202,3 +202,20 @@ tokenizer = AutoTokenizer.from_pretrained("adapter")
 
 {merged}`config.yaml` re-runs the trial: `elalora-auto train --config config.yaml`.
 """
+
+
+def _kind(spec: Any, result: TrialResult) -> str:
+    """What the adapter is: the trial's method, or for a two-stage trial the LoRA retrained on its rank map."""
+    search = result.search_stage
+    return spec.method if search is None else f"LoRA (rank map found by {search.method})"
+
+
+def _search_line(result: TrialResult, metric: str) -> str:
+    """A two-stage trial's stage 1 on the card: the adapter here is stage 2's, trained from scratch on its ranks."""
+    search = result.search_stage
+    if search is None:
+        return ""
+    reached = "not evaluated" if search.primary is None else f"{metric} {search.primary:.4f}"
+    return (f"- two stages: {search.method} searched the rank map in {search.steps_done:,} steps ({reached}, "
+            f"{search.trainable_params:,} parameters); this stock LoRA with that rank_pattern was then trained from "
+            f"scratch; {result.steps_done:,} optimizer steps in all\n")

@@ -182,6 +182,30 @@ def _reject_unknown(data: dict[str, Any], known: set[str], prefix: str) -> None:
 
 
 @dataclass
+class SearchStage:
+    """Stage 1 of a two-stage trial (ElaLoRA's `retrain: lora`): the ElaLoRA run that found the rank map the trial's
+    LoRA retrained with. Its metric is recorded beside the trial's objective, never as it; its steps are counted
+    in the trial's `steps_done`. Steps here are stage 1's own (1 to `steps`)."""
+
+    method: str
+    steps: int  # planned: round(search_fraction x the trial's steps)
+    steps_done: int
+    primary: float | None  # its last evaluation (stage 1's end): None when it stopped before one
+    metrics: dict[str, float]
+    trainable_params: int
+    rank_map: dict[str, int]  # the rank map it ended with (stage 2's rank_pattern, zeros left out)
+    eval_history: list[dict[str, Any]]
+    train_loss_history: list[dict[str, float]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SearchStage:
+        return cls(**data)
+
+
+@dataclass
 class TrialResult:
     """What a trial ended with, whatever the ending: `state` COMPLETE, PRUNED or FAIL and, unless complete, the
     `reason`. A pruned or failed trial keeps what it had reached (ranks, size, evaluations, timings); fields it
@@ -214,6 +238,8 @@ class TrialResult:
     peak_memory_mb: float | None = None
     state: Ending = Ending.COMPLETE
     reason: str | None = None
+    # a two-stage trial's stage 1 (then the fields above are stage 2's: the retrained LoRA), None for one stage
+    search_stage: SearchStage | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.state, Ending):  # e.g. Optuna's TrialState: it would never equal an Ending
@@ -240,7 +266,8 @@ class TrialResult:
         """JSON-ready (result.json, events on the tracker's spool): the state by name, records as dicts."""
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return {**data, "state": self.state.name, "rank_history": [r.to_dict() for r in self.rank_history],
-                "rank_evolution": [p.to_dict() for p in self.rank_evolution]}
+                "rank_evolution": [p.to_dict() for p in self.rank_evolution],
+                "search_stage": self.search_stage and self.search_stage.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrialResult:
@@ -255,6 +282,7 @@ class TrialResult:
         return cls(**{**values, "state": Ending.named(values["state"]),
                       "rank_history": [RoundRecord.from_dict(r) for r in values.get("rank_history") or []],
                       "rank_evolution": [RankPoint.from_dict(p) for p in values.get("rank_evolution") or []],
+                      "search_stage": values.get("search_stage") and SearchStage.from_dict(values["search_stage"]),
                       "intermediate_values": {int(k): v for k, v in (values.get("intermediate_values") or {}).items()}})
 
 

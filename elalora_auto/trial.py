@@ -17,17 +17,21 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
 
 from elalora_auto.errors import UserError
-from elalora_auto.events import Event, Listener, emit
+from elalora_auto.events import Event, Listener, emit, with_context
 from elalora_auto.loading import load_base_model, load_tokenizer, reset_fresh_head, resolve_model
 from elalora_auto.records import Ending, RankPoint, RoundRecord
 from elalora_auto.spec import DataSettings, TrainingSettings, TrialResult, TrialSpec, total_steps
 from elalora_auto.trial_output import device_name, ending_of, finish_trial, peak_memory_mb, write_trial_output
+from elalora_auto.two_stage import SEARCH, after_search, planned_steps, rank_map_of, retrain_spec, search_record
+
+if TYPE_CHECKING:
+    from elalora_auto.adapters import RetrainPlan
 
 __all__ = ["DataSettings", "NonFiniteLossError", "TrainingSettings", "TrialResult", "TrialSpec", "run_trial",
            "setup_trial", "train_loop", "evaluate_step", "write_trial_output", "total_steps", "load_base_model",
@@ -147,6 +151,7 @@ class TrialSetup:
     dtype: torch.dtype | None
     total_steps: int
     primary_key: str
+    retrain: RetrainPlan | None = None  # set: this is a two-stage trial's stage 1 (ElaLoRA finding the rank map)
 
 
 @dataclass
@@ -165,26 +170,37 @@ class LoopOutcome:
     rank_maps: list[RankPoint] = field(default_factory=list)  # the start and each round
     started: float = field(default_factory=time.perf_counter)
     setup_time_s: float = 0.0
+    search_rounds: list[RoundRecord] = field(default_factory=list)  # a two-stage trial's stage-1 rounds
 
 
-def setup_trial(spec: TrialSpec, adapter_factory: AdapterFactory | None = None) -> TrialSetup:
-    """Seed, data (loaded, tokenised), a fresh copy of the cached base model wrapped by the adapter, optimizer."""
-    from transformers import get_linear_schedule_with_warmup, set_seed
-
-    from elalora_auto.adapters import build_adapter, get_method
+def _trial_data(spec: TrialSpec) -> tuple[Any, Any, Any]:
+    """(task, tokenised data, collator) of a trial."""
     from elalora_auto.tasks import family_of, load_task_data, resolve_task, tokenize_cached
 
     tr, ds = spec.training, spec.data
-    set_seed(tr.seed)
-    device, dtype = _device_and_dtype(tr)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)  # the trial's own peak (TrialResult.peak_memory_mb)
     task = resolve_task(spec.task, spec.custom)
     data = load_task_data(task, data_dir=ds.data_dir, max_train_samples=ds.max_train_samples,
                           max_eval_samples=ds.max_eval_samples, validation_fraction=ds.validation_fraction,
                           seed=ds.seed)
     tokenizer = load_tokenizer(spec.model)
     data = tokenize_cached(data, tokenizer, tr.max_length, ds.cache_dir)
+    return task, data, family_of(task).collator(tokenizer)
+
+
+def setup_trial(spec: TrialSpec, adapter_factory: AdapterFactory | None = None,
+                reuse: TrialSetup | None = None) -> TrialSetup:
+    """Seed, data (loaded, tokenised; `reuse`'s when given: a two-stage trial's second stage), a fresh copy of the
+    cached base model wrapped by the adapter (a two-stage configuration's stage 1: `TrialSetup.retrain`), optimizer."""
+    from transformers import get_linear_schedule_with_warmup, set_seed
+
+    from elalora_auto.adapters import build_adapter, get_method, retrain_plan
+
+    tr = spec.training
+    set_seed(tr.seed)
+    device, dtype = _device_and_dtype(tr)
+    if device.type == "cuda" and reuse is None:
+        torch.cuda.reset_peak_memory_stats(device)  # the trial's own peak (TrialResult.peak_memory_mb)
+    task, data, collate = _trial_data(spec) if reuse is None else (reuse.task, reuse.data, reuse.collate)
     steps = total_steps(tr, len(data.train))
 
     base, missing = load_base_model(spec.model, task)
@@ -192,13 +208,15 @@ def setup_trial(spec: TrialSpec, adapter_factory: AdapterFactory | None = None) 
     reset_fresh_head(model, missing, tr.seed)
     params = dict(spec.params)
     heads = params.pop("modules_to_save", None)
+    plan = retrain_plan(spec.method, params, steps)
+    if plan is not None:
+        params, steps = dict(plan.search_params), plan.search_steps
     seed_param = get_method(spec.method).seed_param
     if seed_param:
         params.setdefault(seed_param, tr.seed)
     # Validated where the configuration entered (the search's plan, `train`): the build translates names only.
     adapter = (adapter_factory or partial(build_adapter, validate=False))(model, spec.method, params, steps, heads)
     adapter.model.to(device).train()
-    collate = family_of(task).collator(tokenizer)
     adapter.prepare(_first_epoch(data.train, tr.batch_size, collate, tr.seed))  # may replace parameters (EVA)
     optimizer = torch.optim.AdamW(
         adapter.param_groups(tr.learning_rate), lr=tr.learning_rate, weight_decay=tr.weight_decay,
@@ -206,7 +224,7 @@ def setup_trial(spec: TrialSpec, adapter_factory: AdapterFactory | None = None) 
     )
     scheduler = get_linear_schedule_with_warmup(optimizer, round(tr.warmup_ratio * steps), steps)
     return TrialSetup(task, data, collate, adapter, optimizer, scheduler, device, dtype, steps,
-                      _primary_key(task, data.evals))
+                      _primary_key(task, data.evals), plan)
 
 
 def _optimizer_step(setup: TrialSetup, batches: Any, grad_accum: int, max_grad_norm: float,
@@ -273,7 +291,7 @@ def train_loop(spec: TrialSpec, setup: TrialSetup, reporter: Reporter | None, li
             step_loss, examples, record = _optimizer_step(setup, batches, tr.grad_accum, tr.max_grad_norm, step)
             losses.append(step_loss)
             out.examples += examples
-            out.steps_done = step
+            out.steps_done += 1  # both stages of a two-stage trial
             bar.update(1)
             if record is not None:
                 out.rank_maps.append(RankPoint(step, adapter.rank_map()))
@@ -311,9 +329,11 @@ def run_trial(
     which propagates) and failed (the exception propagates). A KeyboardInterrupt is not an ending: nothing is
     written. The size lets a Pareto-mode pruning rule compare a trial only with trials no larger than it.
     `adapter_factory` replaces `adapters.build_adapter` (same arguments), e.g. to keep the adapter it builds.
+    A two-stage configuration (ElaLoRA's `retrain: lora`, two_stage.py) trains its search stage first, unreported
+    to `reporter`, then the LoRA retrained on its rank map, which is the trial's result.
     """
     listeners = list(listeners)
-    out, setup = LoopOutcome(), None
+    out, setup, search = LoopOutcome(), None, None
     try:
         setup = setup_trial(spec, adapter_factory)
         out.rank_maps.append(RankPoint(0, setup.adapter.rank_map()))
@@ -321,30 +341,45 @@ def run_trial(
                                                 "trainable_params": setup.adapter.num_trainable_parameters(),
                                                 "rank_map": out.rank_maps[0].rank_map}))
         out.setup_time_s = time.perf_counter() - out.started
+        if setup.retrain is not None:  # stage 1: ElaLoRA finds the rank map; never pruned (not the objective)
+            train_loop(spec, setup, None, with_context(listeners, stage=SEARCH), progress, out)
+            started = time.perf_counter()
+            retrained = setup_trial(retrain_spec(spec, setup.retrain, setup.adapter.rank_map()), adapter_factory,
+                                    reuse=setup)
+            search, out = search_record(setup, out), after_search(out, setup.adapter.round_history)
+            setup, out.setup_time_s = retrained, out.setup_time_s + time.perf_counter() - started
         train_loop(spec, setup, reporter, listeners, progress, out)
     except Exception as exc:
-        result = _result(setup, out, *ending_of(exc))
+        result = _result(setup, out, *ending_of(exc), search=search)
         finish_trial(spec, result, setup and setup.adapter, output_dir, listeners, failing=exc)
         raise
-    result = _result(setup, out, Ending.COMPLETE, None)
+    result = _result(setup, out, Ending.COMPLETE, None, search=search)
     finish_trial(spec, result, setup.adapter, output_dir, listeners)
     return result
 
 
-def _result(setup: TrialSetup | None, out: LoopOutcome, state: Ending, reason: str | None) -> TrialResult:
-    """The TrialResult of whatever the trial reached; `setup` is None when it failed while setting up."""
+def _result(setup: TrialSetup | None, out: LoopOutcome, state: Ending, reason: str | None,
+            search: Any = None) -> TrialResult:
+    """The TrialResult of whatever the trial reached; `setup` is None when it failed while setting up. A two-stage
+    trial's fields are its stage 2's (the retrained LoRA) with stage 1 as `search_stage` (`search`); stopped in
+    stage 1, it has measured no objective: its search stage and costs only."""
     wall = time.perf_counter() - out.started
     if setup is None:
         return TrialResult.unreached(state, reason, wall)
+    if setup.retrain is not None:
+        search, out = search_record(setup, out), after_search(out, [])
     adapter, key = setup.adapter, setup.primary_key
     train_time = wall - out.setup_time_s - out.eval_time_s
     return TrialResult(
         metrics=out.metrics, primary=out.metrics.get(key), primary_metric=key,
-        trainable_params=adapter.num_trainable_parameters(), rank_map=adapter.rank_map(),
-        rank_history=list(adapter.round_history), rank_evolution=out.rank_maps, eval_history=out.eval_history,
+        trainable_params=adapter.num_trainable_parameters(), rank_map=rank_map_of(adapter, search),
+        rank_history=out.search_rounds + list(adapter.round_history), rank_evolution=out.rank_maps,
+        eval_history=out.eval_history,
         train_loss_history=out.loss_history, wall_time_s=wall, setup_time_s=out.setup_time_s,
         train_time_s=train_time, eval_time_s=out.eval_time_s,
-        examples_per_s=round(out.examples / train_time, 1) if train_time > 0 else 0.0, steps=setup.total_steps,
-        steps_done=out.steps_done, intermediate_values={e["step"]: e["metrics"][key] for e in out.eval_history},
+        examples_per_s=round(out.examples / train_time, 1) if train_time > 0 else 0.0,
+        steps=planned_steps(setup, search), steps_done=out.steps_done,
+        intermediate_values={e["step"]: e["metrics"][key] for e in out.eval_history},
         device=device_name(setup.device), peak_memory_mb=peak_memory_mb(setup.device), state=state, reason=reason,
+        search_stage=search,
     )

@@ -10,6 +10,7 @@ ending leaves the same record, so a pruned trial is as visible as a complete one
   rank_heatmap.png   pruned/failed trial stopped)
   rank_evolution.png each matrix's rank against the step                            once a round moved a rank
   adapter/           stock PEFT LoRA (the adapter's export_lora)                      COMPLETE only
+                     (a two-stage trial's: its stage-2 LoRA with rank_pattern)
 
 Adapters are kept for complete trials only: a pruned or failed one was stopped before its schedule ended (its
 ranks and weights are half-way), `export` accepts complete trials only, and on a GPU study the skipped

@@ -10,9 +10,9 @@ from __future__ import annotations
 from elalora_auto.adapters import adalora, elalora, eva, lora
 from elalora_auto.adapters.adalora import AdaLoraAdapter
 from elalora_auto.adapters.base import (DEFAULT_TARGETS, MODULE_ALIASES, SHARED_NAMES, SYNONYMS, Adapter, Method,
-                                        build_adapter, check_params, check_targets, default_targets, get_method,
-                                        method_names, model_module_names, native_params, register, schedule_defaults,
-                                        unique_modules)
+                                        RetrainPlan, build_adapter, check_params, check_targets, default_targets,
+                                        get_method, method_names, model_module_names, native_params, register,
+                                        retrain_plan, schedule_defaults, unique_modules)
 from elalora_auto.adapters.elalora import ElaLoraAdapter
 from elalora_auto.adapters.eva import EvaAdapter
 from elalora_auto.adapters.lora import LoraAdapter
@@ -24,6 +24,6 @@ for _method in (elalora.ElaLoraMethod(), lora.LoraMethod(), adalora.AdaLoraMetho
 METHODS = method_names()  # the built-in methods; method_names() also lists any registered later
 
 __all__ = ["AdaLoraAdapter", "Adapter", "DEFAULT_TARGETS", "ElaLoraAdapter", "EvaAdapter", "LoraAdapter",
-           "METHODS", "MODULE_ALIASES", "Method", "SHARED_NAMES", "SYNONYMS", "build_adapter", "check_params",
-           "check_targets", "default_targets", "get_method", "method_names", "model_module_names", "native_params",
-           "register", "schedule_defaults", "unique_modules"]
+           "METHODS", "MODULE_ALIASES", "Method", "RetrainPlan", "SHARED_NAMES", "SYNONYMS", "build_adapter",
+           "check_params", "check_targets", "default_targets", "get_method", "method_names", "model_module_names",
+           "native_params", "register", "retrain_plan", "schedule_defaults", "unique_modules"]

@@ -40,6 +40,7 @@ Default targets and heads per model type (`default_targets`):
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,6 +145,30 @@ class Adapter(ABC):
         """Write a stock PEFT LoRA folder that PeftModel.from_pretrained loads without this package."""
 
 
+@dataclass(frozen=True)
+class RetrainPlan:
+    """A two-stage trial: ElaLoRA (`search_params`, for `search_steps`) finds the rank map, then `method` (stock PEFT
+    LoRA) retrains from scratch for `total_steps` (the trial's run) at ElaLoRA's lora_alpha and lora_dropout."""
+
+    search_params: dict[str, Any]
+    search_steps: int
+    total_steps: int
+    lora_alpha: float
+    lora_dropout: float
+    method: str = "lora"
+
+    def retrain_params(self, rank_map: Mapping[str, int]) -> dict[str, Any]:
+        """Stage 2's LoRA parameters for stage 1's final `rank_map`: every module with a rank > 0 targeted by its
+        full name, its rank through PEFT's rank_pattern (names escaped: PEFT reads the keys as patterns). Scaling is
+        the lora adapter's, lora_alpha / r per module, so each module trains as a `--method lora` one of its rank."""
+        ranks = {name: rank for name, rank in rank_map.items() if rank > 0}
+        if not ranks:
+            raise ConfigError("ElaLoRA's search stage ended with every rank at 0: nothing to retrain; raise "
+                              "final_budget or min_rank")
+        return {"r_init": max(ranks.values()), "lora_alpha": self.lora_alpha, "lora_dropout": self.lora_dropout,
+                "target_modules": list(ranks), "rank_pattern": {re.escape(n): r for n, r in ranks.items()}}
+
+
 class Method(ABC):
     """One registry entry: a method's names, its rules and its build. Subclass it in one module per method and add
     it to adapters/__init__.py's registry line; the search's checks, `train` and the trial ask the registry."""
@@ -164,6 +189,10 @@ class Method(ABC):
     @abstractmethod
     def wrap(self, model: nn.Module, native: dict[str, Any], total_steps: int, heads: list[str]) -> Adapter:
         """A fresh adapter around `model` from a checked configuration with its targets filled in."""
+
+    def retrain_plan(self, params: Mapping[str, Any], total_steps: int) -> RetrainPlan | None:
+        """A two-stage configuration's plan (ElaLoRA's `retrain`); None: the trial is one run of this method."""
+        return None
 
     def shared_name(self, native: str) -> str:
         """The shared-vocabulary spelling of one of the method's own names (derived from `aliases`)."""
@@ -285,6 +314,11 @@ def get_method(name: str) -> Method:
 def native_params(method: str, params: dict[str, Any], total_steps: int) -> dict[str, Any]:
     """Translate shared names to `method`'s own and fill the run-length schedule defaults."""
     return get_method(method).native(params, total_steps)
+
+
+def retrain_plan(method: str, params: Mapping[str, Any], total_steps: int) -> RetrainPlan | None:
+    """The two-stage plan of a configuration for a `total_steps` trial (None: one stage); the trial runs it."""
+    return get_method(method).retrain_plan({k: v for k, v in params.items() if k != "modules_to_save"}, total_steps)
 
 
 def check_params(method: str, params: Mapping[str, Any], total_steps: int) -> None:

@@ -1,5 +1,6 @@
-"""PEFT LoRA: one fixed rank everywhere. Its names are PEFT's (r for the shared r_init), its rules the shared
-ones plus LoraConfig's own, its export PEFT's save_pretrained."""
+"""PEFT LoRA: one rank everywhere, or per module through PEFT's `rank_pattern` (a two-stage ElaLoRA trial's retraining
+stage builds it so). Its names are PEFT's (r for the shared r_init), its rules the shared ones plus LoraConfig's own,
+its export PEFT's save_pretrained."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from elalora_auto.adapters.base import Adapter, Method, check_targets, module_key, peft_config, unique_modules
+from elalora_auto.errors import ConfigError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -41,10 +43,11 @@ class LoraMethod(Method):
     aliases = {"r_init": "r"}
 
     def native_keys(self) -> Iterable[str]:
-        return LORA_KEYS
+        return LORA_KEYS + ("rank_pattern",)
 
     def check(self, native: dict[str, Any], total_steps: int) -> None:
         self.check_shared_rules(native)
+        check_rank_pattern(native.get("rank_pattern", {}))
         peft_config("LoraConfig", native, None, "lora parameters")
 
     def wrap(self, model: nn.Module, native: dict[str, Any], total_steps: int, heads: list[str]) -> Adapter:
@@ -53,3 +56,14 @@ class LoraMethod(Method):
         check_targets(model, native["target_modules"])
         config = peft_config("LoraConfig", native, heads, "lora parameters", model)
         return LoraAdapter(get_peft_model(model, config), self.name)
+
+
+def check_rank_pattern(pattern: Any) -> None:
+    """PEFT's rank_pattern: module-name patterns (regular expressions, matched at a name's end) to ranks >= 1;
+    PEFT itself accepts a rank of 0 or a text and fails later, inside the model."""
+    if not isinstance(pattern, dict):
+        raise ConfigError(f"rank_pattern must map module names to ranks (e.g. {{query: 4}}), got {pattern!r}")
+    for name, rank in pattern.items():
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise ConfigError(f"rank_pattern[{name!r}]={rank!r} must be a whole number >= 1 (leave a module out of "
+                              "target_modules instead of rank 0)")

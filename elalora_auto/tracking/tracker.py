@@ -5,7 +5,8 @@ plain record and enqueues it (`spool.Spool`); a background thread sends it to ML
 file while the store is down, and replays it when the store answers (or on the next start on this host).
 
 Every trial's run ends with its state and reason, its rank map (JSON + heatmap), rank evolution, trainable
-parameters, intermediate values, device, peak memory and throughput, whatever the state. A start reconciles
+parameters, intermediate values, device, peak memory and throughput, whatever the state; a two-stage trial's
+search stage beside them as `search_*` metrics (its events carry `stage`). A start reconciles
 runs that a killed process left RUNNING with what Optuna says of their trials; the parent run ends FINISHED
 when the study holds its budget and KILLED when it stopped short (interrupted, timed out).
 """
@@ -226,20 +227,21 @@ class MlflowTracker:
             self._metric(trial, "total_rank", sum(data["rank_map"].values()), event.step, t_ms)
 
     def _on_train_step(self, event: Event, t_ms: int) -> None:
-        trial = self._trial(event.data)
+        trial, prefix = self._trial(event.data), _stage_prefix(event)
         names = {"loss": "train_loss", "lr": "learning_rate", "total_rank": "total_rank",
                  "trainable_params": "trainable_params"}
         for key, metric in names.items():
-            self._metric(trial, metric, event.data[key], event.step, t_ms)
-        trial.trainable_params = event.data["trainable_params"]
+            self._metric(trial, prefix + metric, event.data[key], event.step, t_ms)
+        if not prefix:
+            trial.trainable_params = event.data["trainable_params"]
         if len(trial.metrics) >= _FLUSH_AT:
             self._flush(trial)
 
     def _on_eval(self, event: Event, t_ms: int) -> None:
-        trial = self._trial(event.data)
+        trial, prefix = self._trial(event.data), _stage_prefix(event)
         for key, value in event.data["metrics"].items():
-            self._metric(trial, f"eval_{key}", value, event.step, t_ms)
-        self._metric(trial, "eval_primary", event.data["primary"], event.step, t_ms)
+            self._metric(trial, f"{prefix}eval_{key}", value, event.step, t_ms)
+        self._metric(trial, f"{prefix}eval_primary", event.data["primary"], event.step, t_ms)
         self._flush(trial)  # evals are rare and what a user watches live
 
     def _on_round(self, event: Event, t_ms: int) -> None:
@@ -260,6 +262,11 @@ class MlflowTracker:
                             ("wall_time_s", result.wall_time_s), ("examples_per_s", result.examples_per_s),
                             ("peak_memory_mb", result.peak_memory_mb)):
             self._metric(trial, name, value, step, t_ms)
+        search = result.search_stage  # a two-stage trial's stage 1 (ElaLoRA finding the rank map), beside it
+        if search is not None:
+            for name, value in {**{f"final_{k}": v for k, v in search.metrics.items()}, "final_primary": search.primary,
+                                "trainable_params": search.trainable_params, "steps": search.steps_done}.items():
+                self._metric(trial, f"search_{name}", value, search.steps_done, t_ms)
         self._flush(trial)
 
     def _log_ranks(self, trial: _TrialRun, number: int, result: TrialResult | None, step: int) -> int | None:
@@ -282,6 +289,13 @@ class MlflowTracker:
         rows = [r.to_dict() for r in rounds] or [{"step": s, "total_rank": sum(r.values())} for s, r in history]
         artifacts.log_rank_artifacts(self.client, trial.run_id, number, dict(rank_map), history, rows)
         return size
+
+
+def _stage_prefix(event: Event) -> str:
+    """"search_" for the events of a two-stage trial's stage 1 (`two_stage.SEARCH`): its curves beside the trial's
+    own, never mixed into them (both stages count their steps from 1)."""
+    stage = event.data.get("stage")
+    return f"{stage}_" if stage else ""
 
 
 def _now_ms() -> int:
