@@ -207,8 +207,9 @@ def run_lines(rows: list[Record], base: str) -> list[str]:
                                                       interval_row("trainable parameters", size, a, base, 1.0))]
 
 
-def search_lines(rows: list[Record], base: str, budgets: Sequence[int] | None) -> list[str]:
-    """Search arms: normalised hypervolume (one reference for every arm and seed) and best metric at <= P."""
+def search_lines(rows: list[Record], base: str, budgets: Sequence[int] | None, plots: Path) -> list[str]:
+    """Search arms: normalised hypervolume (one reference for every arm and seed) and best metric at <= P; the
+    fronts of every arm and seed on one figure in `plots`."""
     sizes = sorted(p[1] for r in rows for p in r["points"])
     ref = (float(rows[0]["baseline"]), 1.1 * (sizes[-1] if sizes else 1.0))
     quantiles = [int(sizes[int(q * (len(sizes) - 1))]) for q in (0.25, 0.5, 0.75)] if sizes else []
@@ -221,8 +222,13 @@ def search_lines(rows: list[Record], base: str, budgets: Sequence[int] | None) -
         for b in budgets:
             if (value := peers.best_at(points, b)) is not None:
                 best[(r["arm"], b)][r["seed"]] = value
+    first = rows[0]
+    path = peers.plot_fronts(rows, ref, plots / f"paired_{first['task']}.png", f"{first['task']}: search fronts, "
+                             f"{first['trials']} trials x {first['steps']} steps per study, pruning {first['pruning']}",
+                             metric=first["metric"])
     arms = [a for a in hv if a != base]
-    lines = [f"Reference: metric floor {ref[0]:.4f} (majority class), cost ceiling {ref[1]:,.0f}; budgets P: "
+    lines = [f"Fronts of every arm and seed: {path}", "",
+             f"Reference: metric floor {ref[0]:.4f} (majority class), cost ceiling {ref[1]:,.0f}; budgets P: "
              + ", ".join(f"{b:,}" for b in budgets), "", *HEADER]
     for arm in arms:
         lines.append(interval_row("HV (x100)", hv, arm, base, 100.0))
@@ -265,7 +271,7 @@ def report(records: list[Record], args: argparse.Namespace) -> str:
         if base not in {r["arm"] for r in mine}:
             lines.append(f"{title}: no rows of the baseline arm {base!r} yet; nothing to pair")
             continue
-        body = run_lines(mine, base) if kind == "run" else search_lines(mine, base, args.budgets)
+        body = run_lines(mine, base) if kind == "run" else search_lines(mine, base, args.budgets, args.plots)
         lines += ["", f"**{title}: {args.task}, {args.steps} steps, paired over seeds "
                   f"{', '.join(map(str, sorted({r['seed'] for r in mine})))}**", "", *body]
     return "\n".join(lines) if lines else f"no rows for this comparison in {args.results}"
@@ -290,6 +296,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, default=WORKDIR, help="study journals, trial folders, caches")
     parser.add_argument("--floor", type=float, default=None,
                         help="also report each run arm's spread over the seeds and how many seeds reach this metric")
+    parser.add_argument("--plots", type=Path, default=WORKDIR / "plots", help="folder of the search arms' front plots")
     parser.add_argument("--report", action="store_true", help="print the report from the results and exit")
     parser.add_argument("--smoke", action="store_true", help="the tiny model on the demo's synthetic task")
     args = parser.parse_args(argv)

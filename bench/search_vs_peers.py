@@ -42,8 +42,7 @@ from common import (  # noqa: E402, F401
     GLUE, OUT, ROOT, append_jsonl, git_commit, machine_note, read_jsonl,
 )
 from common.fronts import (  # noqa: E402, F401
-    best_at, complete_points, covers, fmt, mean_or_none, normalised_hv, reference, relation, save_front_plot,
-    task_budgets,
+    best_at, complete_points, covers, fmt, mean_or_none, normalised_hv, plot_fronts, reference, relation, task_budgets,
 )
 from common.studies import (  # noqa: E402, F401
     ARMS, PROJECT_ARMS, SEARCH_RESULTS, SMOKE_TASK, SMOKE_TRIALS, STUDY_FILES, Record, arm_settings, planned_steps,
@@ -214,36 +213,10 @@ def report(records: list[Record], args: argparse.Namespace) -> str:
 
 
 def plot_task(task: str, studies: Sequence[Record], ref: tuple[float, float], folder: Path) -> Path:
-    """All arms and seeds on one figure: every complete trial as a dot, each study's front as a step line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from elalora_auto.search.pareto import pareto_front
-
-    colours = dict(zip(ARMS, ("tab:red", "tab:blue", "tab:green", "tab:purple")))
-    seeds = list(dict.fromkeys(s["seed"] for s in studies))
-    fig, ax = plt.subplots(figsize=(11, 5.5))
-    for study in studies:
-        points = complete_points(study)
-        if not points:
-            continue
-        style = ("-", "--", ":", "-.")[seeds.index(study["seed"]) % 4]
-        marker = ("o", "s", "^", "D")[seeds.index(study["seed"]) % 4]
-        colour = colours[study["arm"]]
-        ax.scatter([c for _, c in points], [100 * m for m, _ in points], color=colour, marker=marker, alpha=0.35, s=22)
-        front = [points[i] for i in pareto_front(points)]
-        xs = [c for _, c in front] + [ref[1]]
-        ys = [100 * m for m, _ in front] + [100 * front[-1][0]]
-        ax.step(xs, ys, where="post", color=colour, linestyle=style, linewidth=1.8,
-                label=f"{study['arm']} seed {study['seed']}")
-    ax.axhline(100 * ref[0], color="grey", linestyle=":", linewidth=1, label=f"majority class {100 * ref[0]:.1f}%")
+    """All arms and seeds of one task on one figure (common.fronts.plot_fronts)."""
     first = studies[0]
-    ax.set_title(f"{task}: search fronts, {first['trials']} trials x {first['steps_per_trial']} steps per study")
-    # the legend outside: never over the fronts
-    return save_front_plot(fig, ax, folder / f"search_vs_peers_{task}.png", loc="upper left",
-                           bbox_to_anchor=(1.01, 1.0))
+    return plot_fronts(studies, ref, folder / f"search_vs_peers_{task}.png",
+                       f"{task}: search fronts, {first['trials']} trials x {first['steps_per_trial']} steps per study")
 
 
 def markdown(records: list[Record], args: argparse.Namespace, text: str) -> str:

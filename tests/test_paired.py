@@ -78,7 +78,7 @@ def smoke(tmp_path: Path) -> subprocess.CompletedProcess:
         [sys.executable, str(SCRIPT), "--smoke", "--seeds", "1", "2", "--steps", "8", "--trials", "2",
          "--arm", "a=lora", "--arm", "b=lora,learning_rate=2e-3", "--search-arm", "s=lora", "--search-arm",
          "t=elalora", "--baseline", "a", "--baseline", "s", "--results", str(tmp_path / "rows.jsonl"),
-         "--workdir", str(tmp_path / "work")], capture_output=True, text=True, env=ENV, timeout=900)
+         "--workdir", str(tmp_path / "work"), "--plots", str(tmp_path / "plots")], capture_output=True, text=True, env=ENV, timeout=900)
 
 
 @pytest.mark.slow
@@ -91,6 +91,11 @@ def test_smoke_protocol_then_resume(tmp_path: Path) -> None:
         for seed in (1, 2))
     assert all(r["versions"]["torch"] and r["commit"] for r in rows)
     assert all(len(r["points"]) >= 1 for r in rows if r["kind"] == "study")
+    # search arms run the study file's own pruning (the shipped search) and say so in their key; every trial is kept
+    assert {r["key"]["pruning"] for r in rows if r["kind"] == "study"} == {"study"}
+    assert all(len(r["rows"]) == 2 and r["steps_total"] > 0 for r in rows if r["kind"] == "study")
+    assert f"Fronts of every arm and seed: {tmp_path / 'plots' / 'paired_smoke.png'}" in first.stdout
+    assert (tmp_path / "plots" / "paired_smoke.png").stat().st_size > 0
     assert "| accuracy (points) | b - a | 2 |" in first.stdout and "| HV (x100) | t - s | 2 |" in first.stdout
 
     second = smoke(tmp_path)  # everything is there: nothing re-runs, the same report

@@ -66,13 +66,41 @@ def mean_or_none(values: Sequence[float | None]) -> float | None:
     return None if not values or any(v is None for v in values) else statistics.mean(values)  # type: ignore[arg-type]
 
 
-def save_front_plot(fig: Any, ax: Any, path: Path, **legend: Any) -> Path:
-    """The axes every front plot shares (size on a log scale, accuracy in %), then the PNG."""
+def plot_fronts(studies: Sequence[Record], ref: Point, path: Path, title: str, metric: str = "accuracy") -> Path:
+    """All arms and seeds of one task on one figure: every complete trial as a dot, each study's front as a step
+    line; an arm's colour, a seed's line style and marker."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from elalora_auto.search.pareto import pareto_front
+
+    arms = list(dict.fromkeys(s["arm"] for s in studies))
+    seeds = list(dict.fromkeys(s["seed"] for s in studies))
+    fig, ax = plt.subplots(figsize=(11, 5.5))
+    for study in studies:
+        if not (points := complete_points(study)):
+            continue
+        style, marker = ("-", "--", ":", "-.")[seeds.index(study["seed"]) % 4], "osD^v<>p"[seeds.index(study["seed"]) % 8]
+        colour = f"C{arms.index(study['arm']) % 10}"
+        ax.scatter([c for _, c in points], [100 * m for m, _ in points], color=colour, marker=marker, alpha=0.35, s=22)
+        front = [points[i] for i in pareto_front(points)]
+        ax.step([c for _, c in front] + [ref[1]], [100 * m for m, _ in front] + [100 * front[-1][0]], where="post",
+                color=colour, linestyle=style, linewidth=1.8, label=f"{study['arm']} seed {study['seed']}")
+    ax.axhline(100 * ref[0], color="grey", linestyle=":", linewidth=1, label=f"majority class {100 * ref[0]:.1f}%")
+    ax.set_title(title)
+    # the legend outside: never over the fronts
+    return save_front_plot(fig, ax, path, metric=metric, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+
+
+def save_front_plot(fig: Any, ax: Any, path: Path, metric: str = "accuracy", **legend: Any) -> Path:
+    """The axes every front plot shares (size on a log scale, the metric in %), then the PNG."""
     import matplotlib.pyplot as plt
 
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log scale)")
-    ax.set_ylabel("accuracy (%)")
+    ax.set_ylabel(f"{metric} (%)")
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=8, **legend)
     path.parent.mkdir(parents=True, exist_ok=True)
