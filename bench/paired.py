@@ -235,10 +235,9 @@ def search_lines(rows: list[Record], base: str, budgets: Sequence[int] | None, p
         for b in budgets:
             pair = {a: best[(a, b)] for a in (arm, base)}
             lines.append(interval_row(f"best at <= {b:,} (points)", pair, arm, base, 100.0))
-    seeds = sorted({r["seed"] for r in rows})
-    wins = {a: sum(1 for s in seeds if s in hv[a] and hv[a][s] == max(v[s] for v in hv.values() if s in v))
-            for a in hv}
-    lines += ["", "Largest hypervolume (a tie counts for each): "
+    seeds = sorted(set.intersection(*(set(v) for v in hv.values())))  # a seed counts once every arm has its study
+    wins = {a: sum(1 for s in seeds if hv[a][s] == max(v[s] for v in hv.values())) for a in hv}
+    lines += ["", "Largest hypervolume, over the seeds every arm has finished (a tie counts for each): "
               + ", ".join(f"{a} on {k} of {len(seeds)} seeds" for a, k in wins.items())]
     return lines
 
