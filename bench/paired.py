@@ -208,20 +208,26 @@ def run_lines(rows: list[Record], base: str) -> list[str]:
 
 
 def search_lines(rows: list[Record], base: str, budgets: Sequence[int] | None, plots: Path) -> list[str]:
-    """Search arms: normalised hypervolume (one reference for every arm and seed) and best metric at <= P; the
-    fronts of every arm and seed on one figure in `plots`."""
+    """Search arms: normalised hypervolume (one reference for every arm and seed) and best metric at <= P (the
+    metric floor where a study has no complete adapter that small); the fronts of every arm and seed on one figure
+    in `plots`."""
     sizes = sorted(p[1] for r in rows for p in r["points"])
     ref = (float(rows[0]["baseline"]), 1.1 * (sizes[-1] if sizes else 1.0))
     quantiles = [int(sizes[int(q * (len(sizes) - 1))]) for q in (0.25, 0.5, 0.75)] if sizes else []
     budgets = list(budgets or quantiles)
     hv = {r["arm"]: {} for r in rows}
     best = {(r["arm"], b): {} for r in rows for b in budgets}
+    empty: dict[int, list[str]] = {b: [] for b in budgets}
     for r in rows:
         points = [tuple(p) for p in r["points"]]
         hv[r["arm"]][r["seed"]] = peers.normalised_hv(points, ref)
         for b in budgets:
-            if (value := peers.best_at(points, b)) is not None:
-                best[(r["arm"], b)][r["seed"]] = value
+            # a study with no complete adapter at <= P gave its user the majority class there, as its hypervolume
+            # counts it: scored at the floor, not dropped (dropping the seed would pair only the seeds it did well)
+            value = peers.best_at(points, b)
+            if value is None:
+                empty[b].append(f"{r['arm']} seed {r['seed']}")
+            best[(r["arm"], b)][r["seed"]] = ref[0] if value is None else value
     first = rows[0]
     path = peers.plot_fronts(rows, ref, plots / f"paired_{first['task']}.png", f"{first['task']}: search fronts, "
                              f"{first['trials']} trials x {first['steps']} steps per study, pruning {first['pruning']}",
@@ -235,6 +241,8 @@ def search_lines(rows: list[Record], base: str, budgets: Sequence[int] | None, p
         for b in budgets:
             pair = {a: best[(a, b)] for a in (arm, base)}
             lines.append(interval_row(f"best at <= {b:,} (points)", pair, arm, base, 100.0))
+    lines += ["", "No complete adapter at <= P (scored at the metric floor): "
+              + ("; ".join(f"{b:,}: {', '.join(names)}" for b, names in empty.items() if names) or "none")]
     seeds = sorted(set.intersection(*(set(v) for v in hv.values())))  # a seed counts once every arm has its study
     wins = {a: sum(1 for s in seeds if hv[a][s] == max(v[s] for v in hv.values())) for a in hv}
     lines += ["", "Largest hypervolume, over the seeds every arm has finished (a tie counts for each): "

@@ -87,6 +87,21 @@ def test_hypervolume_wins_count_only_seeds_every_arm_finished(bench: ModuleType,
     assert (tmp_path / "paired_sst2.png").stat().st_size > 0
 
 
+def test_no_adapter_under_a_budget_scores_the_floor(bench: ModuleType, tmp_path: Path) -> None:
+    """A search that left nothing at <= P loses that budget at the majority class on that seed; dropping the seed
+    instead would pair only the seeds where it found a small adapter (the SST-2 verdict's seeds 43 and 44)."""
+    def study(arm: str, seed: int, points: list[list[float]]) -> dict:
+        return {"arm": arm, "seed": seed, "task": "sst2", "trials": 2, "steps": 8, "pruning": "study",
+                "metric": "accuracy", "baseline": 0.5, "points": points, "rows": []}
+
+    rows = [study("a", 1, [[0.8, 1000.0]]), study("b", 1, [[0.7, 1000.0]]),
+            study("a", 2, [[0.9, 5000.0]]), study("b", 2, [[0.75, 1000.0]])]
+    lines = bench.search_lines(rows, "b", [1000, 5000, 6000], tmp_path)
+    small = next(line for line in lines if line.startswith("| best at <= 1,000 "))
+    assert "| 2 |" in small and "+10.00 -25.00" in small  # seed 2: the floor 0.5 against 0.75
+    assert "1,000: a seed 2" in next(line for line in lines if line.startswith("No complete adapter"))
+
+
 def smoke(tmp_path: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(SCRIPT), "--smoke", "--seeds", "1", "2", "--steps", "8", "--trials", "2",
