@@ -73,15 +73,18 @@ def test_report_pairs_seeds_and_leaves_out_other_versions(bench: ModuleType) -> 
             "+1.00 -0.50 +2.50 |") in text
 
 
+def study(arm: str, seed: int, points: list[list[float]]) -> dict:
+    """A search arm's row as paired.py writes it: its complete trials' (metric, trainable parameters)."""
+    return {"arm": arm, "seed": seed, "task": "sst2", "trials": 2, "steps": 8, "pruning": "study",
+            "metric": "accuracy", "baseline": 0.5, "points": points,
+            "rows": [{"state": "COMPLETE", "accuracy": value, "trainable_params": size} for value, size in points]}
+
+
 def test_hypervolume_wins_count_only_seeds_every_arm_finished(bench: ModuleType, tmp_path: Path) -> None:
     """A seed whose baseline study has not finished yet (a running verdict) must not count as a win for the arm
     that has one: only seeds with every arm's study are compared."""
-    def study(arm: str, seed: int, value: float) -> dict:
-        return {"arm": arm, "seed": seed, "task": "sst2", "trials": 2, "steps": 8, "pruning": "study",
-                "metric": "accuracy", "baseline": 0.5, "points": [[value, 1000.0]],
-                "rows": [{"state": "COMPLETE", "accuracy": value, "trainable_params": 1000}]}
-
-    rows = [study("a", 1, 0.8), study("b", 1, 0.7), study("a", 2, 0.6), study("b", 2, 0.9), study("a", 3, 0.9)]
+    rows = [study(arm, seed, [[value, 1000.0]])
+            for arm, seed, value in [("a", 1, 0.8), ("b", 1, 0.7), ("a", 2, 0.6), ("b", 2, 0.9), ("a", 3, 0.9)]]
     lines = bench.search_lines(rows, "b", [1000, 2000, 3000], tmp_path)
     assert lines[-1].endswith("a on 1 of 2 seeds, b on 1 of 2 seeds")
     assert (tmp_path / "paired_sst2.png").stat().st_size > 0
@@ -90,10 +93,6 @@ def test_hypervolume_wins_count_only_seeds_every_arm_finished(bench: ModuleType,
 def test_no_adapter_under_a_budget_scores_the_floor(bench: ModuleType, tmp_path: Path) -> None:
     """A search that left nothing at <= P loses that budget at the majority class on that seed; dropping the seed
     instead would pair only the seeds where it found a small adapter (the SST-2 verdict's seeds 43 and 44)."""
-    def study(arm: str, seed: int, points: list[list[float]]) -> dict:
-        return {"arm": arm, "seed": seed, "task": "sst2", "trials": 2, "steps": 8, "pruning": "study",
-                "metric": "accuracy", "baseline": 0.5, "points": points, "rows": []}
-
     rows = [study("a", 1, [[0.8, 1000.0]]), study("b", 1, [[0.7, 1000.0]]),
             study("a", 2, [[0.9, 5000.0]]), study("b", 2, [[0.75, 1000.0]])]
     lines = bench.search_lines(rows, "b", [1000, 5000, 6000], tmp_path)
