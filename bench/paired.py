@@ -10,9 +10,11 @@ Two kinds of arm, both on a built-in study file's task, data, model, batch, leng
 - `--arm NAME=METHOD[,KEY=VALUE...]`: one training run per seed: the study's trial 0 for METHOD (its space's
   defaults, as `train --method METHOD` builds it) with the TrialSpec overrides, e.g.
   `--arm half=elalora,params.final_budget=0.5`. Compared on the final metric.
-- `--search-arm NAME=METHOD[,space=YAML]`: one whole study of --trials trials per seed (search_vs_peers' project
-  arm) with the study file's own pruning (`--pruning study`, the shipped search) or none. Compared on the hypervolume of its (metric, trainable parameters) front and on the best metric at
-  <= P parameters for three budgets P; also on how many seeds each arm's hypervolume is the largest.
+- `--search-arm NAME=METHOD[,space=YAML][,sampler=tpe|gp][,startup=N]`: one whole study of --trials trials per
+  seed (search_vs_peers' project arm; `startup`: the sampler's random trials first, default 10) with the study
+  file's own pruning (`--pruning study`, the shipped search) or none. Compared on the hypervolume of its (metric,
+  trainable parameters) front and on the best metric at <= P parameters for three budgets P; also on how many seeds
+  each arm's hypervolume is the largest.
 
 Rows: one JSON line per finished run or study (bench/results/paired.jsonl), with the library versions and commit on
 every row. A re-run skips every row already there for this environment's versions (so it resumes); the report
@@ -43,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import search_vs_peers as peers  # noqa: E402
 from common import GLUE, OUT, ROOT, append_jsonl, command_line, machine_note, read_jsonl, versions  # noqa: E402
 from common.studies import NO_PRUNING, study_pruning  # noqa: E402
+from elalora_auto.search.settings import SAMPLERS  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "paired.jsonl"
 WORKDIR = OUT / "paired"
@@ -88,14 +91,32 @@ def arm_key(args: argparse.Namespace, kind: str, arm: str, spec: str, seed: int)
     return {"kind": kind, "task": args.task, "arm": arm, "arm_spec": spec, "seed": seed, "steps": args.steps, **study}
 
 
-def study_settings(args: argparse.Namespace, method: str, seed: int, study: str, space: str | None = None) -> Any:
-    """The study file's settings for this task, method and seed (search_vs_peers' arm_settings)."""
+# a search arm's KEY=VALUE options -> the SearchSettings field each sets
+SEARCH_OPTIONS = {"space": "space", "sampler": "sampler", "startup": "startup_trials"}
+
+
+def search_options(overrides: list[str]) -> dict[str, Any]:
+    """A search arm's options as SearchSettings fields; an unknown or malformed one exits before any work."""
+    options: dict[str, Any] = {}
+    for item in overrides:
+        name, sep, value = item.partition("=")
+        if (not sep or name not in SEARCH_OPTIONS or (name == "startup" and not value.isdigit())
+                or (name == "sampler" and value not in SAMPLERS)):
+            raise SystemExit(f"error: a search arm's options are space=YAML, sampler=tpe|gp, startup=N; got {item!r}")
+        options[SEARCH_OPTIONS[name]] = int(value) if name == "startup" else value
+    return options
+
+
+def study_settings(args: argparse.Namespace, method: str, seed: int, study: str,
+                   options: dict[str, Any] | None = None) -> Any:
+    """The study file's settings for this task, method and seed (search_vs_peers' arm_settings), with a search
+    arm's `search_options` on top."""
     pruning = study_pruning(args.task) if args.pruning == "study" else NO_PRUNING
     bench = peers.parse_args([*(["--smoke"] if args.smoke else ["--tasks", args.task]), "--workdir",
                               str(args.workdir), "--max-steps", str(args.steps), "--data-dir", str(args.data_dir),
                               "--pruning-json", pruning])
     key = {"task": args.task, "arm": method, "seed": seed, "trials": args.trials, "steps": args.steps,
-           "study": study, **({"space": space} if space else {})}
+           "study": study, **(options or {})}
     return peers.arm_settings(bench, key)
 
 
@@ -122,10 +143,10 @@ def run_arm(args: argparse.Namespace, key: Record, method: str, overrides: list[
 
 def search_arm(args: argparse.Namespace, key: Record, method: str, overrides: list[str]) -> Record:
     """One whole study (search_vs_peers' project arm; resumes from its journal), as its complete trials' points."""
-    space = next((o.partition("=")[2] for o in overrides if o.startswith("space=")), None)
     # the arm's definition in the study's name: a changed arm starts its own study, never resumes another's
     tag = hashlib.sha1(f"{key['arm_spec']} {args.steps} {args.trials} {args.pruning}".encode()).hexdigest()[:8]
-    settings = study_settings(args, method, key["seed"], f"{args.task}-{key['arm']}-{tag}-seed{key['seed']}", space)
+    settings = study_settings(args, method, key["seed"], f"{args.task}-{key['arm']}-{tag}-seed{key['seed']}",
+                              search_options(overrides))
     study, plan, trials_dir = peers.run_project_arm(settings, args.workdir / "trials.jsonl", key)
     rows = peers.study_rows_of(study, trials_dir)
     points = peers.complete_points({"rows": rows})
@@ -289,7 +310,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--task", choices=list(peers.STUDY_FILES), default="mnli")
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44, 45, 46, 47])
     parser.add_argument("--arm", action="append", default=[], help="NAME=METHOD[,KEY=VALUE...]: one run per seed")
-    parser.add_argument("--search-arm", action="append", default=[], help="NAME=METHOD[,space=YAML]: a study per seed")
+    parser.add_argument("--search-arm", action="append", default=[],
+                        help="NAME=METHOD[,space=YAML][,sampler=tpe|gp][,startup=N]: a study per seed")
     parser.add_argument("--baseline", action="append", required=True,
                         help="the arm every other arm of its kind is paired with (one per kind: --arm, --search-arm)")
     parser.add_argument("--steps", type=int, default=None, help="per run or trial (default: the study file's)")
@@ -316,6 +338,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             or any(arms and args.baselines[kind] is None for kind, arms in kinds.items())):
         parser.error(f"arm names must differ and --baseline must name one arm of each kind given (--arm: "
                      f"{', '.join(kinds['run']) or 'none'}; --search-arm: {', '.join(kinds['study']) or 'none'})")
+    for text in args.search_arm:
+        search_options(parse_arm(text)[2])
     if len(args.seeds) < 2:
         parser.error("a paired comparison needs 2 or more --seeds (the protocol asks for 6)")
     args.steps = args.steps or peers.planned_steps(argparse.Namespace(max_steps=None), args.task)

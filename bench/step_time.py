@@ -6,9 +6,12 @@ change in machine load hits all of them alike. ElaLoRA is configured so that rou
 steps (t_init 2, delta_t 5), and the table says how many did. It also reports the fixed per-step overhead over
 LoRA in ms (median minus LoRA's median) and each method's peak memory over one extra (untimed) step against
 LoRA's: every tensor that step touches or creates (weights, adapter, gradients, activations, optimizer state),
-from the torch profiler's memory timeline on the CPU.
+from the torch profiler's memory timeline on the CPU. On a shared machine, `--clock cpu --threads 1` times each
+step in this process's CPU time, which other processes' load barely moves, and the per-step ratio pairs each step
+with LoRA's step of the same rotation.
 
     python bench/step_time.py --models tiny minilm --steps 40 --append-to BENCHMARKS.md
+    python bench/step_time.py --models tiny --steps 100 --threads 1 --clock cpu
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ from common import add_common_args, machine_note, minilm_path, publish  # noqa: 
 import torch  # noqa: E402
 
 METHODS = ("lora", "elalora", "adalora")
+# wall: what a user waits; cpu: the process's CPU time (all its threads), which a loaded machine's time slicing
+# does not inflate, so a ratio of a few percent can be told apart from the noise there
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 SCHEDULE_STEPS = 200  # the adapters' nominal run length: the timed steps sit early in the adjustment window
 # A round every 5 steps from step 7 on, so several rounds fall inside a few dozen timed steps.
 FAST_SCHEDULE = {"t_init": 2, "t_final": 50, "delta_t": 5}
@@ -90,13 +96,13 @@ def build_runs(base: torch.nn.Module, params: dict[str, dict[str, Any]], lr: flo
 
 
 def train_step(run: dict[str, Any], batch: dict[str, torch.Tensor], step: int,
-               dtype: torch.dtype | None = None) -> tuple[float, bool]:
+               dtype: torch.dtype | None = None, clock: Callable[[], float] = time.perf_counter) -> tuple[float, bool]:
     """One timed step: forward (autocast to `dtype` if given) + backward + optimizer step + adapter hook +
-    zero_grad, CUDA synchronised at both ends. Returns (seconds, whether the hook moved a rank)."""
+    zero_grad, CUDA synchronised at both ends. Returns (seconds on `clock`, whether the hook moved a rank)."""
     device = batch["input_ids"].device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
-    start = time.perf_counter()
+    start = clock()
     with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         loss = run["adapter"].model(**batch).loss
     loss.backward()
@@ -104,7 +110,7 @@ def train_step(run: dict[str, Any], batch: dict[str, torch.Tensor], step: int,
     record = run["adapter"].after_optimizer_step(step, run["optimizer"])
     run["optimizer"].zero_grad(set_to_none=True)
     sync()
-    return time.perf_counter() - start, record is not None
+    return clock() - start, record is not None
 
 
 def step_without_round(after: int, schedule: dict[str, int] = FAST_SCHEDULE) -> int:
@@ -155,13 +161,16 @@ def spread(times: list[float]) -> dict[str, float]:
     return {"median_s": statistics.median(times), "p25_s": quartiles[0], "p75_s": quartiles[2]}
 
 
-def measure(model_name: str, steps: int, warmup: int, batch_size: int, length: int, r: int) -> list[dict[str, Any]]:
-    """Median s/step per method, the methods interleaved step by step with a rotating order."""
+def measure(model_name: str, steps: int, warmup: int, batch_size: int, length: int, r: int,
+            clock: str = "wall") -> list[dict[str, Any]]:
+    """Median s/step per method on `clock` (a CLOCKS name), the methods interleaved step by step with a rotating
+    order."""
     base = base_model(model_name)
     batch = random_batches(base.config.vocab_size, batch_size, length)[0]
     runs = build_runs(base, method_params(r))
     for method, timed in interleaved(list(METHODS), warmup, steps,
-                                     lambda method, step: train_step(runs[method], batch, step)).items():
+                                     lambda method, step: train_step(runs[method], batch, step,
+                                                                     clock=CLOCKS[clock])).items():
         runs[method].update(timed)
     for method in METHODS:
         runs[method]["peak_bytes"] = cpu_step_peak_bytes(runs[method], batch, step_without_round(warmup + steps))
@@ -170,26 +179,34 @@ def measure(model_name: str, steps: int, warmup: int, batch_size: int, length: i
     for method in METHODS:
         times = runs[method]["times"]
         median = statistics.median(times)
-        rows.append({"model": model_name, "method": method, **spread(times), "ratio_to_lora": median / lora,
+        # step i of every method ran within one rotation of the others, so its ratio to LoRA's step i pairs out
+        # the load of that moment (the ratio of the medians does not)
+        paired = [t / base for t, base in zip(times, runs["lora"]["times"])]
+        paired_q = statistics.quantiles(paired, n=4)
+        rows.append({"model": model_name, "method": method, "clock": clock, **spread(times),
+                     "ratio_to_lora": median / lora, "paired_ratio": statistics.median(paired),
+                     "paired_ratio_p25": paired_q[0], "paired_ratio_p75": paired_q[2],
                      "overhead_ms": (median - lora) * 1e3, "peak_bytes": runs[method]["peak_bytes"],
                      "peak_ratio_to_lora": runs[method]["peak_bytes"] / lora_peak,
                      "timed_steps": len(times), "rounds_in_timed_steps": runs[method]["rounds"],
                      "trainable_params_start": runs[method]["params"],
                      "matrices": len(runs[method]["adapter"].rank_map())})
-        print(f"{model_name} {method}: median {median:.4f} s/step ({median / lora:.3f}x LoRA, "
-              f"{rows[-1]['overhead_ms']:+.2f} ms), peak {rows[-1]['peak_bytes'] / 2**20:.1f} MiB "
-              f"({rows[-1]['peak_ratio_to_lora']:.3f}x LoRA), {runs[method]['rounds']} rank changes in {len(times)} "
-              "timed steps", flush=True)
+        print(f"{model_name} {method}: median {median:.4f} s/step ({median / lora:.3f}x LoRA, per step "
+              f"{rows[-1]['paired_ratio']:.3f}x, {rows[-1]['overhead_ms']:+.2f} ms), "
+              f"peak {rows[-1]['peak_bytes'] / 2**20:.1f} MiB "
+              f"({rows[-1]['peak_ratio_to_lora']:.3f}x LoRA), {runs[method]['rounds']} rank changes in "
+              f"{len(times)} timed steps", flush=True)
     return rows
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model | method | median s/step | IQR s/step | ratio to LoRA | overhead vs LoRA ms/step | peak MiB | "
-             "peak vs LoRA | timed steps | rounds that moved rank (in timed steps) | adapted matrices |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | method | median s/step | IQR s/step | ratio to LoRA | per-step ratio to LoRA, median (IQR) | "
+             "overhead vs LoRA ms/step | peak MiB | peak vs LoRA | timed steps | rounds that moved rank (in timed "
+             "steps) | adapted matrices |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['model']} | {row['method']} | {row['median_s']:.4f} | {row['p25_s']:.4f}-"
-                     f"{row['p75_s']:.4f} | {row['ratio_to_lora']:.3f}x | {row['overhead_ms']:+.2f} | "
+                     f"{row['p75_s']:.4f} | {row['ratio_to_lora']:.3f}x | {row['paired_ratio']:.3f}x "
+                     f"({row['paired_ratio_p25']:.3f}-{row['paired_ratio_p75']:.3f}) | {row['overhead_ms']:+.2f} | "
                      f"{row['peak_bytes'] / 2**20:.1f} | {row['peak_ratio_to_lora']:.3f}x | {row['timed_steps']} | "
                      f"{row['rounds_in_timed_steps']} | {row['matrices']} |")
     return "\n".join(lines)
@@ -283,20 +300,24 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--rank", type=int, default=4, help="initial rank of every method")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall: elapsed time; cpu: this process's CPU time, which other processes on a shared "
+                             "machine barely move (use with --threads 1: it sums every thread's time)")
     add_common_args(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     before = machine_note()
     rows = [row for name in args.models
-            for row in measure(name, args.steps, args.warmup, args.batch_size, args.length, args.rank)]
+            for row in measure(name, args.steps, args.warmup, args.batch_size, args.length, args.rank, args.clock)]
     publish("step_time", "Step time: ElaLoRA vs PEFT LoRA vs PEFT AdaLoRA (bench/step_time.py)", args, before,
             {"rows": rows}, table(rows), (
         f"Random token batches (batch {args.batch_size}, length {args.length}), AdamW, "
-        f"torch.set_num_threads({args.threads}); each timed step = forward + backward + optimizer step + "
-        "adapter hook + zero_grad; the three methods alternate step by step (rotating order) after "
+        f"torch.set_num_threads({args.threads}), {args.clock} clock; each timed step = forward + backward + "
+        "optimizer step + adapter hook + zero_grad; the three methods alternate step by step (rotating order) after "
         f"{args.warmup} untimed steps each. Initial rank {args.rank} everywhere (AdaLoRA init_r {args.rank} -> "
         f"target_r {max(1, args.rank // 2)}); ElaLoRA b 4, k 2, t_init 2, delta_t 5 (a round every 5 steps; "
-        "'rounds that moved rank' counts the hook calls that changed a rank). Overhead = median minus LoRA's "
+        "'rounds that moved rank' counts the hook calls that changed a rank). Per-step ratio = each timed step over "
+        "LoRA's step of the same rotation (pairs out the load of the moment). Overhead = median minus LoRA's "
         "median. Peak = the largest total of the torch profiler's memory timeline over one more (untimed) step: "
         "every tensor it touches or creates. The IQR column shows how noisy the shared machine was."
     ))

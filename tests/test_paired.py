@@ -101,6 +101,18 @@ def test_no_adapter_under_a_budget_scores_the_floor(bench: ModuleType, tmp_path:
     assert "1,000: a seed 2" in next(line for line in lines if line.startswith("No complete adapter"))
 
 
+def test_search_arm_options_reach_the_study_settings(bench: ModuleType, tmp_path: Path) -> None:
+    args = bench.parse_args(["--smoke", "--seeds", "1", "2", "--search-arm", "g=elalora,sampler=gp,startup=4",
+                             "--baseline", "g", "--workdir", str(tmp_path)])
+    settings = bench.study_settings(args, "elalora", 1, "g-1", bench.search_options(["sampler=gp", "startup=4"]))
+    assert (settings.sampler, settings.startup_trials, settings.space) == ("gp", 4, "elalora")
+    shipped = bench.study_settings(args, "elalora", 1, "s-1")
+    assert (shipped.sampler, shipped.startup_trials) == ("tpe", 10)
+    for bad in ("startup=four", "sampler", "sampler=cmaes", "lr=1e-3"):  # refused before any work
+        with pytest.raises(SystemExit, match="a search arm's options are space=YAML"):
+            bench.parse_args(["--smoke", "--search-arm", f"g=elalora,{bad}", "--baseline", "g"])
+
+
 def smoke(tmp_path: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(SCRIPT), "--smoke", "--seeds", "1", "2", "--steps", "8", "--trials", "2",

@@ -66,6 +66,12 @@ def mean_or_none(values: Sequence[float | None]) -> float | None:
     return None if not values or any(v is None for v in values) else statistics.mean(values)  # type: ignore[arg-type]
 
 
+# a seed's line style and marker: 8 distinct pairs, so the verdict's 6 seeds never share a look
+SEED_STYLES: tuple[tuple[Any, str], ...] = (
+    ("-", "o"), ("--", "s"), (":", "D"), ("-.", "^"), ((0, (5, 1, 1, 1, 1, 1)), "v"), ((0, (1, 3)), "<"),
+    ((0, (8, 2)), ">"), ((0, (3, 1, 3, 1, 1, 1)), "p"))
+
+
 def plot_fronts(studies: Sequence[Record], ref: Point, path: Path, title: str, metric: str = "accuracy") -> Path:
     """All arms and seeds of one task on one figure: every complete trial as a dot, each study's front as a step
     line; an arm's colour, a seed's line style and marker."""
@@ -82,7 +88,7 @@ def plot_fronts(studies: Sequence[Record], ref: Point, path: Path, title: str, m
     for study in studies:
         if not (points := complete_points(study)):
             continue
-        style, marker = ("-", "--", ":", "-.")[seeds.index(study["seed"]) % 4], "osD^v<>p"[seeds.index(study["seed"]) % 8]
+        style, marker = SEED_STYLES[seeds.index(study["seed"]) % len(SEED_STYLES)]
         colour = f"C{arms.index(study['arm']) % 10}"
         ax.scatter([c for _, c in points], [100 * m for m, _ in points], color=colour, marker=marker, alpha=0.35, s=22)
         front = [points[i] for i in pareto_front(points)]
