@@ -4,6 +4,9 @@ constraints the TPE path sets (a pruned Pareto trial's, the `--max-params` cap);
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -108,3 +111,16 @@ def test_a_study_resumes_only_with_its_own_sampler(study_file: Path, tmp_path: P
     assert main([*args, "--trials", "2"]) == 2
     assert "exists with sampler='gp', not 'tpe'; pass --sampler gp to resume it" in capsys.readouterr().err
     assert len(_study(tmp_path, "s").get_trials()) == 1
+
+
+def test_gp_proposes_without_a_library_warning() -> None:
+    """The sampler the search builds for `gp`, proposing in a fresh process (Optuna warns once per process, when GP
+    first proposes): no warning, as greenlet (a dependency) lets it optimise its acquisition in batches."""
+    code = ("import optuna\n"
+            "from elalora_auto.search.worker import make_sampler\n"
+            "study = optuna.create_study(sampler=make_sampler('gp', 0, 2))\n"
+            "study.optimize(lambda t: (t.suggest_float('x', -1, 1) - 0.3) ** 2, n_trials=4)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not [line for line in proc.stderr.splitlines() if "[W " in line or "Warning" in line], proc.stderr
