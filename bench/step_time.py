@@ -181,7 +181,7 @@ def measure(model_name: str, steps: int, warmup: int, batch_size: int, length: i
         median = statistics.median(times)
         # step i of every method ran within one rotation of the others, so its ratio to LoRA's step i pairs out
         # the load of that moment (the ratio of the medians does not)
-        paired = [t / base for t, base in zip(times, runs["lora"]["times"])]
+        paired = [t / lora_t for t, lora_t in zip(times, runs["lora"]["times"])]
         paired_q = statistics.quantiles(paired, n=4)
         rows.append({"model": model_name, "method": method, "clock": clock, **spread(times),
                      "ratio_to_lora": median / lora, "paired_ratio": statistics.median(paired),
