@@ -104,6 +104,29 @@ def test_importance_update_follows_every_change_of_the_layers() -> None:
     assert model.orthogonal_regularization().dtype == torch.float64
 
 
+def test_a_rebuild_keeps_the_groups_a_round_did_not_touch() -> None:
+    """After a resize only the groups of the resized matrix are built again (a round changes a few of many);
+    a move to another dtype builds them all, and the penalty stays the per-matrix definition throughout."""
+    model = elastic_bert()
+    with torch.no_grad():  # away from the LoRA init, where the penalty is rounding noise
+        for p in adapter_factors(model):
+            p.add_(torch.randn_like(p) * 0.05)
+    batch = model.allocator.batch
+    first, second = list(model.layers.values())[:2]
+    first.prune([0], None)
+    second.grow(1, model.allocator.generator, None, born_round=1, stats_from_mean=False)
+    before = {id(group) for group in batch._fresh().groups}
+    first.prune([0], None)  # the first matrix alone in its groups before and after
+    after = batch._fresh().groups
+    rebuilt = [group for group in after if id(group) not in before]
+    assert [param for group in rebuilt for param in group.params] == [first.lora_A, first.lora_B]
+    assert len(after) == len(before)
+    assert torch.allclose(model.orthogonal_regularization(), per_matrix_penalty(model), rtol=1e-6)
+    model.double()
+    assert not {id(group) for group in batch._fresh().groups} & {id(group) for group in after}
+    assert torch.allclose(model.orthogonal_regularization(), per_matrix_penalty(model), rtol=1e-6)
+
+
 def test_a_state_dict_of_another_rank_loads_into_the_cached_lists() -> None:
     trained = elastic_bert()
     next(iter(trained.layers.values())).grow(2, trained.allocator.generator, None, born_round=1,

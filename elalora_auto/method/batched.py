@@ -5,7 +5,8 @@ bill. Here the penalty is one ``bmm`` per factor shape (A or B, width, rank: a h
 autograd node (``_Penalty``), over tensor lists and constants built once and kept until a
 layer's tensors change (a round, loading another rank, ``.to()``): the layers of one model share a
 ``Generation`` counter that every such change bumps, so a step does no Python work per matrix beyond reading
-its gradient.
+its gradient. A rebuild keeps every group whose layers, shape, device and dtype did not change (a round resizes a
+few matrices of many), so the step after a round pays for the changed groups only.
 
 The importance statistics of all matrices live in two flat buffers (Ibar, U), each layer's ``ipt_bar_*`` /
 ``ipt_unc_*`` buffer a view into them, so the EMA is a handful of ops over four flat tensors (the parameters and
@@ -97,6 +98,7 @@ class OrthGroup:
     divisor: Tensor | None  # (m, 1, 1): a^2 for LoRA-init A; None: 1 everywhere
     mask: Tensor | None  # (m, r, r): the off-diagonal mask for LoRA-init B; None: ones
     neg_target: Tensor | None  # (m, r, r): minus the identity, 0 for LoRA-init B; None: 0 everywhere
+    key: GroupKey  # what the tensors above depend on (_group_key): equal keys, equal groups
 
     def gram_diff(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(x, per matrix Gram / divisor * mask - target of x): the Gram of the rows of x (A factors: x x^T) or of
@@ -123,9 +125,19 @@ class OrthGroup:
         return torch.bmm(x, grad.transpose(1, 2)) + torch.bmm(x, grad)
 
 
+GroupKey = tuple[str, tuple[int, ...], torch.device, torch.dtype, tuple[int, ...]]
+
+
+def _group_key(part: str, shape: tuple[int, ...], layers: list[ElaLoraLayer]) -> GroupKey:
+    """The part, shape, device and dtype of a group's factors and which layers (their ids) it holds."""
+    ref = layers[0].param(part)
+    return part, shape, ref.device, ref.dtype, tuple(id(layer) for layer in layers)
+
+
 def _orth_group(layers: list[ElaLoraLayer], part: str) -> OrthGroup:
     """The ``part`` terms of layers whose ``part`` factors share one shape (see ElaLoraLayer.orth_penalty)."""
     ref = layers[0].param(part)
+    key = _group_key(part, tuple(ref.shape), layers)
     params = [layer.param(part) for layer in layers]
     factory = {"device": ref.device, "dtype": ref.dtype}
     count, rank = len(layers), layers[0].rank
@@ -134,10 +146,10 @@ def _orth_group(layers: list[ElaLoraLayer], part: str) -> OrthGroup:
     eye = torch.eye(rank, **factory).expand(count, rank, rank)
     if part == "A":
         divisor = torch.where(lora, LORA_ROW_NORM**2, 1.0).to(ref.dtype) if any(flags) else None
-        return OrthGroup(params, True, divisor=divisor, mask=None, neg_target=-eye)
+        return OrthGroup(params, True, divisor=divisor, mask=None, neg_target=-eye, key=key)
     mask = torch.where(lora, 1.0 - eye, 1.0) if any(flags) else None
     neg_target = torch.where(lora, 0.0, -eye) if not all(flags) else None
-    return OrthGroup(params, False, divisor=None, mask=mask, neg_target=neg_target)
+    return OrthGroup(params, False, divisor=None, mask=mask, neg_target=neg_target, key=key)
 
 
 def _flat_terms(groups: list[OrthGroup]) -> FlatTerms:
@@ -182,31 +194,37 @@ class MatrixBatch:
             terms = [(layer, part) for layer in self.layers for part in PARTS]
             self.params = [layer.param(part) for layer, part in terms]
             by_shape: dict[tuple[str, tuple[int, ...]], list[ElaLoraLayer]] = {}
-            for layer in self.layers:
-                for part in ("A", "B"):
+            for layer, part in terms:
+                if part != "E":
                     by_shape.setdefault((part, tuple(layer.param(part).shape)), []).append(layer)
+            # a group whose layers and shape did not change keeps its tensors (a round changes a few matrices)
+            kept = {group.key: group for group in self.groups}
             with torch.no_grad():
-                self.groups = [_orth_group(layers, part) for (part, _), layers in by_shape.items()]
+                self.groups = [kept.get(_group_key(part, shape, layers)) or _orth_group(layers, part)
+                               for (part, shape), layers in by_shape.items()]
                 self.terms = _flat_terms(self.groups)
-                self.flat = self._flatten_stats(terms)
-            self.bars = [layer.ipt_bar[part] for layer, part in terms]
-            self.uncs = [layer.ipt_unc[part] for layer, part in terms]
+                self.bars, self.uncs, self.flat = self._flatten_stats(terms)
             self._built_at = self.generation.value
         return self
 
-    def _flatten_stats(self, terms: list[tuple[ElaLoraLayer, str]]) -> tuple[Tensor, Tensor] | None:
-        """Copy each kind of statistic of every term into one flat buffer and make the layers hold views of it;
-        None (statistics left as they are) when the parameters and statistics do not share one device and dtype."""
+    def _flatten_stats(self, terms: list[tuple[ElaLoraLayer, str]]) -> tuple[list[Tensor], list[Tensor],
+                                                                            tuple[Tensor, Tensor] | None]:
+        """Copy each kind of statistic of every term into one flat buffer and make the layers hold views of it.
+        Returns each kind's per-term tensors (the views) and the buffers; the statistics as they are and None when
+        the parameters and statistics do not share one device and dtype."""
         stats = [[getattr(layer, f"{kind}_{part}") for layer, part in terms] for kind in STATS]
         if len({(t.device, t.dtype) for t in [*self.params, *stats[0], *stats[1]]}) != 1:
-            return None
-        flat = []
+            return stats[0], stats[1], None
+        flat, views = [], []
         for kind, tensors in zip(STATS, stats):
             buffer = torch.cat([t.reshape(-1) for t in tensors])
-            for (layer, part), tensor, view in zip(terms, tensors, buffer.split([t.numel() for t in tensors])):
-                layer.hold_stat_in(f"{kind}_{part}", view.view(tensor.shape))
+            kind_views = [view.view(tensor.shape)
+                          for tensor, view in zip(tensors, buffer.split([t.numel() for t in tensors]))]
+            for (layer, part), view in zip(terms, kind_views):
+                layer.hold_stat_in(f"{kind}_{part}", view)
             flat.append(buffer)
-        return flat[0], flat[1]
+            views.append(kind_views)
+        return views[0], views[1], (flat[0], flat[1])
 
     @torch.no_grad()
     def update_importance(self, beta1: float, beta2: float) -> None:
