@@ -104,6 +104,25 @@ def test_importance_update_follows_every_change_of_the_layers() -> None:
     assert model.orthogonal_regularization().dtype == torch.float64
 
 
+def test_orth_reg_every_adds_the_penalty_on_every_nth_step_weighted_n_times() -> None:
+    """Lazy regularisation: steps 1, n + 1, 2n + 1, ... (the allocator's last step plus one) get n times the weight,
+    the others none; evaluation never."""
+    model = elastic_bert(orth_reg_weight=0.1, orth_reg_every=3)
+    with torch.no_grad():  # away from the LoRA init, where the penalty is rounding noise
+        for p in adapter_factors(model):
+            p.add_(torch.randn_like(p) * 0.05)
+    batch = batches(1)[0]
+    model.train()
+    task, penalty = model.base_model(**batch).loss, per_matrix_penalty(model)
+    assert penalty > 1e-3
+    for last_step, weight in [(None, 0.3), (1, 0.0), (2, 0.0), (3, 0.3), (4, 0.0), (6, 0.3)]:
+        model.allocator.last_step = last_step
+        assert torch.allclose(model(**batch).loss, task + weight * penalty, rtol=1e-6), last_step
+    model.eval()
+    model.allocator.last_step = 3
+    assert torch.allclose(model(**batch).loss, model.base_model(**batch).loss)
+
+
 def test_a_rebuild_keeps_the_groups_a_round_did_not_touch() -> None:
     """After a resize only the groups of the resized matrix are built again (a round changes a few of many);
     a move to another dtype builds them all, and the penalty stays the per-matrix definition throughout."""

@@ -88,6 +88,8 @@ def train(model: ElaLoraModel, optimizer, data, first_step: int = 1) -> list[flo
         ({"budget": "flops"}, "budget='flops' must be one of"),
         ({"final_budget": 0.0}, r"final_budget=0.0 must be in \(0, 1\]"),
         ({"final_budget": 1.5}, r"final_budget=1.5 must be in \(0, 1\]"),
+        ({"orth_reg_every": 0}, "orth_reg_every=0 must be an integer >= 1"),
+        ({"orth_reg_every": 2.5}, "orth_reg_every=2.5 must be an integer >= 1"),
     ],
 )
 def test_bad_config_raises_one_line_config_error(overrides, message):

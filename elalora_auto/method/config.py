@@ -54,6 +54,13 @@ class ElaLoraConfig:
     orth_reg_weight: float = field(
         default=0.1, metadata=_help("Weight of the orthogonality regulariser ||AA^T - I|| + ||B^TB - I||.")
     )
+    orth_reg_every: int = field(
+        default=1,
+        metadata=_help(
+            "Add the orthogonality regulariser on every n-th optimizer step only, weighted n times (lazy "
+            "regularisation: the same mean weight per step at 1/n of its per-step cost; 1: every step, the paper)."
+        ),
+    )
     scheduler: bool = field(default=True, metadata=_help("Cubic decay of b to 0 across the adjustment window."))
     min_rank: int = field(default=1, metadata=_help("No matrix is pruned below this rank (>= 1)."))
     max_rank: int | None = field(default=None, metadata=_help("No matrix grows above this rank (None: unbounded)."))
@@ -157,6 +164,8 @@ class ElaLoraConfig:
             raise ConfigError(f"lora_dropout={self.lora_dropout} must be in [0, 1)")
         if self.orth_reg_weight < 0:
             raise ConfigError(f"orth_reg_weight={self.orth_reg_weight} must be >= 0")
+        if not isinstance(self.orth_reg_every, int) or self.orth_reg_every < 1:
+            raise ConfigError(f"orth_reg_every={self.orth_reg_every!r} must be an integer >= 1 (1: every step)")
         if self.e_lr_scale is None or self.e_lr_scale <= 0:
             raise ConfigError(f"e_lr_scale={self.e_lr_scale} must be > 0 (1.0 reproduces the paper)")
         if self.grace_rounds < 0:

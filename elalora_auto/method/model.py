@@ -99,11 +99,15 @@ class ElaLoraModel(nn.Module):
 
     # ------------------------------------------------------------------ forward and regulariser
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """The base model's forward; when training, adds orth_reg_weight * orthogonal_regularization() to loss."""
+        """The base model's forward; when training, adds orth_reg_weight * orthogonal_regularization() to loss (with
+        orth_reg_every n > 1: n times that, on optimizer steps 1, n + 1, 2n + 1, ... only; every micro-batch of a
+        step alike, as the step is the allocator's last one plus one)."""
         outputs = self.base_model(*args, **kwargs)
-        weight = self.elalora_config.orth_reg_weight
+        config = self.elalora_config
+        weight, every = config.orth_reg_weight, config.orth_reg_every
         if self.training and weight > 0 and isinstance(outputs, Mapping) and outputs.get("loss") is not None:
-            outputs["loss"] = outputs["loss"] + weight * self.orthogonal_regularization()
+            if (self.allocator.last_step or 0) % every == 0:
+                outputs["loss"] = outputs["loss"] + weight * every * self.orthogonal_regularization()
         return outputs
 
     def orthogonal_regularization(self) -> Tensor:
