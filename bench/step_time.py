@@ -12,6 +12,7 @@ with LoRA's step of the same rotation.
 
     python bench/step_time.py --models tiny minilm --steps 40 --append-to BENCHMARKS.md
     python bench/step_time.py --models tiny --steps 100 --threads 1 --clock cpu
+    python bench/step_time.py --models tiny --steps 100 --threads 1 --clock cpu --orth-reg-every 4
 """
 
 from __future__ import annotations
@@ -82,16 +83,18 @@ def random_batches(vocab_size: int, batch_size: int, length: int, count: int = 1
 
 
 def build_runs(base: torch.nn.Module, params: dict[str, dict[str, Any]], lr: float = 5e-4) -> dict[str, dict[str, Any]]:
-    """A fresh adapter (on a copy of `base`, on its device) and AdamW per method, fused on CUDA as in run_trial."""
+    """A fresh adapter (on a copy of `base`, on its device) and AdamW per arm, fused on CUDA as in run_trial. An
+    arm is named METHOD or METHOD-VARIANT (e.g. `elalora-every4`: the method with other parameters)."""
     from elalora_auto.adapters import build_adapter
 
     runs = {}
-    for method, method_kwargs in params.items():
+    for arm, method_kwargs in params.items():
+        method = arm.partition("-")[0]
         adapter = build_adapter(copy.deepcopy(base), method, method_kwargs, SCHEDULE_STEPS, None)
         adapter.model.train()
         fast = {"fused": True} if next(base.parameters()).device.type == "cuda" else {"foreach": True}
         optimizer = torch.optim.AdamW(adapter.param_groups(lr), lr=lr, **fast)
-        runs[method] = {"adapter": adapter, "optimizer": optimizer, "params": adapter.num_trainable_parameters()}
+        runs[arm] = {"adapter": adapter, "optimizer": optimizer, "params": adapter.num_trainable_parameters()}
     return runs
 
 
@@ -162,21 +165,24 @@ def spread(times: list[float]) -> dict[str, float]:
 
 
 def measure(model_name: str, steps: int, warmup: int, batch_size: int, length: int, r: int,
-            clock: str = "wall") -> list[dict[str, Any]]:
+            clock: str = "wall", orth_reg_every: int = 1) -> list[dict[str, Any]]:
     """Median s/step per method on `clock` (a CLOCKS name), the methods interleaved step by step with a rotating
-    order."""
+    order; with `orth_reg_every` > 1 also ElaLoRA with that lazy penalty (arm `elalora-everyN`)."""
     base = base_model(model_name)
     batch = random_batches(base.config.vocab_size, batch_size, length)[0]
-    runs = build_runs(base, method_params(r))
-    for method, timed in interleaved(list(METHODS), warmup, steps,
+    params = method_params(r)
+    if orth_reg_every > 1:
+        params[f"elalora-every{orth_reg_every}"] = {**params["elalora"], "orth_reg_every": orth_reg_every}
+    runs = build_runs(base, params)
+    for method, timed in interleaved(list(params), warmup, steps,
                                      lambda method, step: train_step(runs[method], batch, step,
                                                                      clock=CLOCKS[clock])).items():
         runs[method].update(timed)
-    for method in METHODS:
+    for method in params:
         runs[method]["peak_bytes"] = cpu_step_peak_bytes(runs[method], batch, step_without_round(warmup + steps))
     lora, lora_peak = statistics.median(runs["lora"]["times"]), runs["lora"]["peak_bytes"]
     rows = []
-    for method in METHODS:
+    for method in params:
         times = runs[method]["times"]
         median = statistics.median(times)
         # step i of every method ran within one rotation of the others, so its ratio to LoRA's step i pairs out
@@ -303,12 +309,18 @@ def main() -> None:
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                         help="wall: elapsed time; cpu: this process's CPU time, which other processes on a shared "
                              "machine barely move (use with --threads 1: it sums every thread's time)")
+    parser.add_argument("--orth-reg-every", type=int, default=1, metavar="N",
+                        help="N > 1: also time ElaLoRA with orth_reg_every N (the penalty every N-th step, N times "
+                             "the weight) as arm elalora-everyN")
     add_common_args(parser)
     args = parser.parse_args()
+    if args.orth_reg_every < 1:
+        parser.error(f"--orth-reg-every {args.orth_reg_every}: give a whole number >= 1 (1: the method default)")
     torch.set_num_threads(args.threads)
     before = machine_note()
     rows = [row for name in args.models
-            for row in measure(name, args.steps, args.warmup, args.batch_size, args.length, args.rank, args.clock)]
+            for row in measure(name, args.steps, args.warmup, args.batch_size, args.length, args.rank, args.clock,
+                               args.orth_reg_every)]
     publish("step_time", "Step time: ElaLoRA vs PEFT LoRA vs PEFT AdaLoRA (bench/step_time.py)", args, before,
             {"rows": rows}, table(rows), (
         f"Random token batches (batch {args.batch_size}, length {args.length}), AdamW, "

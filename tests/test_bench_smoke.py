@@ -29,8 +29,8 @@ def bench(tmp_path: Path, script: str, *args: str) -> str:
 
 def test_step_time_prints_its_table(tmp_path: Path) -> None:
     out = bench(tmp_path, "step_time.py", "--models", "tiny", "--steps", "30", "--warmup", "1", "--batch-size", "4",
-                "--length", "16", "--threads", "1", "--clock", "cpu")
-    assert all(f"| {method}" in out for method in ("lora", "elalora", "adalora")), out
+                "--length", "16", "--threads", "1", "--clock", "cpu", "--orth-reg-every", "4")
+    assert all(f"| {method} |" in out for method in ("lora", "elalora", "adalora", "elalora-every4")), out
     rows = json.loads((tmp_path / "out" / "step_time.json").read_text())["rows"]
     assert {row["clock"] for row in rows} == {"cpu"} and all(row["median_s"] > 0 for row in rows)
     assert next(row for row in rows if row["method"] == "lora")["paired_ratio"] == 1.0
