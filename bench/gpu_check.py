@@ -1,6 +1,7 @@
 """GPU check (issue 8): ElaLoRA, PEFT LoRA and PEFT AdaLoRA on real hardware, as ONE prepared command.
 
-(a) Median step time, fixed per-step overhead over LoRA (ms) and peak memory of the three methods on a
+(a) Median step time, fixed per-step overhead over LoRA (ms) and peak memory of the three methods (and of
+    ElaLoRA with `orth_reg_every` 4, the lazy penalty, as arm elalora-every4) on a
     DeBERTa-v3-base-sized model built from its config (random weights, no download), bf16 autocast, batch 32
     and 64 x sequence 128 and 256; rank rounds inside the timed steps (ElaLoRA and AdaLoRA: t_init 2, delta_t
     5), the same batches for every method, the methods alternating step by step (bench/step_time.py's
@@ -47,6 +48,8 @@ from gpu_search import STUDY, TRIALS, search_check, search_table  # noqa: E402
 from step_time import device_step_rows, device_step_table, gib, method_params  # noqa: E402
 
 import torch  # noqa: E402
+
+LAZY_EVERY = 4  # part (a) also times ElaLoRA with the penalty every 4th step: on a GPU its launches are its cost
 
 # microsoft/deberta-v3-base's config.json, minus the tokenizer-only fields.
 DEBERTA_V3_BASE: dict[str, Any] = {
@@ -109,7 +112,7 @@ def step_time_rows(sizes: Sizes, device: torch.device) -> list[dict[str, Any]]:
     with torch.device(device):
         base = DebertaV2ForSequenceClassification(DebertaV2Config(**sizes.deberta))
     return device_step_rows(base, sizes.batch_sizes, sizes.lengths, sizes.warmup, sizes.steps, sizes.rank,
-                            torch.bfloat16)
+                            torch.bfloat16, orth_reg_every=LAZY_EVERY)
 
 
 # ------------------------------------------------------------------------------------------ (b) run_trial

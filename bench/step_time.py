@@ -34,7 +34,6 @@ from common import add_common_args, machine_note, minilm_path, publish  # noqa: 
 
 import torch  # noqa: E402
 
-METHODS = ("lora", "elalora", "adalora")
 # wall: what a user waits; cpu: the process's CPU time (all its threads), which a loaded machine's time slicing
 # does not inflate, so a ratio of a few percent can be told apart from the noise there
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
@@ -52,6 +51,14 @@ def method_params(r: int, schedule: dict[str, int] | None = FAST_SCHEDULE) -> di
         "elalora": {"r_init": r, "lora_alpha": 2 * r, "b": 4, "k": 2, **schedule},
         "adalora": {"r_init": r, "r_target": max(1, r // 2), "lora_alpha": 2 * r, **schedule},
     }
+
+
+def arms(r: int, orth_reg_every: int = 1) -> dict[str, dict[str, Any]]:
+    """method_params(r) and, with `orth_reg_every` > 1, ElaLoRA with that lazy penalty as arm `elalora-everyN`."""
+    params = method_params(r)
+    if orth_reg_every > 1:
+        params[f"elalora-every{orth_reg_every}"] = {**params["elalora"], "orth_reg_every": orth_reg_every}
+    return params
 
 
 def base_model(name: str) -> torch.nn.Module:
@@ -170,9 +177,7 @@ def measure(model_name: str, steps: int, warmup: int, batch_size: int, length: i
     order; with `orth_reg_every` > 1 also ElaLoRA with that lazy penalty (arm `elalora-everyN`)."""
     base = base_model(model_name)
     batch = random_batches(base.config.vocab_size, batch_size, length)[0]
-    params = method_params(r)
-    if orth_reg_every > 1:
-        params[f"elalora-every{orth_reg_every}"] = {**params["elalora"], "orth_reg_every": orth_reg_every}
+    params = arms(r, orth_reg_every)
     runs = build_runs(base, params)
     for method, timed in interleaved(list(params), warmup, steps,
                                      lambda method, step: train_step(runs[method], batch, step,
@@ -228,9 +233,11 @@ def gib(n_bytes: float | None) -> str:
 
 
 def device_step_rows(base: torch.nn.Module, batch_sizes: tuple[int, ...], lengths: tuple[int, ...], warmup: int,
-                     steps: int, rank: int, dtype: torch.dtype | None) -> list[dict[str, Any]]:
-    """Per (batch, length) on `base`'s device, autocast to `dtype`: the three methods interleaved (rotating
-    order) on the same 4 batches; median time and peak memory.
+                     steps: int, rank: int, dtype: torch.dtype | None,
+                     orth_reg_every: int = 1) -> list[dict[str, Any]]:
+    """Per (batch, length) on `base`'s device, autocast to `dtype`: the three methods (and with `orth_reg_every`
+    > 1 ElaLoRA with that lazy penalty) interleaved (rotating order) on the same 4 batches; median time and peak
+    memory.
 
     Peak memory of a method = its own resident bytes (its copy of the model, adapter, optimizer state and
     importance statistics, counted as the allocation growth of its build and its own steps) + the largest
@@ -242,7 +249,7 @@ def device_step_rows(base: torch.nn.Module, batch_sizes: tuple[int, ...], length
     for batch_size, length in [(b, n) for b in batch_sizes for n in lengths]:
         batches = random_batches(base.config.vocab_size, batch_size, length, count=4, device=device)
         runs: dict[str, dict[str, Any]] = {}
-        for method, params in method_params(rank).items():
+        for method, params in arms(rank, orth_reg_every).items():
             before = allocated(device)
             runs.update(build_runs(base, {method: params}))
             runs[method].update(resident=allocated(device) - before, peak=None)
@@ -257,7 +264,7 @@ def device_step_rows(base: torch.nn.Module, batch_sizes: tuple[int, ...], length
             run["resident"] += allocated(device) - before
             return elapsed, moved
 
-        for method, timed in interleaved(list(METHODS), warmup, steps, one_step).items():
+        for method, timed in interleaved(list(runs), warmup, steps, one_step).items():
             times = timed["times"]
             rows.append({"batch": batch_size, "length": length, "method": method, **spread(times),
                          "peak_bytes": runs[method]["peak"], "timed_steps": len(times),

@@ -27,6 +27,7 @@ def test_smoke_times_trains_and_searches_with_exact_count() -> None:
     for method in ("lora", "elalora", "adalora"):
         assert re.search(rf"^\| 2 \| 16 \| {method} \| \d+\.\d \| ", out, re.M), f"(a) row for {method}\n{out}"
         assert re.search(rf"^\| {method} \| accuracy \| \d\.\d{{4}} \| \d+ \| ", out, re.M), f"(b) row for {method}"
+    assert re.search(r"^\| 2 \| 16 \| elalora-every4 \| \d+\.\d \| ", out, re.M), f"(a) row, lazy penalty\n{out}"
     assert "search: exactly 4 trials, numbers [0, 1, 2, 3] distinct (4 complete;" in out, out[-3000:]
     assert "FAILED" not in out and "appended" not in out
     assert benchmarks.read_text().count(SMOKE_HEADING) == headings_before, "--smoke must not append"
