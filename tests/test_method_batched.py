@@ -141,6 +141,11 @@ def test_a_rebuild_keeps_the_groups_a_round_did_not_touch() -> None:
     assert [param for group in rebuilt for param in group.params] == [first.lora_A, first.lora_B]
     assert len(after) == len(before)
     assert torch.allclose(model.orthogonal_regularization(), per_matrix_penalty(model), rtol=1e-6)
+    second.lora_A = torch.nn.Parameter(second.lora_A.detach() * 2)  # an assigned parameter, not a resize
+    assert [group.params for group in batch._fresh().groups if id(group) not in {id(g) for g in after}] == [
+        [second.lora_A]]
+    assert torch.allclose(model.orthogonal_regularization(), per_matrix_penalty(model), rtol=1e-6)
+    after = batch._fresh().groups
     model.double()
     assert not {id(group) for group in batch._fresh().groups} & {id(group) for group in after}
     assert torch.allclose(model.orthogonal_regularization(), per_matrix_penalty(model), rtol=1e-6)

@@ -129,9 +129,10 @@ GroupKey = tuple[str, tuple[int, ...], torch.device, torch.dtype, tuple[int, ...
 
 
 def _group_key(part: str, shape: tuple[int, ...], layers: list[ElaLoraLayer]) -> GroupKey:
-    """The part, shape, device and dtype of a group's factors and which layers (their ids) it holds."""
+    """The part, shape, device and dtype of a group's factors and which parameters (their ids: a resize keeps the
+    Parameter object, an assigned one is another; a group holds its parameters, so their ids stay theirs)."""
     ref = layers[0].param(part)
-    return part, shape, ref.device, ref.dtype, tuple(id(layer) for layer in layers)
+    return part, shape, ref.device, ref.dtype, tuple(id(layer.param(part)) for layer in layers)
 
 
 def _orth_group(layers: list[ElaLoraLayer], part: str) -> OrthGroup:
