@@ -5,8 +5,8 @@ bill. Here the penalty is one ``bmm`` per factor shape (A or B, width, rank: a h
 autograd node (``_Penalty``), over tensor lists and constants built once and kept until a
 layer's tensors change (a round, loading another rank, ``.to()``): the layers of one model share a
 ``Generation`` counter that every such change bumps, so a step does no Python work per matrix beyond reading
-its gradient. A rebuild keeps every group whose layers, shape, device and dtype did not change (a round resizes a
-few matrices of many), so the step after a round pays for the changed groups only.
+its gradient. A rebuild keeps every group whose parameters, shape, device and dtype did not change (a round
+resizes a few matrices of many), so the step after a round pays for the changed groups only.
 
 The importance statistics of all matrices live in two flat buffers (Ibar, U), each layer's ``ipt_bar_*`` /
 ``ipt_unc_*`` buffer a view into them, so the EMA is a handful of ops over four flat tensors (the parameters and
@@ -198,7 +198,7 @@ class MatrixBatch:
             for layer, part in terms:
                 if part != "E":
                     by_shape.setdefault((part, tuple(layer.param(part).shape)), []).append(layer)
-            # a group whose layers and shape did not change keeps its tensors (a round changes a few matrices)
+            # a group whose parameters and shape did not change keeps its tensors (a round changes a few matrices)
             kept = {group.key: group for group in self.groups}
             with torch.no_grad():
                 self.groups = [kept.get(_group_key(part, shape, layers)) or _orth_group(layers, part)
