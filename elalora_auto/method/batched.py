@@ -195,8 +195,8 @@ class MatrixBatch:
             terms = [(layer, part) for layer in self.layers for part in PARTS]
             self.params = [layer.param(part) for layer, part in terms]
             by_shape: dict[tuple[str, tuple[int, ...]], list[ElaLoraLayer]] = {}
-            for layer, part in terms:
-                if part != "E":
+            for layer in self.layers:
+                for part in ("A", "B"):
                     by_shape.setdefault((part, tuple(layer.param(part).shape)), []).append(layer)
             # a group whose parameters and shape did not change keeps its tensors (a round changes a few matrices)
             kept = {group.key: group for group in self.groups}
