@@ -135,10 +135,9 @@ def _group_key(part: str, shape: tuple[int, ...], layers: list[ElaLoraLayer]) ->
     return part, shape, ref.device, ref.dtype, tuple(id(layer.param(part)) for layer in layers)
 
 
-def _orth_group(layers: list[ElaLoraLayer], part: str) -> OrthGroup:
+def _orth_group(layers: list[ElaLoraLayer], part: str, key: GroupKey) -> OrthGroup:
     """The ``part`` terms of layers whose ``part`` factors share one shape (see ElaLoraLayer.orth_penalty)."""
     ref = layers[0].param(part)
-    key = _group_key(part, tuple(ref.shape), layers)
     params = [layer.param(part) for layer in layers]
     factory = {"device": ref.device, "dtype": ref.dtype}
     count, rank = len(layers), layers[0].rank
@@ -201,8 +200,11 @@ class MatrixBatch:
             # a group whose parameters and shape did not change keeps its tensors (a round changes a few matrices)
             kept = {group.key: group for group in self.groups}
             with torch.no_grad():
-                self.groups = [kept.get(_group_key(part, shape, layers)) or _orth_group(layers, part)
-                               for (part, shape), layers in by_shape.items()]
+                groups = []
+                for (part, shape), layers in by_shape.items():
+                    key = _group_key(part, shape, layers)
+                    groups.append(kept[key] if key in kept else _orth_group(layers, part, key))
+                self.groups = groups
                 self.terms = _flat_terms(self.groups)
                 self.bars, self.uncs, self.flat = self._flatten_stats(terms)
             self._built_at = self.generation.value
