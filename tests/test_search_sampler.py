@@ -56,16 +56,24 @@ def test_gp_proposes_after_its_startup_trials_in_a_pareto_study_with_pruned_tria
 
 def test_gp_with_two_workers_proposes_in_both_beside_pruned_trials(study_file: Path, tmp_path: Path) -> None:
     """Each worker process builds its own GPSampler (seeded by its pid); a trial running in the other one enters the
-    batch acquisition through the params GP stored on it. No trial fails."""
+    batch acquisition through the params GP stored on it. No trial fails.
+
+    The start-up runs in this process first (its draws and rungs are seeded, so which trials complete is fixed):
+    once three are complete, every trial either worker starts is GP's, whichever of them finishes first."""
     halving = {"rule": "halving", "min_steps": 3, "reduction_factor": 2, "rung_ties": "hypervolume",
                "baseline_patience": 99}
     path = _gp_study_file(study_file, startup_trials=3, pruning=halving, trial0={"learning_rate": 5e-3, "r_init": 2})
-    assert main(["search", "--config", str(path), "--space", str(_space(tmp_path)), "--study", "gp2", "--sampler",
-                 "gp", "--trials", "12", "--quiet", "--workers", "2"]) == 0
+    args = ["search", "--config", str(path), "--space", str(_space(tmp_path)), "--study", "gp2", "--sampler", "gp",
+            "--quiet"]
+    assert main([*args, "--trials", "9"]) == 0
+    startup = _study(tmp_path, "gp2").get_trials()
+    assert sum(t.state.name == "COMPLETE" for t in startup) >= 3, [(t.number, t.state.name) for t in startup]
+    assert main([*args, "--trials", "16", "--workers", "2"]) == 0
     trials = _study(tmp_path, "gp2").get_trials()
-    assert len(trials) == 12 and {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
-    proposed = [t for t in trials if GP_PARAMS in t.system_attrs]
-    assert len({t.user_attrs["worker"] for t in proposed}) == 2, [(t.number, t.user_attrs["worker"]) for t in trials]
+    assert len(trials) == 16 and {t.state.name for t in trials} == {"COMPLETE", "PRUNED"}
+    parallel = trials[9:]
+    assert all(GP_PARAMS in t.system_attrs for t in parallel), [(t.number, t.state.name) for t in parallel]
+    assert len({t.user_attrs["worker"] for t in parallel}) == 2, [(t.number, t.user_attrs["worker"]) for t in trials]
 
 
 def test_gp_takes_the_max_params_cap_as_its_constraint(study_file: Path, tmp_path: Path) -> None:
