@@ -325,12 +325,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, default=WORKDIR, help="study journals, trial folders, caches")
     parser.add_argument("--floor", type=float, default=None,
                         help="also report each run arm's spread over the seeds and how many seeds reach this metric")
-    parser.add_argument("--plots", type=Path, default=WORKDIR / "plots", help="folder of the search arms' front plots")
+    parser.add_argument("--plots", type=Path, default=None,
+                        help="folder of the search arms' front plots (default: plots/ in --workdir)")
     parser.add_argument("--report", action="store_true", help="print the report from the results and exit")
     parser.add_argument("--smoke", action="store_true", help="the tiny model on the demo's synthetic task")
     args = parser.parse_args(argv)
     if args.smoke:
         args.task = peers.SMOKE_TASK
+    args.plots = args.plots or args.workdir / "plots"
     kinds = {"run": [parse_arm(a)[0] for a in args.arm], "study": [parse_arm(a)[0] for a in args.search_arm]}
     names = kinds["run"] + kinds["study"]
     args.baselines = {kind: next((b for b in args.baseline if b in arms), None) for kind, arms in kinds.items()}

@@ -104,6 +104,7 @@ def test_no_adapter_under_a_budget_scores_the_floor(bench: ModuleType, tmp_path:
 def test_search_arm_options_reach_the_study_settings(bench: ModuleType, tmp_path: Path) -> None:
     args = bench.parse_args(["--smoke", "--seeds", "1", "2", "--search-arm", "g=elalora,sampler=gp,startup=4",
                              "--baseline", "g", "--workdir", str(tmp_path)])
+    assert args.plots == tmp_path / "plots"  # the fronts' figure goes with the rest of --workdir unless --plots
     settings = bench.study_settings(args, "elalora", 1, "g-1", bench.search_options(["sampler=gp", "startup=4"]))
     assert (settings.sampler, settings.startup_trials, settings.space) == ("gp", 4, "elalora")
     shipped = bench.study_settings(args, "elalora", 1, "s-1")
