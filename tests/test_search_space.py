@@ -63,6 +63,9 @@ BASE = {"method": "elalora", "method_params": {"r_init": {"type": "int", "low": 
         ({"method_params": {"target_modules": {"type": "categorical", "choices": ["mlp"]}}}, r"unknown module set 'mlp'"),
         ({"method": "dora"}, r"method: unknown method 'dora'"),
         ({"rounds": 3}, r"unknown key 'rounds'"),
+        ({"anchors": {"r_init": 2}}, r"anchors: expected a list of \{parameter: value\} mappings"),
+        ({"anchors": [{"rr_init": 2}]}, r"^s\.yaml: anchors\[0\]: unknown parameter 'rr_init'"),
+        ({"anchors": [{"r_init": 2}, {"r_init": 9}]}, r"anchors\[1\]\.r_init: 9 is outside the space's range \[2, 8\]"),
     ],
 )
 def test_bad_spaces_name_the_key(patch: dict, message: str) -> None:
@@ -111,6 +114,20 @@ def test_shipped_spaces_pass_their_corner_checks_at_any_run_length(name: str, st
     space = SearchSpace.load(name)
     check_space(space, steps)
     assert len(list(corners(space, steps))) > len(space.params)  # trial 0 plus both ends of the ranges
+
+
+def test_anchors_are_trial_0_changed_and_corners() -> None:
+    """Each anchor is trial 0 (with the study's trial0 overrides) with its own values changed; the corner checks
+    try it as a whole, as the ends of single ranges do not."""
+    from elalora_auto.search.checks import corners
+
+    space = SearchSpace.from_dict({**BASE, "method_params": {
+        "r_init": {"type": "int", "low": 2, "high": 8, "default": 8},
+        "b": {"type": "int", "low": 1, "high": 4, "default": 4}}, "anchors": [{"r_init": 2, "b": 1}]}, source="s.yaml")
+    assert space.start_params({"b": 3}) == [{"r_init": 8, "b": 3}, {"r_init": 2, "b": 1}]
+    where, method_params, _ = list(corners(space, 100))[-1]
+    assert where == "anchors[0] (method_params.r_init = 2, method_params.b = 1)"
+    assert (method_params["r_init"], method_params["b"]) == (2, 1)
 
 
 def _corner_space(method: str, **params: dict) -> SearchSpace:

@@ -106,6 +106,22 @@ def test_search_runs_trials_then_resumes_to_exactly_the_budget(study_file: Path,
     assert "study s:" in capsys.readouterr().out
 
 
+def test_the_space_anchors_run_right_after_trial_0(study_file: Path, tmp_path: Path) -> None:
+    """An anchor is trial 0 (the study file's trial0 included) with its values changed, enqueued once at creation
+    and only as the budget holds it; one equal to trial 0 is not run twice."""
+    space = _space(tmp_path)
+    space.write_text(space.read_text() + yaml.safe_dump({"anchors": [{"r_init": 2, "b": 1}, {"r_init": 4}]}))
+    args = ["search", "--config", str(study_file), "--space", str(space), "--quiet"]
+    assert main([*args, "--study", "one", "--trials", "1"]) == 0
+    assert [t.state.name for t in _study(tmp_path, "one").get_trials()] == ["COMPLETE"]  # no anchor left waiting
+    assert main([*args, "--study", "a", "--trials", "3"]) == 0
+    trials = _study(tmp_path, "a").get_trials()
+    assert trials[1].user_attrs["origin"] == "anchor 1 of the space"
+    assert trials[1].params == {**trials[0].params, "r_init": 2, "b": 1}
+    assert trials[0].params["learning_rate"] == trials[1].params["learning_rate"] == 5e-3  # the study's trial0
+    assert "origin" not in trials[2].user_attrs  # anchor 2 is trial 0 itself (r_init 4): the sampler's draw instead
+
+
 def test_the_same_study_file_and_seed_reproduce_a_search(study_file: Path, tmp_path: Path) -> None:
     """The `search` that creates a study seeds its sampler from the seed and the trial count only: the same file
     on a fresh study, run by another process, proposes the same configurations and gets the same results; a

@@ -43,20 +43,24 @@ def check_space(space: SearchSpace, total_steps: int) -> None:
 
 def corners(space: SearchSpace, total_steps: int,
             model_type: str | None = None) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
-    """(where, method params, training params) at each end of each parameter, the others at their defaults;
-    combinations the space's constraints prune are left out, as a trial never trains them."""
+    """(where, method params, training params) at each end of each parameter, the others at their defaults, then
+    each anchor (a combination the ends alone do not try); combinations the space's constraints prune are left
+    out, as a trial never trains them."""
     import optuna
 
     base = {p.name: _middle(p) if p.default is None else p.default for p in space.params}
     yield "the defaults (midpoints where none)", *_resolve(space, base, total_steps, model_type)
-    for param in space.params:
-        ends = param.choices if param.type == "categorical" else (param.low, param.high)
-        for end in ends:
-            try:
-                values = _resolve(space, {**base, param.name: end}, total_steps, model_type)
-            except optuna.TrialPruned:
-                continue
-            yield f"{param.section}.{param.name} = {end!r}", *values
+    by_name = {p.name: p for p in space.params}
+    points = [(f"{p.section}.{p.name} = {end!r}", {p.name: end}) for p in space.params
+              for end in (p.choices if p.type == "categorical" else (p.low, p.high))]
+    points += [(f"anchors[{i}] ({', '.join(f'{by_name[k].section}.{k} = {v!r}' for k, v in anchor.items())})", anchor)
+               for i, anchor in enumerate(space.anchors)]
+    for where, change in points:
+        try:
+            values = _resolve(space, {**base, **change}, total_steps, model_type)
+        except optuna.TrialPruned:
+            continue
+        yield where, *values
 
 
 def _middle(param: Param) -> Any:

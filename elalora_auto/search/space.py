@@ -10,6 +10,9 @@ A space file has the sections
   module_aliases:  {model_type: {logical name: model's name}}   optional additions to adapters.MODULE_ALIASES
                    (e.g. DeBERTa calls `query` `query_proj`)
   constraints:     [expressions that must hold for a trial's resolved values]
+  anchors:         [{name: value}]   start-up trials run right after trial 0, each trial 0 with these values
+                   changed (e.g. the space's smallest adapter, so a Pareto search holds both ends of its front
+                   whatever the random draws give)
 PARAM is {type: int|float|log|step|categorical, low, high, step, choices, of, min, default}.
 Ranges that depend on the run length are sampled as fractions: `of: EXPR` multiplies the sampled fraction by
 EXPR (over `total_steps` and the parameters resolved before it) and rounds to an integer step count. Sampling
@@ -36,7 +39,7 @@ TYPES = ("int", "float", "log", "step", "categorical")
 CONTEXT_NAMES = ("total_steps",)
 DEFAULT_MODULES = "default"
 _PARAM_KEYS = {"type", "low", "high", "step", "choices", "of", "min", "default"}
-_TOP_KEYS = {"method", "method_params", "training_params", "module_sets", "module_aliases", "constraints"}
+_TOP_KEYS = {"method", "method_params", "training_params", "module_sets", "module_aliases", "constraints", "anchors"}
 
 _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
            ast.FloorDiv: operator.floordiv}
@@ -191,6 +194,7 @@ class SearchSpace:
     module_sets: dict[str, list[str]] = field(default_factory=dict)
     module_aliases: dict[str, dict[str, str]] = field(default_factory=dict)
     constraints: list[Expr] = field(default_factory=list)
+    anchors: list[dict[str, Any]] = field(default_factory=list)  # overrides of trial 0, one start-up trial each
     source: str = "<space>"
     path: str | None = None
 
@@ -225,7 +229,13 @@ class SearchSpace:
         for expr in constraints:
             if expr.names - known:
                 raise ConfigError(f"{expr.where}: unknown name {sorted(expr.names - known)[0]!r}")
-        return cls(data["method"], params, module_sets, aliases, constraints, source)
+        anchors = data.get("anchors") or []
+        if not isinstance(anchors, list) or not all(isinstance(a, dict) and a for a in anchors):
+            raise ConfigError(f"{source}: anchors: expected a list of {{parameter: value}} mappings")
+        space = cls(data["method"], params, module_sets, aliases, constraints, anchors, source)
+        for i, anchor in enumerate(anchors):
+            space.default_params(anchor, where=f"{source}: anchors[{i}]", error=ConfigError)
+        return space
 
     @classmethod
     def load(cls, name_or_path: str | Path) -> "SearchSpace":
@@ -284,19 +294,26 @@ class SearchSpace:
             sections[param.section][param.name] = value
         return sections["method_params"], sections["training_params"], values
 
-    def default_params(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Trial 0 in Optuna's coordinates: every `default`, then `overrides` (a study's `trial0`)."""
+    def default_params(self, overrides: Mapping[str, Any] | None = None, where: str = "trial0",
+                       error: type[UserError] = UserError) -> dict[str, Any]:
+        """Trial 0 in Optuna's coordinates: every `default`, then `overrides` (a study's `trial0`; an anchor's
+        values, `where` naming it in the error)."""
         params = {p.name: p.default for p in self.params if p.default is not None}
         by_name = {p.name: p for p in self.params}
-        reject_unknown(overrides or {}, by_name, "trial0: unknown parameter", UserError)
+        reject_unknown(overrides or {}, by_name, f"{where}: unknown parameter", error)
         for name, value in (overrides or {}).items():
             param = by_name[name]
             if param.choices and value not in param.choices:
-                raise UserError(f"trial0.{name}: {value!r} is not one of {list(param.choices)}")
+                raise error(f"{where}.{name}: {value!r} is not one of {list(param.choices)}")
             if not param.choices and not (isinstance(value, (int, float)) and param.low <= value <= param.high):
-                raise UserError(f"trial0.{name}: {value!r} is outside the space's range [{param.low}, {param.high}]")
+                raise error(f"{where}.{name}: {value!r} is outside the space's range [{param.low}, {param.high}]")
             params[name] = value
         return params
+
+    def start_params(self, trial0: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Trial 0 (`default_params(trial0)`), then each anchor: trial 0 with the anchor's values changed."""
+        first = self.default_params(trial0)
+        return [first, *({**first, **anchor} for anchor in self.anchors)]
 
 
 def read_yaml(path: Path) -> Any:

@@ -1,4 +1,4 @@
-"""The study itself: created once with its settings and trial 0, the trial budget, and orphan recovery.
+"""The study itself: created once with its settings, trial 0 and the anchors; the trial budget; orphan recovery.
 
 Trial budget: `--trials N` means the study ends with N trials in it (complete, pruned or failed; a trial
 re-queued after its worker died counts once; one stopped by Ctrl-C, or failed by the user's input
@@ -35,7 +35,8 @@ def create_or_load_study(plan: StudyPlan, storage: Any, keep_budget: bool = Fals
     then it keeps the stored one, so resuming with the study file alone does not shrink a budget that an earlier
     `--trials` raised.
 
-    Trial 0 is enqueued only at creation, so resuming never runs the default configuration twice. Several
+    Trial 0 and the space's anchors (as many as the budget holds) are enqueued only at creation, so resuming never
+    runs them twice. Several
     processes starting at once on a fresh storage: one creates the study (Optuna refuses a second study of the
     same name), the others load it once its settings, written last, are there.
     """
@@ -70,12 +71,14 @@ def _create(plan: StudyPlan, storage: Any) -> Any:
 
     settings = plan.settings
     directions = ["maximize", "minimize"] if plan.multi else ["maximize"]
-    default = plan.space.default_params(settings.trial0)
+    default, *anchors = plan.space.start_params(settings.trial0)
     study = optuna.create_study(study_name=settings.study_name, storage=storage, directions=directions)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([plan.primary_metric, "trainable_params"][: len(directions)])
     study.enqueue_trial(default, user_attrs={"origin": "default (authors' configuration)"})
+    for i, anchor in enumerate(anchors[: max(settings.trials - 1, 0)]):  # a waiting trial counts toward the budget
+        study.enqueue_trial(anchor, user_attrs={"origin": f"anchor {i + 1} of the space"}, skip_if_exists=True)
     study.set_user_attr("settings", {**redacted_settings(settings.to_dict()), "primary_metric": plan.primary_metric,
                                      "baseline": plan.baseline})
     return study
