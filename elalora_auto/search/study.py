@@ -36,9 +36,8 @@ def create_or_load_study(plan: StudyPlan, storage: Any, keep_budget: bool = Fals
     `--trials` raised.
 
     Trial 0 and the space's anchors (as many as the budget holds) are enqueued only at creation, so resuming never
-    runs them twice. Several
-    processes starting at once on a fresh storage: one creates the study (Optuna refuses a second study of the
-    same name), the others load it once its settings, written last, are there.
+    runs them twice. Several processes starting at once on a fresh storage: one creates the study (Optuna refuses a
+    second study of the same name), the others load it once its settings, written last, are there.
     """
     import optuna
 
