@@ -59,7 +59,8 @@ def _run_trial(tracker: MlflowTracker, study: optuna.Study, workdir: Path, outco
     frozen = study.trials[trial.number]
     emit([tracker], Event("trial_finished", 0, {
         "study": study, "study_name": name, "trial_number": trial.number, "state": Ending[frozen.state.name],
-        "reason": reason, "params": frozen.params, "values": values, "result": result, "output_dir": str(out)}))
+        "reason": reason, "params": frozen.params, "values": values, "result": result, "output_dir": str(out),
+        "origin": "default (authors' configuration)" if trial.number == 0 else None}))
     return frozen
 
 
@@ -95,6 +96,7 @@ def test_every_trial_has_one_run_with_its_state_values_and_reason(tracked):
         assert run.data.tags["mlflow.parentRunId"] == parent
         assert run.info.status == {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}[trial.state.name]
         assert run.data.tags["elalora.state"] == trial.state.name
+        assert run.data.tags.get("elalora.origin") == ("default (authors' configuration)" if trial.number == 0 else None)
         assert run.data.params["params.r_init"] == str(trial.params["r_init"])
         assert run.data.params["task"] == "sst2" and run.data.params["seed"] == "42"
         if trial.state.name == "COMPLETE":

@@ -297,7 +297,7 @@ class Worker:
             "study": study, "study_name": study.study_name, "trial_number": frozen.number,
             "state": state, "reason": reason, "params": dict(frozen.params),
             "values": list(frozen.values) if frozen.values is not None else None, "result": result,
-            "output_dir": output_dir}))
+            "output_dir": output_dir, "origin": frozen.user_attrs.get("origin")}))
         if result is not None and state is Ending.COMPLETE:
             self.echo(f"trial {frozen.number}: {self.plan.primary_metric} {result.primary:.4f}, "
                       f"{result.trainable_params:,} trainable parameters, {len(result.rank_history)} rank "

@@ -23,6 +23,7 @@ TAG_TRIAL = "elalora.trial"
 TAG_STATE = "elalora.state"
 TAG_REASON = "elalora.reason"
 TAG_HOST = "elalora.host"
+TAG_ORIGIN = "elalora.origin"  # a trial the study enqueued (trial 0, an anchor), not the sampler's draw
 NOTE = "mlflow.note.content"  # the description MLflow's UI shows for an experiment or a run
 _RACE_WINDOW_S = 0.5  # paid once per process and study, only when the parent run is new
 

@@ -24,7 +24,8 @@ from elalora_auto.records import Ending, RoundRecord
 from elalora_auto.spec import TrialResult
 from elalora_auto.tracking import artifacts, models
 from elalora_auto.tracking.payload import LIVE_KEYS, from_record, to_record
-from elalora_auto.tracking.runs import TAG_REASON, TAG_ROLE, TAG_STATE, TAG_STUDY, TAG_TRIAL, RunIndex, flatten
+from elalora_auto.tracking.runs import (TAG_ORIGIN, TAG_REASON, TAG_ROLE, TAG_STATE, TAG_STUDY, TAG_TRIAL, RunIndex,
+                                        flatten)
 from elalora_auto.tracking.spool import Record, Spool
 from elalora_auto.workdir import Workdir
 
@@ -150,6 +151,7 @@ class MlflowTracker:
         from mlflow.entities import RunTag
 
         tags = [RunTag(TAG_STATE, state.name)] + ([RunTag(TAG_REASON, str(data["reason"])[:5000])] if data["reason"] else [])
+        tags += [RunTag(TAG_ORIGIN, str(data["origin"]))] if data.get("origin") else []
         self.client.log_batch(trial.run_id, tags=tags)
         self.runs.log_params(trial.run_id, {f"params.{k}": v for k, v in data["params"].items()})
         if not trial.ended and result is not None:  # its trial_end went to another tracker, or none saw it
