@@ -56,6 +56,8 @@ def test_search_with_two_workers_ends_with_the_exact_count_and_one_mlflow_run_pe
     (experiment,) = [e for e in client.search_experiments() if e.name != "Default"]
     runs = client.search_runs([experiment.experiment_id], "tags.`elalora.role` = 'trial'")
     assert sorted(int(r.data.tags["elalora.trial"]) for r in runs) == [0, 1, 2, 3]
+    origins = {int(r.data.tags["elalora.trial"]): r.data.tags.get("elalora.origin") for r in runs}
+    assert origins == {0: "default (authors' configuration)", 1: None, 2: None, 3: None}  # the sampler drew 1-3
 
 
 def test_parallel_and_restarted_searches_propose_no_configuration_twice(study_file: Path,  # noqa: F811
