@@ -18,6 +18,7 @@ FAIL_REASON = "fail_reason"  # the worker (an exception), recover_orphans (a dea
 PRUNE_REASON = "prune_reason"  # the pruning rule, or a space constraint before the trial trained
 OUTPUT_DIR = "output_dir"
 TRAINABLE_PARAMS = "trainable_params"  # also the Pareto median rule's peer filter (search.pruning)
+ORIGIN = "origin"  # why the study enqueued the trial (trial 0, an anchor; a re-run keeps it); none on a draw
 
 
 def summary_of_result(result: TrialResult) -> TrialSummary:

@@ -19,7 +19,7 @@ import warnings
 from typing import Any
 
 from elalora_auto.errors import UserError
-from elalora_auto.search.attrs import FAIL_REASON
+from elalora_auto.search.attrs import FAIL_REASON, ORIGIN
 from elalora_auto.search.plan import StudyPlan
 from elalora_auto.search.settings import HeartbeatSettings
 from elalora_auto.search.storage import MAX_RERUNS, redacted_settings
@@ -75,9 +75,9 @@ def _create(plan: StudyPlan, storage: Any) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([plan.primary_metric, "trainable_params"][: len(directions)])
-    study.enqueue_trial(default, user_attrs={"origin": "default (authors' configuration)"})
+    study.enqueue_trial(default, user_attrs={ORIGIN: "default (authors' configuration)"})
     for i, anchor in enumerate(anchors[: max(settings.trials - 1, 0)]):  # a waiting trial counts toward the budget
-        study.enqueue_trial(anchor, user_attrs={"origin": f"anchor {i + 1} of the space"}, skip_if_exists=True)
+        study.enqueue_trial(anchor, user_attrs={ORIGIN: f"anchor {i + 1} of the space"}, skip_if_exists=True)
     study.set_user_attr("settings", {**redacted_settings(settings.to_dict()), "primary_metric": plan.primary_metric,
                                      "baseline": plan.baseline})
     return study

@@ -22,7 +22,7 @@ import optuna
 from elalora_auto.errors import UserError
 from elalora_auto.events import Event, Listener, emit, with_context
 from elalora_auto.records import Ending
-from elalora_auto.search.attrs import FAIL_REASON, PRUNE_REASON, summary_attrs, summary_of_trial
+from elalora_auto.search.attrs import FAIL_REASON, ORIGIN, PRUNE_REASON, summary_attrs, summary_of_trial
 from elalora_auto.search.plan import StudyPlan
 from elalora_auto.search.pruning import RUNG_SIZES, PruningRule
 from elalora_auto.search.storage import SigintHold, TrialGate, redact, redacted_settings
@@ -252,7 +252,7 @@ class Worker:
         except KeyboardInterrupt:
             self.previous_sigint = _exit_on_second_interrupt()
             trial.set_user_attr(FAIL_REASON, INTERRUPTED)
-            rerun = {k: v for k, v in trial.user_attrs.items() if k == "origin"}
+            rerun = {k: v for k, v in trial.user_attrs.items() if k == ORIGIN}
             self.study.enqueue_trial(trial.params, user_attrs={**rerun, "rerun_of": trial.number})
             raise
         self.hold.start()  # the result is written and told in one piece
@@ -297,7 +297,7 @@ class Worker:
             "study": study, "study_name": study.study_name, "trial_number": frozen.number,
             "state": state, "reason": reason, "params": dict(frozen.params),
             "values": list(frozen.values) if frozen.values is not None else None, "result": result,
-            "output_dir": output_dir, "origin": frozen.user_attrs.get("origin")}))
+            "output_dir": output_dir, "origin": frozen.user_attrs.get(ORIGIN)}))
         if result is not None and state is Ending.COMPLETE:
             self.echo(f"trial {frozen.number}: {self.plan.primary_metric} {result.primary:.4f}, "
                       f"{result.trainable_params:,} trainable parameters, {len(result.rank_history)} rank "
