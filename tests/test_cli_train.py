@@ -42,6 +42,26 @@ def test_train_writes_result_and_loadable_adapter(tiny_model_dir, tmp_path, caps
     assert code == 0 and set(json.loads(out.read_text())["rank_map"].values()) == {2}
 
 
+def test_min_rank_0_trains_empties_matrices_and_exports_the_rest(tiny_model_dir, tmp_path, capsys):
+    """`--set params.min_rank=0` with a small final_budget: some matrices end at rank 0; the export leaves them
+    as their base layers and stock PEFT loads the rest."""
+    data = write_tiny_sst2(tmp_path / "glue")
+    out = tmp_path / "result.json"
+    assert main([
+        "train", "--task", "sst2", "--data-dir", str(data), "--model", str(tiny_model_dir), "--method", "elalora",
+        "--max-steps", "12", "--set", "training.batch_size=8", "--set", "max_length=16",
+        "--set", "params={r_init: 2, b: 2, k: 2, min_rank: 0, final_budget: 0.1}",
+        "--output", str(out), "--export", str(tmp_path / "exp"), "--quiet",
+    ]) == 0
+    ranks = json.loads(out.read_text())["rank_map"]
+    assert 0 in ranks.values() and sum(ranks.values()) == math.ceil(0.1 * 2 * len(ranks))
+    saved = json.loads((tmp_path / "exp" / "adapter" / "adapter_config.json").read_text())
+    assert sorted(saved["target_modules"]) == sorted(name for name, rank in ranks.items() if rank)
+    model = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(tiny_model_dir),
+                                      tmp_path / "exp" / "adapter")
+    assert torch.isfinite(model(input_ids=torch.tensor([[2, 10, 11, 3]])).logits).all()
+
+
 def test_a_custom_block_may_name_its_task(tiny_model_dir, tmp_path, capsys):
     """`custom: {name: ...}` (custom_task's own first argument) names the task when `task:` is absent; the config
     written back names it as `task:`, once."""

@@ -77,7 +77,7 @@ def train(model: ElaLoraModel, optimizer, data, first_step: int = 1) -> list[flo
         ({"t_init": 5, "t_final": 5, "total_steps": 10}, "empty adjustment window"),
         ({"min_rank": 5, "r_init": 4}, "min_rank=5 > r_init=4"),
         ({"max_rank": 3, "r_init": 4}, "max_rank=3 < r_init=4"),
-        ({"min_rank": 0}, "min_rank=0 must be >= 1"),
+        ({"min_rank": -1}, "min_rank=-1 must be >= 0"),
         ({"b": -1}, "b=-1"),
         ({"k": 0}, "k=0"),
         ({"beta1": 1.0}, "beta1=1.0"),
@@ -291,6 +291,28 @@ def test_final_budget_stops_at_min_rank_per_matrix():
     model = elastic_bert(r_init=4, min_rank=1, final_budget=0.1, b=3, k=3)
     train(model, adamw(model), batches(38))
     assert model.round_history[-1]["total_rank"] == len(model.layers) and set(model.rank_map().values()) == {1}
+
+
+def test_min_rank_0_lets_a_shrinking_budget_empty_matrices_and_a_state_dict_of_them_loads():
+    model = elastic_bert(r_init=4, min_rank=0, final_budget=0.1, b=3, k=3)
+    initial = 4 * len(model.layers)
+    losses = train(model, adamw(model), batches(38))
+    ranks = model.rank_map()
+    assert model.round_history[-1]["total_rank"] == sum(ranks.values()) == math.ceil(0.1 * initial)
+    assert 0 in ranks.values() and max(ranks.values()) > 1  # emptied matrices, and rank kept where it scored
+    assert all(math.isfinite(loss) for loss in losses)
+    assert model.num_trainable_parameters() == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    empty = next(layer for layer in model.layers.values() if layer.rank == 0)
+    x = torch.randn(3, empty.in_features)
+    assert torch.equal(empty(x), empty.base_layer(x))  # a rank-0 matrix adds nothing
+    assert torch.isfinite(model.orthogonal_regularization())
+
+    fresh = elastic_bert(r_init=4, min_rank=0, final_budget=0.1, b=3, k=3)  # built at r_init
+    fresh.load_state_dict(model.state_dict())
+    assert fresh.rank_map() == ranks
+    ids = batches(1, seed=5)[0]["input_ids"]
+    model.eval(), fresh.eval()
+    assert torch.equal(fresh(input_ids=ids).logits, model(input_ids=ids).logits)
 
 
 def test_pool_exhaustion_is_recorded_not_fatal():

@@ -68,12 +68,13 @@ LOAD_WITH_STOCK_PEFT = textwrap.dedent("""
 """)
 
 
-def export_trained(kind: str, folder: Path) -> None:
+def export_trained(kind: str, folder: Path, **overrides: object) -> None:
     """Train a few steps with rounds, then write base/, adapter/ and expected.pt (logits, ranks) to folder."""
     base = tiny_model(kind)
     base.save_pretrained(folder / "base")
-    model = get_elalora_model(base, ElaLoraConfig(r_init=3, b=4, k=2, t_init=1, t_final=1, delta_t=1,
-                                                  total_steps=12, grace_rounds=0, **SETTINGS[kind]))
+    model = get_elalora_model(base, ElaLoraConfig(**{**dict(r_init=3, b=4, k=2, t_init=1, t_final=1, delta_t=1,
+                                                           total_steps=12, grace_rounds=0, **SETTINGS[kind]),
+                                                     **overrides}))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
     g = torch.Generator().manual_seed(0)
     for step in range(1, 9):
@@ -83,8 +84,10 @@ def export_trained(kind: str, folder: Path) -> None:
         optimizer.step()
         model.update_and_allocate(step, optimizer)
         optimizer.zero_grad()
-    ranks = model.rank_map()
-    assert len(set(ranks.values())) > 1  # really variable-rank
+    every = model.rank_map()
+    assert len(set(every.values())) > 1  # really variable-rank
+    assert (0 in every.values()) == (overrides.get("min_rank") == 0)  # min_rank 0 emptied a matrix here
+    ranks = {name: rank for name, rank in every.items() if rank}  # a rank-0 matrix stays its base layer
     assert all(layer.fan_in_fan_out == (kind == "gpt2") for layer in model.layers.values())
     model.eval()
     ids = torch.randint(0, VOCAB, (3, 10), generator=g)
@@ -98,10 +101,12 @@ def export_trained(kind: str, folder: Path) -> None:
 
 
 def test_export_loads_in_stock_peft_with_identical_logits(tmp_path):
-    """BERT (Linear, modules_to_save) and GPT-2 (Conv1D) exports, checked by a process without elalora_auto."""
-    cases = [tmp_path / kind for kind in ("bert", "gpt2")]
-    for case in cases:
-        export_trained(case.name, case)
+    """BERT (Linear, modules_to_save), GPT-2 (Conv1D) and BERT with matrices emptied (min_rank 0) exports, checked
+    by a process without elalora_auto."""
+    cases = {tmp_path / "bert": ("bert", {}), tmp_path / "gpt2": ("gpt2", {}),
+             tmp_path / "min0-bert": ("bert", {"min_rank": 0, "final_budget": 0.1, "total_steps": 10})}
+    for case, (kind, overrides) in cases.items():
+        export_trained(kind, case, **overrides)
     script = tmp_path / "load.py"
     script.write_text(LOAD_WITH_STOCK_PEFT)
     result = subprocess.run([sys.executable, str(script), *map(str, cases)],

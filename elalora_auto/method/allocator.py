@@ -12,7 +12,8 @@ Where this differs from the authors' code (github.com/HuandongChang/ElaLoRA), on
 - Per-matrix ``min_rank`` (authors: 1) and optional ``max_rank`` (authors: none). A matrix at ``min_rank`` still
   offers its weakest eligible component to the pool as a grow-only entry, so it can grow again (the authors'
   matrix at rank 1 offers nothing and is stuck there). A matrix gains at most ``k`` per round and never exceeds
-  ``max_rank``.
+  ``max_rank``. ``min_rank`` 0 (beyond the paper) lets a round empty a matrix; at rank 0 it offers nothing (no
+  component to score), so it stays empty.
 - Churn fixes: ``grace_rounds`` (components born fewer than that many rounds ago are not offered for pruning;
   initial components are always eligible) and ``new_importance`` ("zero" as the authors, or "matrix_mean":
   a new component's Ibar/U start at the mean of its matrix's components, so it is not the automatic next victim).

@@ -194,7 +194,7 @@ class MatrixBatch:
             terms = [(layer, part) for layer in self.layers for part in PARTS]
             self.params = [layer.param(part) for layer, part in terms]
             by_shape: dict[tuple[str, tuple[int, ...]], list[ElaLoraLayer]] = {}
-            for layer in self.layers:
+            for layer in (layer for layer in self.layers if layer.rank > 0):  # rank 0 (min_rank 0): penalty 0
                 for part in ("A", "B"):
                     by_shape.setdefault((part, tuple(layer.param(part).shape)), []).append(layer)
             # a group whose parameters and shape did not change keeps its tensors (a round changes a few matrices)
@@ -205,7 +205,7 @@ class MatrixBatch:
                     key = _group_key(part, shape, layers)
                     groups.append(kept[key] if key in kept else _orth_group(layers, part, key))
                 self.groups = groups
-                self.terms = _flat_terms(self.groups)
+                self.terms = _flat_terms(self.groups) if self.groups else None
                 self.bars, self.uncs, self.flat = self._flatten_stats(terms)
             self._built_at = self.generation.value
         return self
@@ -257,4 +257,6 @@ class MatrixBatch:
     def orthogonal_regularization(self) -> Tensor:
         """Mean over matrices of their orth_penalty(), as one bmm per factor shape, in one autograd node."""
         fresh = self._fresh()
+        if not fresh.groups:  # every matrix at rank 0
+            return fresh.params[0].new_zeros(())
         return _Penalty.apply(fresh, *(param for group in fresh.groups for param in group.params))

@@ -62,7 +62,14 @@ class ElaLoraConfig:
         ),
     )
     scheduler: bool = field(default=True, metadata=_help("Cubic decay of b to 0 across the adjustment window."))
-    min_rank: int = field(default=1, metadata=_help("No matrix is pruned below this rank (>= 1)."))
+    min_rank: int = field(
+        default=1,
+        metadata=_help(
+            "No matrix is pruned below this rank (authors: 1). 0 lets a round empty a matrix: its rank goes where it "
+            "scores higher and it never grows back (it has no component left to score), so a small final_budget "
+            "is spent on the matrices that matter instead of one component everywhere."
+        ),
+    )
     max_rank: int | None = field(default=None, metadata=_help("No matrix grows above this rank (None: unbounded)."))
     total_steps: int | None = field(
         default=None, metadata=_help("Total optimizer steps; ElaLoraCallback fills it from the Trainer if unset.")
@@ -193,8 +200,8 @@ class ElaLoraConfig:
         """The rank limits and what a round keeps (part of ``validate``)."""
         if self.r_init < 1:
             raise ConfigError(f"r_init={self.r_init} must be >= 1")
-        if self.min_rank < 1:
-            raise ConfigError(f"min_rank={self.min_rank} must be >= 1 (a matrix never loses its last component)")
+        if self.min_rank < 0:
+            raise ConfigError(f"min_rank={self.min_rank} must be >= 0 (0: a matrix may lose its last component)")
         if self.min_rank > self.r_init:
             raise ConfigError(f"min_rank={self.min_rank} > r_init={self.r_init}: lower min_rank or raise r_init")
         if self.max_rank is not None and self.max_rank < self.r_init:

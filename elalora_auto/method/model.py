@@ -147,13 +147,18 @@ class ElaLoraModel(nn.Module):
 
     # ------------------------------------------------------------------ export
     def export_lora(self, path: str | Path, base_model_name_or_path: str | None = None) -> Path:
-        """Write a stock PEFT LoRA adapter folder (per-matrix rank via rank_pattern, scaling 1 via alpha_pattern)."""
+        """Write a stock PEFT LoRA adapter folder (per-matrix rank via rank_pattern, scaling 1 via alpha_pattern);
+        a matrix at rank 0 (min_rank 0) is left as its base layer."""
         from peft import LoraConfig, get_peft_model
 
         path = Path(path)
-        ranks = self.rank_map()
+        all_ranks = self.rank_map()
+        ranks = {name: rank for name, rank in all_ranks.items() if rank > 0}  # PEFT LoRA has no rank 0: left out
+        if not ranks:
+            raise ConfigError("every adapted matrix ended at rank 0 (min_rank 0): there is no adapter to export; "
+                              "raise final_budget or min_rank")
         plain = copy.deepcopy(self.base_model)
-        for name in ranks:
+        for name in all_ranks:
             parent_name, _, child = name.rpartition(".")
             parent = plain.get_submodule(parent_name)
             setattr(parent, child, getattr(parent, child).base_layer)
@@ -180,8 +185,8 @@ class ElaLoraModel(nn.Module):
             saved_config.modules_to_save = list(dict.fromkeys(saved_config.modules_to_save))
         inner = peft_model.base_model.model
         with torch.no_grad():
-            for name, layer in self.layers.items():
-                target = inner.get_submodule(name)
+            for name in ranks:
+                layer, target = self.layers[name], inner.get_submodule(name)
                 scaled_a = layer.lora_E * (layer.e_lr_scale * layer.scaling) * layer.lora_A
                 target.lora_A["default"].weight.copy_(scaled_a)
                 target.lora_B["default"].weight.copy_(layer.lora_B)
