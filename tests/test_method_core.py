@@ -315,6 +315,15 @@ def test_min_rank_0_lets_a_shrinking_budget_empty_matrices_and_a_state_dict_of_t
     assert torch.equal(fresh(input_ids=ids).logits, model(input_ids=ids).logits)
 
 
+@pytest.mark.parametrize("budget", ["rank", "params"])
+def test_min_rank_0_never_cuts_the_adapters_last_component(budget):
+    """A final budget below one component (here 0.01 of 11): the rounds stop at one, so there is an adapter."""
+    model = elastic_bert(r_init=1, min_rank=0, final_budget=0.01, b=1, k=1, budget=budget)
+    assert len(model.layers) == 11
+    train(model, adamw(model), batches(38))
+    assert sum(model.rank_map().values()) == 1 and model.round_history[-1]["pool_short"]
+
+
 def test_pool_exhaustion_is_recorded_not_fatal():
     model = elastic_bert(max_rank=4, t_init=1, t_final=1, delta_t=1, total_steps=6)  # nobody may grow
     before = model.rank_map()

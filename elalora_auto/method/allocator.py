@@ -35,7 +35,8 @@ Where this differs from the authors' code (github.com/HuandongChang/ElaLoRA), on
   from the initial one to ``final_budget`` of it across the window, reached at the window's last round. A round
   first cuts its excess (the weakest prunable pool entries: by score under the rank budget, by score per parameter
   under the params budget), then moves up to b components among the rest as usual. The target never goes below
-  ``min_rank`` per matrix; what k keeps a round from cutting is cut by the next ones (``pool_short``).
+  ``min_rank`` per matrix, and a cut never takes the adapter's last component; what k keeps a round from cutting is
+  cut by the next ones (``pool_short``).
 """
 
 from __future__ import annotations
@@ -221,9 +222,9 @@ class RankAllocator:
         cost = self.component_costs()
         key = (lambda e: e[0] / cost[e[1]]) if by_params else (lambda e: e[0])
         cut: list[PoolEntry] = []
-        freed = 0
+        freed, total = 0, sum(layer.rank for layer in self.layers.values())
         for entry in sorted((e for e in pool if e[3]), key=key):
-            if freed >= excess:
+            if freed >= excess or len(cut) == total - 1:  # the adapter keeps a component (min_rank 0, params)
                 break
             cut.append(entry)
             freed += cost[entry[1]] if by_params else 1

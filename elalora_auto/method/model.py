@@ -154,9 +154,6 @@ class ElaLoraModel(nn.Module):
         path = Path(path)
         all_ranks = self.rank_map()
         ranks = {name: rank for name, rank in all_ranks.items() if rank > 0}  # PEFT LoRA has no rank 0: left out
-        if not ranks:
-            raise ConfigError("every adapted matrix ended at rank 0 (min_rank 0): there is no adapter to export; "
-                              "raise final_budget or min_rank")
         plain = copy.deepcopy(self.base_model)
         for name in all_ranks:
             parent_name, _, child = name.rpartition(".")
