@@ -311,7 +311,8 @@ def test_min_rank_0_lets_a_shrinking_budget_empty_matrices_and_a_state_dict_of_t
     fresh.load_state_dict(model.state_dict())
     assert fresh.rank_map() == ranks
     ids = batches(1, seed=5)[0]["input_ids"]
-    model.eval(), fresh.eval()
+    model.eval()
+    fresh.eval()
     assert torch.equal(fresh(input_ids=ids).logits, model(input_ids=ids).logits)
 
 

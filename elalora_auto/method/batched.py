@@ -205,7 +205,7 @@ class MatrixBatch:
                     key = _group_key(part, shape, layers)
                     groups.append(kept[key] if key in kept else _orth_group(layers, part, key))
                 self.groups = groups
-                self.terms = _flat_terms(self.groups) if self.groups else None
+                self.terms = _flat_terms(self.groups)
                 self.bars, self.uncs, self.flat = self._flatten_stats(terms)
             self._built_at = self.generation.value
         return self
@@ -257,6 +257,4 @@ class MatrixBatch:
     def orthogonal_regularization(self) -> Tensor:
         """Mean over matrices of their orth_penalty(), as one bmm per factor shape, in one autograd node."""
         fresh = self._fresh()
-        if not fresh.groups:  # every matrix at rank 0
-            return fresh.params[0].new_zeros(())
         return _Penalty.apply(fresh, *(param for group in fresh.groups for param in group.params))

@@ -152,10 +152,9 @@ class ElaLoraModel(nn.Module):
         from peft import LoraConfig, get_peft_model
 
         path = Path(path)
-        all_ranks = self.rank_map()
-        ranks = {name: rank for name, rank in all_ranks.items() if rank > 0}  # PEFT LoRA has no rank 0: left out
+        ranks = {name: rank for name, rank in self.rank_map().items() if rank > 0}  # PEFT LoRA has no rank 0
         plain = copy.deepcopy(self.base_model)
-        for name in all_ranks:
+        for name in self.layers:
             parent_name, _, child = name.rpartition(".")
             parent = plain.get_submodule(parent_name)
             setattr(parent, child, getattr(parent, child).base_layer)
