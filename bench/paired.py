@@ -14,7 +14,8 @@ Two kinds of arm, both on a built-in study file's task, data, model, batch, leng
   seed (search_vs_peers' project arm; `startup`: the sampler's random trials first, default 10) with the study
   file's own pruning (`--pruning study`, the shipped search) or none. Compared on the hypervolume of its (metric,
   trainable parameters) front and on the best metric at <= P parameters for three budgets P; also on how many seeds
-  each arm's hypervolume is the largest.
+  each arm's hypervolume is the largest; and trial by trial where an arm and the baseline drew the same
+  configuration on one seed (an arm whose space only fixes a one-choice parameter draws the baseline's start-up).
 
 Rows: one JSON line per finished run or study (bench/results/paired.jsonl), with the library versions and commit on
 every row. A re-run skips every row already there for this environment's versions (so it resumes); the report
@@ -268,6 +269,56 @@ def search_lines(rows: list[Record], base: str, budgets: Sequence[int] | None, p
     wins = {a: sum(1 for s in seeds if hv[a][s] == max(v[s] for v in hv.values())) for a in hv}
     lines += ["", "Largest hypervolume, over the seeds every arm has finished (a tie counts for each): "
               + ", ".join(f"{a} on {k} of {len(seeds)} seeds" for a, k in wins.items())]
+    return lines + same_config_lines(rows, base)
+
+
+def same_draw(mine: dict[str, Any] | None, theirs: dict[str, Any] | None) -> bool:
+    """Two trials drew one configuration: one's parameter names hold the other's (a space that adds fixed
+    parameters to another; LoRA's and ElaLoRA's spaces never pair) and every shared value is equal."""
+    shared = set(mine or {}) & set(theirs or {})
+    nested = shared in (set(mine or {}), set(theirs or {}))
+    return bool(shared) and nested and all(mine[k] == theirs[k] for k in shared)
+
+
+def same_config_lines(rows: list[Record], base: str) -> list[str]:
+    """Trials of an arm and the baseline, one seed, that drew one configuration: the arm's change measured per
+    configuration, apart from the search's luck. An arm whose space only adds one-choice parameters (Optuna does
+    not sample those) draws the baseline's random start-up, so most of its start-up pairs. Pairs are trials, not
+    seeds (several per seed), so their interval describes them; it is not the protocol's test."""
+    studies = {(r["arm"], r["seed"]): r for r in rows}
+    metric = rows[0]["metric"]
+    lines = []
+    for arm in dict.fromkeys(r["arm"] for r in rows if r["arm"] != base):
+        table, diffs, ratios, steps, drawn, one_side = [], [], [], [0, 0], 0, 0
+        for seed in sorted(s for a, s in studies if a == arm and (base, s) in studies):
+            # a failed trial (an error, not a result; the search runs its configuration again) pairs with nothing
+            left = [t for t in studies[(base, seed)]["rows"] if t["state"] != "FAIL"]
+            for mine in (t for t in studies[(arm, seed)]["rows"] if t["state"] != "FAIL"):
+                theirs = next((t for t in left if same_draw(mine.get("params"), t.get("params"))), None)
+                if theirs is None:
+                    continue
+                left.remove(theirs)
+                drawn += 1
+                steps = [steps[0] + (mine["steps_done"] or 0), steps[1] + (theirs["steps_done"] or 0)]
+                complete = [t["state"] == "COMPLETE" for t in (mine, theirs)]
+                one_side += any(complete) and not all(complete)
+                if all(complete):
+                    diffs.append(100.0 * (mine[metric] - theirs[metric]))
+                    ratios.append(mine["trainable_params"] / theirs["trainable_params"])
+                    table.append(f"| {seed} | {mine['number']} / {theirs['number']} | {100.0 * mine[metric]:.1f} "
+                                 f"at {mine['trainable_params']:,} | {100.0 * theirs[metric]:.1f} at "
+                                 f"{theirs['trainable_params']:,} | {diffs[-1]:+.1f} |")
+        if not drawn:
+            continue
+        ci = paired_interval(diffs)
+        lines += ["", f"Same configurations, {arm} vs {base}: {drawn} configurations drawn by both, {len(diffs)} complete in both "
+                  f"({one_side} in one only); {metric} {ci['mean']:+.2f} points [{ci['low']:+.2f}, {ci['high']:+.2f}]"
+                  f" over the pairs; trainable parameters {arm} / {base} median "
+                  f"{statistics.median(ratios) if ratios else math.nan:.2f}x; optimizer steps of all these trials "
+                  f"{steps[0]:,} / {steps[1]:,}"]
+        if table:
+            lines += ["", f"| seed | trial ({arm} / {base}) | {arm} | {base} | difference (points) |",
+                      "|---|---|---|---|---|", *table]
     return lines
 
 

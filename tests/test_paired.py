@@ -86,7 +86,7 @@ def test_hypervolume_wins_count_only_seeds_every_arm_finished(bench: ModuleType,
     rows = [study(arm, seed, [[value, 1000.0]])
             for arm, seed, value in [("a", 1, 0.8), ("b", 1, 0.7), ("a", 2, 0.6), ("b", 2, 0.9), ("a", 3, 0.9)]]
     lines = bench.search_lines(rows, "b", [1000, 2000, 3000], tmp_path)
-    assert lines[-1].endswith("a on 1 of 2 seeds, b on 1 of 2 seeds")
+    assert next(line for line in lines if line.startswith("Largest")).endswith("a on 1 of 2 seeds, b on 1 of 2 seeds")
     assert (tmp_path / "paired_sst2.png").stat().st_size > 0
 
 
@@ -99,6 +99,35 @@ def test_no_adapter_under_a_budget_scores_the_floor(bench: ModuleType, tmp_path:
     small = next(line for line in lines if line.startswith("| best at <= 1,000 "))
     assert "| 2 |" in small and "+10.00 -25.00" in small  # seed 2: the floor 0.5 against 0.75
     assert "1,000: a seed 2" in next(line for line in lines if line.startswith("No complete adapter"))
+
+
+def trial(number: int, params: dict, value: float | None, size: int, steps: int) -> dict:
+    """One trial of a study row as paired.py writes it (value None: pruned)."""
+    return {"number": number, "state": "PRUNED" if value is None else "COMPLETE", "accuracy": value,
+            "trainable_params": size, "steps_done": steps, "params": params}
+
+
+def test_same_configurations_pair_trial_by_trial(bench: ModuleType) -> None:
+    """Trials pair by their drawn parameters on the names both have (the arm's one-choice extra is ignored), not by
+    trial number: the baseline's draws may be shifted by a failed trial. A configuration only one arm drew is
+    left out; one complete in one arm only is counted, not paired."""
+    a, b, c = {"r": 2, "lr": 1e-3}, {"r": 4, "lr": 5e-4}, {"r": 8, "lr": 2e-4}
+    two = {"rows": [trial(0, {**a, "x": 0.5}, 0.82, 900, 450), trial(1, {**b, "x": 0.5}, 0.80, 1800, 450),
+                    trial(2, {**c, "x": 0.5}, None, 3600, 250)]}
+    failed = {**trial(0, a, None, 1000, 0), "state": "FAIL"}  # an error, re-run as trial 1: pairs with nothing
+    one = {"rows": [failed, trial(1, a, 0.81, 1000, 300),
+                    trial(2, b, 0.805, 2000, 300), trial(3, c, 0.7, 3000, 300)]}
+    lora = {"rows": [trial(0, {"r": 2, "dropout": 0.05}, 0.79, 500, 300)]}  # names not nested: never a pair
+    rows = [{**study("two", 1, []), **two}, {**study("one", 1, []), **one}, {**study("lora", 1, []), **lora}]
+    lines = bench.same_config_lines(rows, "one")
+    # pairs: +1.0 and -0.5 points, mean +0.25; ratios 0.9 and 0.9; c is complete in `one` only
+    summary = next(line for line in lines if line.startswith("Same configurations"))
+    assert summary.startswith("Same configurations, two vs one: 3 configurations drawn by both, 2 complete in both (1 in one only); "
+                              "accuracy +0.25 points [")
+    assert "median 0.90x; optimizer steps of all these trials 1,150 / 900" in summary
+    assert "| 1 | 0 / 1 | 82.0 at 900 | 81.0 at 1,000 | +1.0 |" in lines
+    assert "| 1 | 1 / 2 | 80.0 at 1,800 | 80.5 at 2,000 | -0.5 |" in lines
+    assert not any("lora" in line for line in lines)
 
 
 def test_search_arm_options_reach_the_study_settings(bench: ModuleType, tmp_path: Path) -> None:
