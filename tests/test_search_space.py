@@ -61,6 +61,8 @@ BASE = {"method": "elalora", "method_params": {"r_init": {"type": "int", "low": 
         ({"method_params": {"t": {"type": "float", "low": 0, "high": 1, "of": "steps"}}}, r"t\.of: unknown name 'steps'"),
         ({"method_params": {"t": {"type": "float", "low": 0, "high": 1, "of": "__import__('os')"}}}, r"t\.of: unsupported syntax"),
         ({"method_params": {"target_modules": {"type": "categorical", "choices": ["mlp"]}}}, r"unknown module set 'mlp'"),
+        ({"module_sets": {"ffn": "layer\\.(\\d+"}}, r"module_sets\.ffn: invalid regex"),
+        ({"module_sets": {"ffn": ""}}, r"module_sets: expected \{set name: \[module names\] or \"regex\"\}"),
         ({"method": "dora"}, r"method: unknown method 'dora'"),
         ({"rounds": 3}, r"unknown key 'rounds'"),
         ({"anchors": {"r_init": 2}}, r"anchors: expected a list of \{parameter: value\} mappings"),
@@ -81,6 +83,33 @@ def test_malformed_yaml_names_the_line(tmp_path: Path) -> None:
     assert "\n" not in str(info.value)
     with pytest.raises(UserError, match="unknown search space 'nope'"):
         SearchSpace.load("nope")
+
+
+FFN = r".*\.layer\.\d+\.(intermediate|output)\.dense"
+
+
+def test_a_regex_module_set_names_what_suffixes_cannot() -> None:
+    """BERT's FFN output is `layer.N.output.dense`; the suffix `output.dense` also takes `attention.output.dense`, so
+    an FFN-only set needs PEFT's regex form: passed as written (no aliases) and matched in full."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from elalora_auto.method.config import ElaLoraConfig
+
+    space = SearchSpace.from_dict({"method": "elalora", "module_sets": {"ffn": FFN, "suffix": ["intermediate.dense",
+                                                                                                "output.dense"]},
+                                   "method_params": {"target_modules": {"type": "categorical",
+                                                                        "choices": ["ffn", "suffix"]}}})
+    model = BertForSequenceClassification(BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=2,
+                                                     num_attention_heads=2, intermediate_size=16))
+    chosen = {}
+    for name in ("ffn", "suffix"):
+        method, _ = space.suggest(optuna.trial.FixedTrial({"target_modules": name}), {"total_steps": 10,
+                                                                                       "model_type": "bert"})
+        chosen[name] = ElaLoraConfig(target_modules=method["target_modules"]).match_targets(model)
+    assert space.module_names("ffn", "distilbert") == FFN
+    assert len(chosen["ffn"]) == 4 and not any("attention" in name for name in chosen["ffn"])
+    assert sorted(set(chosen["suffix"]) - set(chosen["ffn"])) == [
+        f"bert.encoder.layer.{i}.attention.output.dense" for i in (0, 1)]
 
 
 def test_constraint_violation_prunes_before_training() -> None:

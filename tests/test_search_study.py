@@ -106,6 +106,21 @@ def test_search_runs_trials_then_resumes_to_exactly_the_budget(study_file: Path,
     assert "study s:" in capsys.readouterr().out
 
 
+def test_a_regex_module_set_adapts_only_what_it_matches(study_file: Path, tmp_path: Path) -> None:
+    """A module set written as a regex (BERT's FFN alone, which suffixes cannot name) reaches the trial's adapter."""
+    space = yaml.safe_load(_space(tmp_path).read_text())
+    space["module_sets"] = {"ffn": r".*\.layer\.\d+\.(intermediate|output)\.dense"}
+    space["method_params"]["target_modules"] = {"type": "categorical", "choices": ["ffn"], "default": "ffn"}
+    path = tmp_path / "ffn.yaml"
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    assert main(["search", "--config", str(study_file), "--space", str(path), "--study", "f", "--trials", "1",
+                 "--quiet"]) == 0
+    config = json.loads((tmp_path / "runs" / "trials" / "f" / "0" / "adapter" / "adapter_config.json").read_text())
+    targets = sorted(config["target_modules"])
+    assert targets and all(t.endswith(("intermediate.dense", "output.dense")) for t in targets), targets
+    assert not any("attention" in t for t in targets), targets
+
+
 def test_the_space_anchors_run_right_after_trial_0(study_file: Path, tmp_path: Path) -> None:
     """An anchor is trial 0 (the study file's trial0 included) with its values changed, enqueued once at creation
     and only as the budget holds it; one equal to trial 0 is not run twice."""
@@ -338,6 +353,8 @@ def _bad_inputs(tmp_path: Path, study_file: Path) -> dict[str, list[str]]:
     space = yaml.safe_load(_space(tmp_path).read_text())
     space["module_sets"]["attention"].append("attention.nosuch")
     (tmp_path / "module.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
+    space["module_sets"]["attention"] = r".*\.layer\.\d+\.nosuch"
+    (tmp_path / "regex.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
     (tmp_path / "empty").mkdir()
     base = ["search", "--config", str(study_file), "--study", "s", "--trials", "2", "--quiet"]
     return {
@@ -347,13 +364,14 @@ def _bad_inputs(tmp_path: Path, study_file: Path) -> dict[str, list[str]]:
         "malformed YAML": [*base, "--space", str(tmp_path / "malformed.yaml")],
         "impossible range": [*base, "--space", str(tmp_path / "impossible.yaml")],
         "unknown module": [*base, "--space", str(tmp_path / "module.yaml")],
+        "unmatched regex": [*base, "--space", str(tmp_path / "regex.yaml")],
         "unreachable storage": [*base, "--space", str(_space(tmp_path)), "--storage",
                                 "postgresql://nobody:secret@127.0.0.1:1/none"],
     }
 
 
 @pytest.mark.parametrize("case", ["unknown task", "missing data", "malformed YAML", "impossible range",
-                                  "unknown module", "unreachable storage"])
+                                  "unknown module", "unmatched regex", "unreachable storage"])
 def test_bad_input_exits_2_with_one_line_and_touches_no_study(study_file: Path, tmp_path: Path, capsys,
                                                                case: str) -> None:
     assert main(_bad_inputs(tmp_path, study_file)[case]) == 2
@@ -362,6 +380,12 @@ def test_bad_input_exits_2_with_one_line_and_touches_no_study(study_file: Path, 
     assert "secret" not in err
     journal = tmp_path / "runs" / "optuna-journal.log"
     assert not journal.exists() or optuna.get_all_study_names(storage=open_storage(None, tmp_path / "runs")) == []
+
+
+def test_a_regex_module_set_that_matches_nothing_names_its_fix(study_file: Path, tmp_path: Path, capsys) -> None:
+    assert main(_bad_inputs(tmp_path, study_file)["unmatched regex"]) == 2
+    err = capsys.readouterr().err
+    assert "module_sets.attention" in err and "nosuch" in err and "(fix the regex)" in err, err
 
 
 def test_bad_input_leaves_an_existing_study_untouched(study_file: Path, tmp_path: Path, capsys) -> None:

@@ -227,6 +227,7 @@ def check_target_modules(model_path: str, task: Any, space: SearchSpace) -> str:
         try:
             ElaLoraConfig(target_modules=names).match_targets(model)
         except ConfigError as exc:
-            fix = f"add module_aliases.{model_type}" if where.startswith("module_sets") else "name a module set"
+            fix = ("name a module set" if not where.startswith("module_sets")
+                   else "fix the regex" if isinstance(names, str) else f"add module_aliases.{model_type}")
             raise ConfigError(f"{space.source}: {where}: {exc} in {model_type} ({fix})") from None
     return model_type

@@ -4,9 +4,12 @@ A space file has the sections
   method:          elalora | adalora | lora | eva (a registered method: adapters.method_names())
   method_params:   {name: PARAM}   passed to the adapter (`adapters.build_adapter(params=...)`)
   training_params: {name: PARAM}   overrides of the TrialSpec training settings (e.g. learning_rate)
-  module_sets:     {set name: [logical module names]}   choices for a categorical `target_modules`; the
-                   reserved choice `default` leaves the targets to the method's per-model defaults
-                   (adapters.default_targets: e.g. BERT's attention, FFN and pooler matrices)
+  module_sets:     {set name: [logical module names] | "regex"}   choices for a categorical `target_modules`;
+                   the reserved choice `default` leaves the targets to the method's per-model defaults
+                   (adapters.default_targets: e.g. BERT's attention, FFN and pooler matrices). A list matches
+                   as PEFT's does, by name or '.'-suffix; a string is a regex full-matched on the model's own
+                   module names (PEFT's rule for a str; aliases do not apply), for a set that suffixes cannot
+                   name: BERT's FFN output `layer.N.output.dense` without `attention.output.dense`
   module_aliases:  {model_type: {logical name: model's name}}   optional additions to adapters.MODULE_ALIASES
                    (e.g. DeBERTa calls `query` `query_proj`)
   constraints:     [expressions that must hold for a trial's resolved values]
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import ast
 import operator
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -191,7 +195,7 @@ class SearchSpace:
 
     method: str
     params: list[Param]
-    module_sets: dict[str, list[str]] = field(default_factory=dict)
+    module_sets: dict[str, list[str] | str] = field(default_factory=dict)
     module_aliases: dict[str, dict[str, str]] = field(default_factory=dict)
     constraints: list[Expr] = field(default_factory=list)
     anchors: list[dict[str, Any]] = field(default_factory=list)  # overrides of trial 0, one start-up trial each
@@ -210,8 +214,14 @@ class SearchSpace:
                               f"(one of {', '.join(method_names())})")
         module_sets = data.get("module_sets") or {}
         if not isinstance(module_sets, dict) or not all(
-                isinstance(v, list) and v and all(isinstance(m, str) for m in v) for v in module_sets.values()):
-            raise ConfigError(f"{source}: module_sets: expected {{set name: [module names]}}")
+                (isinstance(v, list) and v and all(isinstance(m, str) for m in v)) or (isinstance(v, str) and v)
+                for v in module_sets.values()):
+            raise ConfigError(f"{source}: module_sets: expected {{set name: [module names] or \"regex\"}}")
+        for name, regex in ((n, v) for n, v in module_sets.items() if isinstance(v, str)):
+            try:
+                re.compile(regex)
+            except re.error as exc:
+                raise ConfigError(f"{source}: module_sets.{name}: invalid regex {regex!r}: {exc}") from None
         aliases = data.get("module_aliases") or {}
         if not isinstance(aliases, dict) or not all(isinstance(v, dict) for v in aliases.values()):
             raise ConfigError(f"{source}: module_aliases: expected {{model_type: {{logical name: model's name}}}}")
@@ -244,10 +254,13 @@ class SearchSpace:
         space.path = str(path)
         return space
 
-    def module_names(self, set_name: str, model_type: str | None) -> list[str]:
+    def module_names(self, set_name: str, model_type: str | None) -> list[str] | str:
         """The model's module names for a named set (logical names mapped through adapters.MODULE_ALIASES and the
-        space's own `module_aliases`)."""
-        return model_module_names(self.module_sets[set_name], model_type, self.module_aliases.get(model_type or ""))
+        space's own `module_aliases`); a regex set as written, already in the model's own names."""
+        names = self.module_sets[set_name]
+        if isinstance(names, str):
+            return names
+        return model_module_names(names, model_type, self.module_aliases.get(model_type or ""))
 
     def suggest(self, trial: Any, context: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """Draw one configuration: (method params for build_adapter, training overrides for the TrialSpec).
