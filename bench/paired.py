@@ -289,7 +289,7 @@ def same_config_lines(rows: list[Record], base: str) -> list[str]:
     metric = rows[0]["metric"]
     lines = []
     for arm in dict.fromkeys(r["arm"] for r in rows if r["arm"] != base):
-        table, diffs, ratios, steps, drawn, one_side = [], [], [], [0, 0], 0, 0
+        table, diffs, ratios, steps, drawn, only = [], [], [], [0, 0], 0, [0, 0]
         for seed in sorted(s for a, s in studies if a == arm and (base, s) in studies):
             # a failed trial (an error, not a result; the search runs its configuration again) pairs with nothing
             left = [t for t in studies[(base, seed)]["rows"] if t["state"] != "FAIL"]
@@ -301,7 +301,7 @@ def same_config_lines(rows: list[Record], base: str) -> list[str]:
                 drawn += 1
                 steps = [steps[0] + (mine["steps_done"] or 0), steps[1] + (theirs["steps_done"] or 0)]
                 complete = [t["state"] == "COMPLETE" for t in (mine, theirs)]
-                one_side += any(complete) and not all(complete)
+                only = [only[0] + (complete == [True, False]), only[1] + (complete == [False, True])]
                 if all(complete):
                     diffs.append(100.0 * (mine[metric] - theirs[metric]))
                     ratios.append(mine["trainable_params"] / theirs["trainable_params"])
@@ -312,7 +312,7 @@ def same_config_lines(rows: list[Record], base: str) -> list[str]:
             continue
         ci = paired_interval(diffs)
         lines += ["", f"Same configurations, {arm} vs {base}: {drawn} configurations drawn by both, {len(diffs)} complete in both "
-                  f"({one_side} in one only); {metric} {ci['mean']:+.2f} points [{ci['low']:+.2f}, {ci['high']:+.2f}]"
+                  f"(complete in {arm} only {only[0]}, in {base} only {only[1]}); {metric} {ci['mean']:+.2f} points [{ci['low']:+.2f}, {ci['high']:+.2f}]"
                   f" over the pairs; trainable parameters {arm} / {base} median "
                   f"{statistics.median(ratios) if ratios else math.nan:.2f}x; optimizer steps of all these trials "
                   f"{steps[0]:,} / {steps[1]:,}"]

@@ -122,8 +122,8 @@ def test_same_configurations_pair_trial_by_trial(bench: ModuleType) -> None:
     lines = bench.same_config_lines(rows, "one")
     # pairs: +1.0 and -0.5 points, mean +0.25; ratios 0.9 and 0.9; c is complete in `one` only
     summary = next(line for line in lines if line.startswith("Same configurations"))
-    assert summary.startswith("Same configurations, two vs one: 3 configurations drawn by both, 2 complete in both (1 in one only); "
-                              "accuracy +0.25 points [")
+    assert summary.startswith("Same configurations, two vs one: 3 configurations drawn by both, 2 complete in both "
+                              "(complete in two only 0, in one only 1); accuracy +0.25 points [")
     assert "median 0.90x; optimizer steps of all these trials 1,150 / 900" in summary
     assert "| 1 | 0 / 1 | 82.0 at 900 | 81.0 at 1,000 | +1.0 |" in lines
     assert "| 1 | 1 / 2 | 80.0 at 1,800 | 80.5 at 2,000 | -0.5 |" in lines
