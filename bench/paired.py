@@ -311,11 +311,11 @@ def same_config_lines(rows: list[Record], base: str) -> list[str]:
         if not drawn:
             continue
         ci = paired_interval(diffs)
-        lines += ["", f"Same configurations, {arm} vs {base}: {drawn} configurations drawn by both, {len(diffs)} complete in both "
-                  f"(complete in {arm} only {only[0]}, in {base} only {only[1]}); {metric} {ci['mean']:+.2f} points [{ci['low']:+.2f}, {ci['high']:+.2f}]"
-                  f" over the pairs; trainable parameters {arm} / {base} median "
-                  f"{statistics.median(ratios) if ratios else math.nan:.2f}x; optimizer steps of all these trials "
-                  f"{steps[0]:,} / {steps[1]:,}"]
+        lines += ["", f"Same configurations, {arm} vs {base}: {drawn} configurations drawn by both, {len(diffs)} "
+                  f"complete in both (complete in {arm} only {only[0]}, in {base} only {only[1]}); {metric} "
+                  f"{ci['mean']:+.2f} points [{ci['low']:+.2f}, {ci['high']:+.2f}] over the pairs; trainable "
+                  f"parameters {arm} / {base} median {statistics.median(ratios) if ratios else math.nan:.2f}x; "
+                  f"optimizer steps of all these trials {steps[0]:,} / {steps[1]:,}"]
         if table:
             lines += ["", f"| seed | trial ({arm} / {base}) | {arm} | {base} | difference (points) |",
                       "|---|---|---|---|---|", *table]
