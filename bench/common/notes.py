@@ -42,10 +42,12 @@ def cpu_model() -> str:
 
 
 def device_note() -> str:
-    """The accelerator torch would train on (name, memory, CUDA version), else the CPU: read, never assumed."""
+    """The accelerator torch would train on (name, memory, CUDA version), else the CPU: read, never assumed. The CPU
+    part names the SIMD kernels torch dispatches to (AVX2, AVX512): they round differently, so the same seed and
+    versions can end an evaluation a few rows apart on machines of the two kinds (BENCHMARKS.md, FFN-only set)."""
     import torch
 
-    cpu = f"{os.cpu_count()}-core CPU ({cpu_model()})"
+    cpu = f"{os.cpu_count()}-core CPU ({cpu_model()}, torch CPU kernels {torch.backends.cpu.get_cpu_capability()})"
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         return (f"{torch.cuda.device_count()} x {props.name} ({props.total_memory / 2**30:.0f} GiB, CUDA "
