@@ -10,12 +10,13 @@ Two kinds of arm, both on a built-in study file's task, data, model, batch, leng
 - `--arm NAME=METHOD[,KEY=VALUE...]`: one training run per seed: the study's trial 0 for METHOD (its space's
   defaults, as `train --method METHOD` builds it) with the TrialSpec overrides, e.g.
   `--arm half=elalora,params.final_budget=0.5`. Compared on the final metric.
-- `--search-arm NAME=METHOD[,space=YAML][,sampler=tpe|gp][,startup=N]`: one whole study of --trials trials per
-  seed (search_vs_peers' project arm; `startup`: the sampler's random trials first, default 10) with the study
-  file's own pruning (`--pruning study`, the shipped search) or none. Compared on the hypervolume of its (metric,
-  trainable parameters) front and on the best metric at <= P parameters for three budgets P; also on how many seeds
-  each arm's hypervolume is the largest; and trial by trial where an arm and the baseline drew the same
-  configuration on one seed (an arm whose space only fixes a one-choice parameter draws the baseline's start-up).
+- `--search-arm NAME=METHOD[,space=YAML][,sampler=tpe|gp][,startup=N][,draw=N]`: one whole study of --trials
+  trials per seed (search_vs_peers' project arm; `startup`: the sampler's random trials first, default 10; `draw`:
+  the same search with another sampler seed, its trials' training seed unchanged) with the study file's own
+  pruning (`--pruning study`, the shipped search) or none. Compared on the hypervolume of its (metric, trainable
+  parameters) front and on the best metric at <= P parameters for three budgets P; also on how many seeds each
+  arm's hypervolume is the largest; and trial by trial where an arm and the baseline drew the same configuration
+  on one seed (an arm whose space only fixes a one-choice parameter draws the baseline's start-up).
 
 Rows: one JSON line per finished run or study (bench/results/paired.jsonl), with the library versions and commit on
 every row. A re-run skips every row already there for this environment's versions (so it resumes); the report
@@ -70,8 +71,9 @@ def arm_key(args: argparse.Namespace, kind: str, arm: str, spec: str, seed: int)
     return {"kind": kind, "task": args.task, "arm": arm, "arm_spec": spec, "seed": seed, "steps": args.steps, **study}
 
 
-# a search arm's KEY=VALUE options -> the SearchSettings field each sets
-SEARCH_OPTIONS = {"space": "space", "sampler": "sampler", "startup": "startup_trials"}
+# a search arm's KEY=VALUE options -> the SearchSettings field each sets (draw: see `study_settings`)
+SEARCH_OPTIONS = {"space": "space", "sampler": "sampler", "startup": "startup_trials", "draw": "draw"}
+WHOLE_NUMBERS = ("startup", "draw")
 
 
 def search_options(overrides: list[str]) -> dict[str, Any]:
@@ -79,23 +81,28 @@ def search_options(overrides: list[str]) -> dict[str, Any]:
     options: dict[str, Any] = {}
     for item in overrides:
         name, sep, value = item.partition("=")
-        if (not sep or name not in SEARCH_OPTIONS or (name == "startup" and not value.isdigit())
-                or (name == "sampler" and value not in SAMPLERS)):
-            raise SystemExit(f"error: a search arm's options are space=YAML, sampler=tpe|gp, startup=N; got {item!r}")
-        options[SEARCH_OPTIONS[name]] = int(value) if name == "startup" else value
+        if (not sep or name not in SEARCH_OPTIONS or (name in WHOLE_NUMBERS and not value.isdigit())
+                or (name == "draw" and int(value) < 1) or (name == "sampler" and value not in SAMPLERS)):
+            raise SystemExit("error: a search arm's options are space=YAML, sampler=tpe|gp, startup=N, draw=N "
+                             f"(N >= 1); got {item!r}")
+        options[SEARCH_OPTIONS[name]] = int(value) if name in WHOLE_NUMBERS else value
     return options
 
 
 def study_settings(args: argparse.Namespace, method: str, seed: int, study: str,
                    options: dict[str, Any] | None = None) -> Any:
     """The study file's settings for this task, method and seed (search_vs_peers' arm_settings), with a search
-    arm's `search_options` on top."""
+    arm's `search_options` on top. `draw=N` is the same search drawn again: sampler seed 1000 * N + seed
+    (`search --sampler-seed`), every trial's training seed still `seed`."""
     pruning = study_pruning(args.task) if args.pruning == "study" else NO_PRUNING
     bench = peers.parse_args([*(["--smoke"] if args.smoke else ["--tasks", args.task]), "--workdir",
                               str(args.workdir), "--max-steps", str(args.steps), "--data-dir", str(args.data_dir),
                               "--pruning-json", pruning])
+    options = dict(options or {})
+    if "draw" in options:
+        options["sampler_seed"] = 1000 * options.pop("draw") + seed
     key = {"task": args.task, "arm": method, "seed": seed, "trials": args.trials, "steps": args.steps,
-           "study": study, **(options or {})}
+           "study": study, **options}
     return peers.arm_settings(bench, key)
 
 

@@ -186,7 +186,7 @@ def _cmd_ui(args: argparse.Namespace) -> int:
 # -- search, worker, status, demo ------------------------------------------------------------------------
 _SEARCH_FLAGS = ("task", "trials", "model", "data_dir", "method", "space", "study", "storage", "workdir",
                  "max_train_samples", "max_eval_samples", "max_steps", "epochs", "objective", "max_params",
-                 "timeout", "seed", "device", "tracking_uri", "sampler")
+                 "timeout", "seed", "sampler_seed", "device", "tracking_uri", "sampler")
 
 
 def _add_search_parsers(sub: argparse._SubParsersAction) -> None:
@@ -217,6 +217,8 @@ def _add_search_parsers(sub: argparse._SubParsersAction) -> None:
                                                        "(Gaussian process; after startup_trials, default 10)")
     p.add_argument("--timeout", type=arguments.positive_float, help="seconds after which this process starts no new trial")
     p.add_argument("--seed", type=int)
+    p.add_argument("--sampler-seed", type=int, metavar="N",
+                   help="the sampler's own seed (default: --seed): another search over the same training randomness")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--tracking-uri", type=arguments.tracking_uri, help="MLflow tracking URI (default sqlite:///WORKDIR/mlflow.db)")
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")

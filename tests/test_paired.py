@@ -138,7 +138,10 @@ def test_search_arm_options_reach_the_study_settings(bench: ModuleType, tmp_path
     assert (settings.sampler, settings.startup_trials, settings.space) == ("gp", 4, "elalora")
     shipped = bench.study_settings(args, "elalora", 1, "s-1")
     assert (shipped.sampler, shipped.startup_trials) == ("tpe", 10)
-    for bad in ("startup=four", "sampler", "sampler=cmaes", "lr=1e-3"):  # refused before any work
+    # draw=N: the same search with sampler seed 1000 N + seed; every trial's training seed stays the seed
+    drawn = bench.study_settings(args, "elalora", 5, "d-5", bench.search_options(["draw=2"]))
+    assert (drawn.seed, drawn.sampler_seed, shipped.sampler_seed) == (5, 2005, None)
+    for bad in ("startup=four", "sampler", "sampler=cmaes", "lr=1e-3", "draw=0", "draw=-1"):  # refused before work
         with pytest.raises(SystemExit, match="a search arm's options are space=YAML"):
             bench.parse_args(["--smoke", "--search-arm", f"g=elalora,{bad}", "--baseline", "g"])
 

@@ -153,6 +153,25 @@ def test_the_same_study_file_and_seed_reproduce_a_search(study_file: Path, tmp_p
     assert len({str(t.params) for t in resumed}) == 5
 
 
+def test_a_sampler_seed_draws_another_search_over_the_same_training_runs(study_file: Path, tmp_path: Path,
+                                                                         capsys) -> None:
+    """--sampler-seed changes the sampler's draws only: trial 0 (the space's defaults) trains exactly as under
+    --seed alone, the sampler's trials differ, and the seed given as --sampler-seed is the default search."""
+    args = ["search", "--config", str(study_file), "--space", str(_space(tmp_path)), "--quiet", "--trials", "3",
+            "--seed", "7"]
+    for name, extra in (("default", []), ("same", ["--sampler-seed", "7"]), ("other", ["--sampler-seed", "1007"])):
+        assert main([*args, "--study", name, *extra]) == 0
+    default, same, other = (_study(tmp_path, name).get_trials() for name in ("default", "same", "other"))
+    assert [t.params for t in same] == [t.params for t in default]
+    assert (other[0].params, other[0].values) == (default[0].params, default[0].values)
+    assert [t.params for t in other[1:]] != [t.params for t in default[1:]]
+    assert _study(tmp_path, "other").user_attrs["settings"]["sampler_seed"] == 1007  # a worker draws with it too
+    capsys.readouterr()
+    assert main([*args, "--study", "bad", "--sampler-seed", "-1"]) == 2
+    assert "sampler_seed: must be >= 0, got -1" in capsys.readouterr().err
+    assert "bad" not in optuna.get_all_study_names(storage=open_storage(None, tmp_path / "runs"))
+
+
 @pytest.mark.parametrize("objective", ["pareto", "metric"])
 def test_hopeless_trials_are_pruned_early_in_both_modes(study_file: Path, tmp_path: Path, objective: str) -> None:
     space = yaml.safe_load(_space(tmp_path).read_text())

@@ -71,7 +71,8 @@ def arm_settings(args: argparse.Namespace, key: Record) -> Any:
         from elalora_auto.demo import demo_inputs
 
         overrides = demo_inputs(workdir.resolve())
-    overrides |= {k: key[k] for k in ("sampler", "startup_trials") if k in key}  # a paired search arm's options
+    # a paired search arm's options
+    overrides |= {k: key[k] for k in ("sampler", "startup_trials", "sampler_seed") if k in key}
     overrides |= {"method": method, "space": key.get("space", method), "trials": key["trials"], "seed": key["seed"],
                   "max_steps": key["steps"], "study": key["study"], "workdir": str(workdir), "no_tracking": True,
                   "pruning": json.loads(args.pruning_json)}

@@ -128,6 +128,9 @@ class SearchSettings:
     max_params: int | None = None
     timeout: float | None = None
     seed: int = 42
+    # the sampler's own seed, default `seed`: another value draws another search over the same training runs'
+    # randomness (data order, initialisation), which is how a search's spread over its draws is measured
+    sampler_seed: int | None = None
     device: str = "auto"
     study: str | None = None
     storage: str | None = None
@@ -172,7 +175,7 @@ class SearchSettings:
 
     def validate(self) -> None:
         """Types and ranges of every option, then the rules between options (one line each, naming the fix)."""
-        check_fields(self, positive=_POSITIVE, non_negative=("seed",))
+        check_fields(self, positive=_POSITIVE, non_negative=("seed", "sampler_seed"))
         if not self.task:
             raise UserError("no task: pass --task NAME (e.g. sst2) or set task: in the --config file")
         if self.objective not in OBJECTIVES:

@@ -145,9 +145,9 @@ class Worker:
     """Runs trials until the study holds its budget of them (or the timeout passes).
 
     `storage` is the backend the study was opened with (orphan recovery uses its public methods). The sampler's
-    seed is `sampler_seed(settings.seed, trials already in the study, salt)`, the salt being the pid unless
-    given (the `search` that created the study gives 0): a resumed study and parallel workers each draw fresh
-    configurations, not the ones the same seed drew before.
+    seed is `sampler_seed(settings.sampler_seed, else settings.seed, trials already in the study, salt)`, the
+    salt being the pid unless given (the `search` that created the study gives 0): a resumed study and parallel
+    workers each draw fresh configurations, not the ones the same seed drew before.
     """
 
     def __init__(self, plan: StudyPlan, study: optuna.Study, storage: Any, storage_label: str, gate: TrialGate,
@@ -160,8 +160,8 @@ class Worker:
         self.rule = PruningRule(settings.pruning, plan.multi, plan.baseline, plan.baseline_margin, storage,
                                 plan.rungs)
         study.pruner = self.rule.pruner()
-        seed = sampler_seed(settings.seed, len(study.get_trials(deepcopy=False)),
-                            os.getpid() if salt is None else salt)
+        seed = sampler_seed(settings.seed if settings.sampler_seed is None else settings.sampler_seed,
+                            len(study.get_trials(deepcopy=False)), os.getpid() if salt is None else salt)
         study.sampler = make_sampler(settings.sampler, seed, settings.startup_trials)
         self.budget = int(study.user_attrs.get("settings", {}).get("trials", settings.trials))
         self.trials_dir = Workdir(settings.workdir).trials(study.study_name)
