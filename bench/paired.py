@@ -17,6 +17,9 @@ Two kinds of arm, both on a built-in study file's task, data, model, batch, leng
   parameters) front and on the best metric at <= P parameters for three budgets P; also on how many seeds each
   arm's hypervolume is the largest; and trial by trial where an arm and the baseline drew the same configuration
   on one seed (an arm whose space only fixes a one-choice parameter draws the baseline's start-up).
+- `--pool NAME=ARM+ARM[+ARM...]`: search arms that are draws of one search (`draw=N`), also reported together:
+  per seed, the mean of each measure over the pool's arms, each pool against the pool holding the baseline, so a
+  verdict rests on several draws of each search while the seed stays the unit of the interval.
 
 Rows: one JSON line per finished run or study (bench/results/paired.jsonl), with the library versions and commit on
 every row. A re-run skips every row already there for this environment's versions (so it resumes); the report
@@ -27,6 +30,8 @@ compares only rows of this environment's versions and says how many it left out.
     python bench/paired.py --task sst2 --seeds 42 43 44 45 46 47 --trials 12 \\
         --search-arm ela=elalora --search-arm lora=lora --baseline lora   # 12 studies
     python bench/paired.py --task mnli ... --report                  # the report only, from the rows
+    python bench/paired.py --task sst2 ... --search-arm ela_d1=elalora,draw=1 --search-arm lora_d1=lora,draw=1 \
+        --pool ela=ela+ela_d1 --pool lo=lora+lora_d1 --report          # each seed's mean over two draws
     python bench/paired.py --smoke --arm a=lora --arm b=lora,learning_rate=1e-3 --baseline a   # tiny model
 """
 
@@ -46,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import search_vs_peers as peers  # noqa: E402
 from common import GLUE, OUT, ROOT, append_jsonl, command_line, machine_note, read_jsonl, versions  # noqa: E402
-from common.pairing import detectable, paired_interval, same_config_lines  # noqa: E402
+from common.pairing import detectable, paired_interval, pool_mean, same_config_lines  # noqa: E402
 from common.studies import NO_PRUNING, study_pruning  # noqa: E402
 from elalora_auto.search.settings import SAMPLERS  # noqa: E402
 
@@ -214,10 +219,11 @@ def run_lines(rows: list[Record], base: str) -> list[str]:
                                                       interval_row("trainable parameters", size, a, base, 1.0))]
 
 
-def search_lines(rows: list[Record], base: str, budgets: Sequence[int] | None, plots: Path) -> list[str]:
+def search_lines(rows: list[Record], base: str, budgets: Sequence[int] | None, plots: Path,
+                 pools: dict[str, list[str]] | None = None) -> list[str]:
     """Search arms: normalised hypervolume (one reference for every arm and seed) and best metric at <= P (the
-    metric floor where a study has no complete adapter that small); the fronts of every arm and seed on one figure
-    in `plots`."""
+    metric floor where a study has no complete adapter that small), each arm and then each pool of arms
+    (`pooled_lines`) against the baseline's; the fronts of every arm and seed on one figure in `plots`."""
     sizes = sorted(p[1] for r in rows for p in r["points"])
     ref = (float(rows[0]["baseline"]), 1.1 * (sizes[-1] if sizes else 1.0))
     quantiles = [int(sizes[int(q * (len(sizes) - 1))]) for q in (0.25, 0.5, 0.75)] if sizes else []
@@ -254,7 +260,28 @@ def search_lines(rows: list[Record], base: str, budgets: Sequence[int] | None, p
     wins = {a: sum(1 for s in seeds if hv[a][s] == max(v[s] for v in hv.values())) for a in hv}
     lines += ["", "Largest hypervolume, over the seeds every arm has finished (a tie counts for each): "
               + ", ".join(f"{a} on {k} of {len(seeds)} seeds" for a, k in wins.items())]
-    return lines + same_config_lines(rows, base)
+    measures = {"HV (x100)": hv, **{f"best at <= {b:,} (points)": {a: best[(a, b)] for a in hv} for b in budgets}}
+    return lines + (pooled_lines(measures, pools, base) if pools else []) + same_config_lines(rows, base)
+
+
+def pooled_lines(measures: dict[str, dict[str, dict[int, float]]], pools: dict[str, list[str]], base: str) -> list[str]:
+    """Each seed's mean over a pool's arms (draws of one search: `draw=N`), each pool against the baseline's pool.
+    One draw per seed leaves a search's luck in the verdict (its sampler seed alone moved a front's hypervolume by
+    as much as any lever); the mean over draws keeps the seed as the unit, so the interval is still over seeds."""
+    base_pool = next(name for name, members in pools.items() if base in members)
+    pooled = {label: {name: pool_mean(values, members) for name, members in pools.items()}
+              for label, values in measures.items()}
+    lines = ["", f"Pooled: per seed, the mean over each pool's arms ("
+             + "; ".join(f"{name} = {' + '.join(members)}" for name, members in pools.items())
+             + f"; a seed counts where every arm of both pools has its study), each pool against {base_pool}", "",
+             *HEADER]
+    lines += [interval_row(label, pooled[label], name, base_pool, 100.0)
+              for name in pools if name != base_pool for label in measures]
+    hv = pooled["HV (x100)"]
+    seeds = sorted(set.intersection(*(set(v) for v in hv.values())))
+    wins = {name: sum(1 for s in seeds if hv[name][s] == max(v[s] for v in hv.values())) for name in hv}
+    return lines + ["", "Largest mean hypervolume, over the seeds every pool has (a tie counts for each): "
+                    + ", ".join(f"{name} on {k} of {len(seeds)} seeds" for name, k in wins.items())]
 
 
 def calibration_lines(rows: list[Record], floor: float) -> list[str]:
@@ -285,7 +312,8 @@ def report(records: list[Record], args: argparse.Namespace) -> str:
         if base not in {r["arm"] for r in mine}:
             lines.append(f"{title}: no rows of the baseline arm {base!r} yet; nothing to pair")
             continue
-        body = run_lines(mine, base) if kind == "run" else search_lines(mine, base, args.budgets, args.plots)
+        body = (run_lines(mine, base) if kind == "run"
+                else search_lines(mine, base, args.budgets, args.plots, args.pools))
         lines += ["", f"**{title}: {args.task}, {args.steps} steps, paired over seeds "
                   f"{', '.join(map(str, sorted({r['seed'] for r in mine})))}**", "", *body]
     return "\n".join(lines) if lines else f"no rows for this comparison in {args.results}"
@@ -297,7 +325,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44, 45, 46, 47])
     parser.add_argument("--arm", action="append", default=[], help="NAME=METHOD[,KEY=VALUE...]: one run per seed")
     parser.add_argument("--search-arm", action="append", default=[],
-                        help="NAME=METHOD[,space=YAML][,sampler=tpe|gp][,startup=N]: a study per seed")
+                        help="NAME=METHOD[,space=YAML][,sampler=tpe|gp][,startup=N][,draw=N]: a study per seed")
+    parser.add_argument("--pool", action="append", default=[], metavar="NAME=ARM+ARM[+ARM...]",
+                        help="search arms reported together: per seed, the mean over the pool's arms (draws of one "
+                             "search), each pool against the pool holding the baseline")
     parser.add_argument("--baseline", action="append", required=True,
                         help="the arm every other arm of its kind is paired with (one per kind: --arm, --search-arm)")
     parser.add_argument("--steps", type=int, default=None, help="per run or trial (default: the study file's)")
@@ -328,10 +359,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                      f"{', '.join(kinds['run']) or 'none'}; --search-arm: {', '.join(kinds['study']) or 'none'})")
     for text in args.search_arm:
         search_options(parse_arm(text)[2])
+    args.pools = parse_pools(parser, args.pool, kinds["study"], args.baselines["study"])
     if len(args.seeds) < 2:
         parser.error("a paired comparison needs 2 or more --seeds (the protocol asks for 6)")
     args.steps = args.steps or peers.planned_steps(argparse.Namespace(max_steps=None), args.task)
     return args
+
+
+def parse_pools(parser: argparse.ArgumentParser, texts: list[str], arms: list[str],
+                base: str | None) -> dict[str, list[str]]:
+    """--pool NAME=ARM+ARM...: each of 2 or more search arms, a new name; the search baseline in exactly one."""
+    pools = {}
+    for text in texts:
+        name, _, rest = text.partition("=")
+        members = rest.split("+")
+        if not name or name in arms or name in pools or len(members) < 2 or set(members) - set(arms):
+            parser.error(f"a pool is NAME=ARM+ARM[+ARM...]: a new name and 2 or more of the search arms "
+                         f"({', '.join(arms) or 'none'}); got {text!r}")
+        pools[name] = members
+    if pools and sum(base in members for members in pools.values()) != 1:
+        parser.error(f"with --pool, the search baseline {base!r} must be in exactly one pool (the others are paired "
+                     "with it)")
+    return pools
 
 
 def main(argv: Sequence[str] | None = None) -> None:

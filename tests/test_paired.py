@@ -101,6 +101,31 @@ def test_no_adapter_under_a_budget_scores_the_floor(bench: ModuleType, tmp_path:
     assert "1,000: a seed 2" in next(line for line in lines if line.startswith("No complete adapter"))
 
 
+def test_pools_average_each_seeds_draws(bench: ModuleType, tmp_path: Path) -> None:
+    """A pool's value on a seed is the mean over its draws, paired with the baseline pool's on that seed; a seed
+    where one draw has not finished is left out (its mean would average fewer draws)."""
+    points = {("a", 1): 0.80, ("a2", 1): 0.70, ("b", 1): 0.70, ("b2", 1): 0.60,
+              ("a", 2): 0.90, ("a2", 2): 0.90, ("b", 2): 0.75, ("b2", 2): 0.85,
+              ("a", 3): 0.90, ("b", 3): 0.60, ("b2", 3): 0.60}  # seed 3: draw a2 not finished
+    rows = [study(arm, seed, [[value, 1000.0]]) for (arm, seed), value in points.items()]
+    lines = bench.search_lines(rows, "b", [1000, 2000, 3000], tmp_path, {"A": ["a", "a2"], "B": ["b", "b2"]})
+    pooled = lines[lines.index(next(line for line in lines if line.startswith("Pooled"))):]
+    # seed 1: (80 + 70) / 2 - (70 + 60) / 2 = +10; seed 2: 90 - 80 = +10; best at <= 1,000 is each study's value
+    assert "| best at <= 1,000 (points) | A - B | 2 | 82.50 | 72.50 | +10.00 | 0.00 |" in "\n".join(pooled)
+    assert "+10.00 +10.00 |" in next(line for line in pooled if line.startswith("| best at <= 1,000"))
+    assert pooled[-1].endswith("A on 2 of 2 seeds, B on 0 of 2 seeds")
+
+
+@pytest.mark.parametrize("pool", ["A=a", "a=a+a2", "A=a+c", "A=a+a2 --pool B=a2+b", "A=a+a2"])
+def test_bad_pools_exit_before_any_work(bench: ModuleType, pool: str, capsys: pytest.CaptureFixture) -> None:
+    """One member, a name taken by an arm, an unknown arm, the baseline in two pools or in none: a usage error."""
+    argv = ["--smoke", "--seeds", "1", "2", "--search-arm", "a=lora", "--search-arm", "a2=lora,draw=1",
+            "--search-arm", "b=lora", "--baseline", "b" if pool != "A=a+a2 --pool B=a2+b" else "a2"]
+    with pytest.raises(SystemExit) as exit_info:
+        bench.parse_args([*argv, *(f"--pool {pool}".split())])
+    assert exit_info.value.code == 2 and "pool" in capsys.readouterr().err
+
+
 def trial(number: int, params: dict, value: float | None, size: int, steps: int) -> dict:
     """One trial of a study row as paired.py writes it (value None: pruned)."""
     return {"number": number, "state": "PRUNED" if value is None else "COMPLETE", "accuracy": value,

@@ -1,5 +1,6 @@
-"""Paired statistics for bench/paired.py: the mean of per-seed differences with its t-interval, the difference a
-design can detect, and trial-by-trial pairs of two searches that drew the same configuration."""
+"""Paired statistics for bench/paired.py: the mean of per-seed differences with its t-interval, per-seed means over
+a search's draws, the difference a design can detect, and trial-by-trial pairs of two searches that drew the same
+configuration."""
 
 from __future__ import annotations
 
@@ -22,6 +23,13 @@ def paired_interval(diffs: Sequence[float], level: float = 0.95) -> dict[str, An
     sd = statistics.stdev(diffs)
     half = float(t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
     return {"n": n, "mean": mean, "sd": sd, "low": mean - half, "high": mean + half}
+
+
+def pool_mean(values: dict[str, dict[int, float]], members: Sequence[str]) -> dict[int, float]:
+    """Per seed, the mean of one measure over a pool's arms (draws of one search): only seeds where every member
+    has a value, so each seed's mean averages the same number of draws."""
+    seeds = set.intersection(*(set(values.get(arm, {})) for arm in members))
+    return {seed: statistics.fmean(values[arm][seed] for arm in members) for seed in sorted(seeds)}
 
 
 def detectable(sd: float, n: int, power: float = 0.8, level: float = 0.95) -> float:
