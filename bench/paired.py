@@ -17,9 +17,10 @@ Two kinds of arm, both on a built-in study file's task, data, model, batch, leng
   parameters) front and on the best metric at <= P parameters for three budgets P; also on how many seeds each
   arm's hypervolume is the largest; and trial by trial where an arm and the baseline drew the same configuration
   on one seed (an arm whose space only fixes a one-choice parameter draws the baseline's start-up).
-- `--pool NAME=ARM+ARM[+ARM...]`: search arms that are draws of one search (`draw=N`), also reported together:
-  per seed, the mean of each measure over the pool's arms, each pool against the pool holding the baseline, so a
-  verdict rests on several draws of each search while the seed stays the unit of the interval.
+- `--pool NAME=ARM[+ARM...]`: search arms that are draws of one search (`draw=N`), also reported together, each
+  pool against the pool holding the baseline: per seed, the mean of each measure over the pool's arms (a verdict
+  that rests on several draws of each search while the seed stays the unit of the interval), and the union of
+  their fronts (what k independent searches found between them, at k times the trials).
 
 Rows: one JSON line per finished run or study (bench/results/paired.jsonl), with the library versions and commit on
 every row. A re-run skips every row already there for this environment's versions (so it resumes); the report
@@ -31,7 +32,7 @@ compares only rows of this environment's versions and says how many it left out.
         --search-arm ela=elalora --search-arm lora=lora --baseline lora   # 12 studies
     python bench/paired.py --task mnli ... --report                  # the report only, from the rows
     python bench/paired.py --task sst2 ... --search-arm ela_d1=elalora,draw=1 --search-arm lora_d1=lora,draw=1 \
-        --pool ela=ela+ela_d1 --pool lo=lora+lora_d1 --report          # each seed's mean over two draws
+        --pool ela=ela+ela_d1 --pool lo=lora+lora_d1 --report    # mean over two draws per seed, and union
     python bench/paired.py --smoke --arm a=lora --arm b=lora,learning_rate=1e-3 --baseline a   # tiny model
 """
 
@@ -219,6 +220,35 @@ def run_lines(rows: list[Record], base: str) -> list[str]:
                                                       interval_row("trainable parameters", size, a, base, 1.0))]
 
 
+def front_measures(fronts: dict[str, dict[int, list]], ref: tuple[float, float], budgets: Sequence[int]
+                   ) -> tuple[dict[str, dict[str, dict[int, float]]], dict[int, list[str]]]:
+    """Per measure (normalised hypervolume, best metric at <= P): name -> seed -> value, from each (name, seed)'s
+    complete (metric, trainable parameters) points; and per budget the (name, seed)s with no adapter that small."""
+    hv = {name: {seed: peers.normalised_hv([tuple(p) for p in points], ref) for seed, points in by_seed.items()}
+          for name, by_seed in fronts.items()}
+    measures, empty = {"HV (x100)": hv}, {}
+    for b in budgets:
+        # a study with no complete adapter at <= P gave its user the majority class there, as its hypervolume
+        # counts it: scored at the floor, not dropped (dropping the seed would pair only the seeds it did well)
+        best = {name: {seed: peers.best_at([tuple(p) for p in points], b) for seed, points in by_seed.items()}
+                for name, by_seed in fronts.items()}
+        empty[b] = [f"{name} seed {seed}" for name, by_seed in best.items()
+                    for seed, value in by_seed.items() if value is None]
+        measures[f"best at <= {b:,} (points)"] = {
+            name: {seed: ref[0] if value is None else value for seed, value in by_seed.items()}
+            for name, by_seed in best.items()}
+    return measures, empty
+
+
+def largest_hv(hv: dict[str, dict[int, float]], what: str) -> str:
+    """On how many seeds each name's hypervolume is the largest, over the seeds every name has (a seed whose
+    baseline has not finished yet must not count as a win for the others)."""
+    seeds = sorted(set.intersection(*(set(v) for v in hv.values())))
+    wins = {name: sum(1 for s in seeds if hv[name][s] == max(v[s] for v in hv.values())) for name in hv}
+    return (f"Largest {what}, over the seeds every one has (a tie counts for each): "
+            + ", ".join(f"{name} on {k} of {len(seeds)} seeds" for name, k in wins.items()))
+
+
 def search_lines(rows: list[Record], base: str, budgets: Sequence[int] | None, plots: Path,
                  pools: dict[str, list[str]] | None = None) -> list[str]:
     """Search arms: normalised hypervolume (one reference for every arm and seed) and best metric at <= P (the
@@ -228,60 +258,50 @@ def search_lines(rows: list[Record], base: str, budgets: Sequence[int] | None, p
     ref = (float(rows[0]["baseline"]), 1.1 * (sizes[-1] if sizes else 1.0))
     quantiles = [int(sizes[int(q * (len(sizes) - 1))]) for q in (0.25, 0.5, 0.75)] if sizes else []
     budgets = list(budgets or quantiles)
-    hv = {r["arm"]: {} for r in rows}
-    best = {(r["arm"], b): {} for r in rows for b in budgets}
-    empty: dict[int, list[str]] = {b: [] for b in budgets}
+    fronts: dict[str, dict[int, list]] = {r["arm"]: {} for r in rows}
     for r in rows:
-        points = [tuple(p) for p in r["points"]]
-        hv[r["arm"]][r["seed"]] = peers.normalised_hv(points, ref)
-        for b in budgets:
-            # a study with no complete adapter at <= P gave its user the majority class there, as its hypervolume
-            # counts it: scored at the floor, not dropped (dropping the seed would pair only the seeds it did well)
-            value = peers.best_at(points, b)
-            if value is None:
-                empty[b].append(f"{r['arm']} seed {r['seed']}")
-            best[(r["arm"], b)][r["seed"]] = ref[0] if value is None else value
+        fronts[r["arm"]][r["seed"]] = r["points"]
+    measures, empty = front_measures(fronts, ref, budgets)
     first = rows[0]
     path = peers.plot_fronts(rows, ref, plots / f"paired_{first['task']}.png", f"{first['task']}: search fronts, "
                              f"{first['trials']} trials x {first['steps']} steps per study, pruning {first['pruning']}",
                              metric=first["metric"])
-    arms = [a for a in hv if a != base]
     lines = [f"Fronts of every arm and seed: {path}", "",
              f"Reference: metric floor {ref[0]:.4f} (majority class), cost ceiling {ref[1]:,.0f}; budgets P: "
              + ", ".join(f"{b:,}" for b in budgets), "", *HEADER]
-    for arm in arms:
-        lines.append(interval_row("HV (x100)", hv, arm, base, 100.0))
-        for b in budgets:
-            pair = {a: best[(a, b)] for a in (arm, base)}
-            lines.append(interval_row(f"best at <= {b:,} (points)", pair, arm, base, 100.0))
+    lines += [interval_row(label, values, arm, base, 100.0)
+              for arm in fronts if arm != base for label, values in measures.items()]
     lines += ["", "No complete adapter at <= P (scored at the metric floor): "
-              + ("; ".join(f"{b:,}: {', '.join(names)}" for b, names in empty.items() if names) or "none")]
-    seeds = sorted(set.intersection(*(set(v) for v in hv.values())))  # a seed counts once every arm has its study
-    wins = {a: sum(1 for s in seeds if hv[a][s] == max(v[s] for v in hv.values())) for a in hv}
-    lines += ["", "Largest hypervolume, over the seeds every arm has finished (a tie counts for each): "
-              + ", ".join(f"{a} on {k} of {len(seeds)} seeds" for a, k in wins.items())]
-    measures = {"HV (x100)": hv, **{f"best at <= {b:,} (points)": {a: best[(a, b)] for a in hv} for b in budgets}}
-    return lines + (pooled_lines(measures, pools, base) if pools else []) + same_config_lines(rows, base)
+              + ("; ".join(f"{b:,}: {', '.join(names)}" for b, names in empty.items() if names) or "none"),
+              "", largest_hv(measures["HV (x100)"], "hypervolume")]
+    pooled = pooled_lines(measures, fronts, ref, budgets, pools, base) if pools else []
+    return lines + pooled + same_config_lines(rows, base)
 
 
-def pooled_lines(measures: dict[str, dict[str, dict[int, float]]], pools: dict[str, list[str]], base: str) -> list[str]:
-    """Each seed's mean over a pool's arms (draws of one search: `draw=N`), each pool against the baseline's pool.
-    One draw per seed leaves a search's luck in the verdict (its sampler seed alone moved a front's hypervolume by
-    as much as any lever); the mean over draws keeps the seed as the unit, so the interval is still over seeds."""
+def pooled_lines(measures: dict[str, dict[str, dict[int, float]]], fronts: dict[str, dict[int, list]],
+                 ref: tuple[float, float], budgets: Sequence[int], pools: dict[str, list[str]], base: str) -> list[str]:
+    """Each pool against the baseline's pool, two ways. The mean: each seed's mean over a pool's arms (draws of one
+    search: `draw=N`); one draw per seed leaves a search's luck in the verdict (its sampler seed alone moved a
+    front's hypervolume by as much as any lever), and the mean over draws keeps the seed as the unit of the
+    interval. The union: the front of all the pool's trials together, what the pool's independent searches found
+    between them (k draws: k times the trials, each draw's trial 0 the same configuration)."""
     base_pool = next(name for name, members in pools.items() if base in members)
-    pooled = {label: {name: pool_mean(values, members) for name, members in pools.items()}
-              for label, values in measures.items()}
-    lines = ["", f"Pooled: per seed, the mean over each pool's arms ("
-             + "; ".join(f"{name} = {' + '.join(members)}" for name, members in pools.items())
-             + f"; a seed counts where every arm of both pools has its study), each pool against {base_pool}", "",
-             *HEADER]
-    lines += [interval_row(label, pooled[label], name, base_pool, 100.0)
-              for name in pools if name != base_pool for label in measures]
-    hv = pooled["HV (x100)"]
-    seeds = sorted(set.intersection(*(set(v) for v in hv.values())))
-    wins = {name: sum(1 for s in seeds if hv[name][s] == max(v[s] for v in hv.values())) for name in hv}
-    return lines + ["", "Largest mean hypervolume, over the seeds every pool has (a tie counts for each): "
-                    + ", ".join(f"{name} on {k} of {len(seeds)} seeds" for name, k in wins.items())]
+    names = "; ".join(f"{name} = {' + '.join(members)}" for name, members in pools.items())
+    mean = {label: {name: pool_mean(values, members) for name, members in pools.items()}
+            for label, values in measures.items()}
+    union_fronts = {name: {seed: [p for arm in members for p in fronts[arm][seed]]
+                           for seed in pool_mean(measures["HV (x100)"], members)} for name, members in pools.items()}
+    union, _ = front_measures(union_fronts, ref, budgets)
+    lines = []
+    for title, values, what in (
+            ("Pooled, the mean: per seed, the mean over each pool's arms", mean, "mean hypervolume"),
+            ("Pooled, the union: per seed, the front of all each pool's trials", union, "union hypervolume")):
+        lines += ["", f"{title} ({names}; a seed counts where every arm of both pools has its study), each pool "
+                  f"against {base_pool}", "", *HEADER]
+        lines += [interval_row(label, values[label], name, base_pool, 100.0)
+                  for name in pools if name != base_pool for label in values]
+        lines += ["", largest_hv(values["HV (x100)"], what)]
+    return lines
 
 
 def calibration_lines(rows: list[Record], floor: float) -> list[str]:
@@ -326,7 +346,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--arm", action="append", default=[], help="NAME=METHOD[,KEY=VALUE...]: one run per seed")
     parser.add_argument("--search-arm", action="append", default=[],
                         help="NAME=METHOD[,space=YAML][,sampler=tpe|gp][,startup=N][,draw=N]: a study per seed")
-    parser.add_argument("--pool", action="append", default=[], metavar="NAME=ARM+ARM[+ARM...]",
+    parser.add_argument("--pool", action="append", default=[], metavar="NAME=ARM[+ARM...]",
                         help="search arms reported together: per seed, the mean over the pool's arms (draws of one "
                              "search), each pool against the pool holding the baseline")
     parser.add_argument("--baseline", action="append", required=True,
@@ -368,13 +388,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def parse_pools(parser: argparse.ArgumentParser, texts: list[str], arms: list[str],
                 base: str | None) -> dict[str, list[str]]:
-    """--pool NAME=ARM+ARM...: each of 2 or more search arms, a new name; the search baseline in exactly one."""
+    """--pool NAME=ARM[+ARM...]: a new name for one or more search arms; the search baseline in exactly one pool."""
     pools = {}
     for text in texts:
         name, _, rest = text.partition("=")
         members = rest.split("+")
-        if not name or name in arms or name in pools or len(members) < 2 or set(members) - set(arms):
-            parser.error(f"a pool is NAME=ARM+ARM[+ARM...]: a new name and 2 or more of the search arms "
+        if not name or name in arms or name in pools or not all(members) or set(members) - set(arms):
+            parser.error(f"a pool is NAME=ARM[+ARM...]: a new name and one or more of the search arms "
                          f"({', '.join(arms) or 'none'}); got {text!r}")
         pools[name] = members
     if pools and sum(base in members for members in pools.values()) != 1:

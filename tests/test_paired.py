@@ -101,24 +101,41 @@ def test_no_adapter_under_a_budget_scores_the_floor(bench: ModuleType, tmp_path:
     assert "1,000: a seed 2" in next(line for line in lines if line.startswith("No complete adapter"))
 
 
-def test_pools_average_each_seeds_draws(bench: ModuleType, tmp_path: Path) -> None:
-    """A pool's value on a seed is the mean over its draws, paired with the baseline pool's on that seed; a seed
-    where one draw has not finished is left out (its mean would average fewer draws)."""
-    points = {("a", 1): 0.80, ("a2", 1): 0.70, ("b", 1): 0.70, ("b2", 1): 0.60,
-              ("a", 2): 0.90, ("a2", 2): 0.90, ("b", 2): 0.75, ("b2", 2): 0.85,
-              ("a", 3): 0.90, ("b", 3): 0.60, ("b2", 3): 0.60}  # seed 3: draw a2 not finished
-    rows = [study(arm, seed, [[value, 1000.0]]) for (arm, seed), value in points.items()]
-    lines = bench.search_lines(rows, "b", [1000, 2000, 3000], tmp_path, {"A": ["a", "a2"], "B": ["b", "b2"]})
-    pooled = lines[lines.index(next(line for line in lines if line.startswith("Pooled"))):]
-    # seed 1: (80 + 70) / 2 - (70 + 60) / 2 = +10; seed 2: 90 - 80 = +10; best at <= 1,000 is each study's value
-    assert "| best at <= 1,000 (points) | A - B | 2 | 82.50 | 72.50 | +10.00 | 0.00 |" in "\n".join(pooled)
-    assert "+10.00 +10.00 |" in next(line for line in pooled if line.startswith("| best at <= 1,000"))
-    assert pooled[-1].endswith("A on 2 of 2 seeds, B on 0 of 2 seeds")
+def test_pools_average_each_seeds_draws_and_unite_their_fronts(bench: ModuleType, tmp_path: Path) -> None:
+    """A pool's mean on a seed is the mean over its draws, its union the front of all their trials, each paired
+    with the baseline pool's on that seed; a seed where one draw has not finished is left out (its mean would
+    average fewer draws). A pool of one arm is that arm."""
+    points = {("a", 1): [[0.80, 1000.0]], ("a2", 1): [[0.70, 1000.0]], ("b", 1): [[0.70, 1000.0]],
+              ("b2", 1): [[0.60, 1000.0]], ("a", 2): [[0.90, 1000.0]], ("a2", 2): [[0.90, 1000.0], [0.95, 2500.0]],
+              ("b", 2): [[0.75, 1000.0]], ("b2", 2): [[0.85, 1000.0]],
+              ("a", 3): [[0.90, 1000.0]], ("b", 3): [[0.60, 1000.0]], ("b2", 3): [[0.60, 1000.0]]}  # no a2 on 3
+    rows = [study(arm, seed, front) for (arm, seed), front in points.items()]
+    lines = bench.search_lines(rows, "b", [1000, 2000, 3000], tmp_path,
+                               {"A": ["a", "a2"], "B": ["b", "b2"], "one": ["a"]})
+    mean = lines[lines.index(next(line for line in lines if line.startswith("Pooled, the mean"))):]
+    union = mean[mean.index(next(line for line in mean if line.startswith("Pooled, the union"))):]
+    row = lambda block, label, name: next(x for x in block if x.startswith(f"| {label} | {name} - B |"))
+    # mean, seed 1: (80 + 70) / 2 - (70 + 60) / 2 = +10; seed 2: 90 - 80 = +10 (at <= 1,000); at <= 3,000 seed 2:
+    # (90 + 95) / 2 - 80 = +12.5
+    assert row(mean, "best at <= 1,000 (points)", "A").endswith("| 2 | 82.50 | 72.50 | +10.00 | 0.00 | [+10.00, "
+                                                                 "+10.00] | 0.00 | +10.00 +10.00 |")
+    assert row(mean, "best at <= 3,000 (points)", "A").endswith("+10.00 +12.50 |")
+    # union, seed 1: max(80, 70) - max(70, 60) = +10; seed 2 at <= 1,000: 90 - 85 = +5, at <= 3,000: 95 - 85 = +10
+    assert row(union, "best at <= 1,000 (points)", "A").endswith("+10.00 +5.00 |")
+    assert row(union, "best at <= 3,000 (points)", "A").endswith("+10.00 +10.00 |")
+    # the one-arm pool: a's own values against B's on seeds 1-3 (seed 3 has no a2, which `one` does not need):
+    # 80 - 65, 90 - 80, 90 - 60 (mean); 80 - 70, 90 - 85, 90 - 60 (union)
+    assert row(mean, "best at <= 1,000 (points)", "one").endswith("+15.00 +10.00 +30.00 |")
+    assert row(union, "best at <= 1,000 (points)", "one").endswith("+10.00 +5.00 +30.00 |")
+    # seed 1: A's union front is a's alone (a2's 70 at the same size is dominated): a tie that counts for both
+    assert next(x for x in union if x.startswith("Largest union")).endswith(
+        "A on 2 of 2 seeds, B on 0 of 2 seeds, one on 1 of 2 seeds")
 
 
-@pytest.mark.parametrize("pool", ["A=a", "a=a+a2", "A=a+c", "A=a+a2 --pool B=a2+b", "A=a+a2"])
+@pytest.mark.parametrize("pool", ["A=", "A=a+", "a=a+a2", "A=a+c", "A=a+a2 --pool B=a2+b", "A=a+a2"])
 def test_bad_pools_exit_before_any_work(bench: ModuleType, pool: str, capsys: pytest.CaptureFixture) -> None:
-    """One member, a name taken by an arm, an unknown arm, the baseline in two pools or in none: a usage error."""
+    """No or an empty member, a name taken by an arm, an unknown arm, the baseline in two pools or in none: a usage
+    error before any study runs."""
     argv = ["--smoke", "--seeds", "1", "2", "--search-arm", "a=lora", "--search-arm", "a2=lora,draw=1",
             "--search-arm", "b=lora", "--baseline", "b" if pool != "A=a+a2 --pool B=a2+b" else "a2"]
     with pytest.raises(SystemExit) as exit_info:
