@@ -31,7 +31,7 @@ compares only rows of this environment's versions and says how many it left out.
     python bench/paired.py --task sst2 --seeds 42 43 44 45 46 47 --trials 12 \\
         --search-arm ela=elalora --search-arm lora=lora --baseline lora   # 12 studies
     python bench/paired.py --task mnli ... --report                  # the report only, from the rows
-    python bench/paired.py --task sst2 ... --search-arm ela_d1=elalora,draw=1 --search-arm lora_d1=lora,draw=1 \
+    python bench/paired.py --task sst2 ... --search-arm ela_d1=elalora,draw=1 --search-arm lora_d1=lora,draw=1 \\
         --pool ela=ela+ela_d1 --pool lo=lora+lora_d1 --report    # mean over two draws per seed, and union
     python bench/paired.py --smoke --arm a=lora --arm b=lora,learning_rate=1e-3 --baseline a   # tiny model
 """
@@ -295,7 +295,7 @@ def pooled_lines(measures: dict[str, dict[str, dict[int, float]]], fronts: dict[
     lines = []
     for title, values, what in (
             ("Pooled, the mean: per seed, the mean over each pool's arms", mean, "mean hypervolume"),
-            ("Pooled, the union: per seed, the front of all each pool's trials", union, "union hypervolume")):
+            ("Pooled, the union: per seed, the front of all of each pool's trials", union, "union hypervolume")):
         lines += ["", f"{title} ({names}; a seed counts where every arm of both pools has its study), each pool "
                   f"against {base_pool}", "", *HEADER]
         lines += [interval_row(label, values[label], name, base_pool, 100.0)
@@ -347,8 +347,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--search-arm", action="append", default=[],
                         help="NAME=METHOD[,space=YAML][,sampler=tpe|gp][,startup=N][,draw=N]: a study per seed")
     parser.add_argument("--pool", action="append", default=[], metavar="NAME=ARM[+ARM...]",
-                        help="search arms reported together: per seed, the mean over the pool's arms (draws of one "
-                             "search), each pool against the pool holding the baseline")
+                        help="search arms reported together, each pool against the pool holding the baseline: per "
+                             "seed, the mean over the pool's arms (draws of one search) and the union of their fronts")
     parser.add_argument("--baseline", action="append", required=True,
                         help="the arm every other arm of its kind is paired with (one per kind: --arm, --search-arm)")
     parser.add_argument("--steps", type=int, default=None, help="per run or trial (default: the study file's)")
