@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import search_vs_peers as peers  # noqa: E402
 from common import GLUE, OUT, ROOT, append_jsonl, command_line, machine_note, read_jsonl, versions  # noqa: E402
+from common.fronts import front_measures, largest_hv  # noqa: E402
 from common.pairing import detectable, paired_interval, pool_mean, same_config_lines  # noqa: E402
 from common.studies import NO_PRUNING, study_pruning  # noqa: E402
 from elalora_auto.search.settings import SAMPLERS  # noqa: E402
@@ -218,35 +219,6 @@ def run_lines(rows: list[Record], base: str) -> list[str]:
     name = rows[0]["metric"]
     return HEADER + [line for a in arms for line in (interval_row(f"{name} (points)", metric, a, base, 100.0),
                                                       interval_row("trainable parameters", size, a, base, 1.0))]
-
-
-def front_measures(fronts: dict[str, dict[int, list]], ref: tuple[float, float], budgets: Sequence[int]
-                   ) -> tuple[dict[str, dict[str, dict[int, float]]], dict[int, list[str]]]:
-    """Per measure (normalised hypervolume, best metric at <= P): name -> seed -> value, from each (name, seed)'s
-    complete (metric, trainable parameters) points; and per budget the (name, seed)s with no adapter that small."""
-    hv = {name: {seed: peers.normalised_hv([tuple(p) for p in points], ref) for seed, points in by_seed.items()}
-          for name, by_seed in fronts.items()}
-    measures, empty = {"HV (x100)": hv}, {}
-    for b in budgets:
-        # a study with no complete adapter at <= P gave its user the majority class there, as its hypervolume
-        # counts it: scored at the floor, not dropped (dropping the seed would pair only the seeds it did well)
-        best = {name: {seed: peers.best_at([tuple(p) for p in points], b) for seed, points in by_seed.items()}
-                for name, by_seed in fronts.items()}
-        empty[b] = [f"{name} seed {seed}" for name, by_seed in best.items()
-                    for seed, value in by_seed.items() if value is None]
-        measures[f"best at <= {b:,} (points)"] = {
-            name: {seed: ref[0] if value is None else value for seed, value in by_seed.items()}
-            for name, by_seed in best.items()}
-    return measures, empty
-
-
-def largest_hv(hv: dict[str, dict[int, float]], what: str) -> str:
-    """On how many seeds each name's hypervolume is the largest, over the seeds every name has (a seed whose
-    baseline has not finished yet must not count as a win for the others)."""
-    seeds = sorted(set.intersection(*(set(v) for v in hv.values())))
-    wins = {name: sum(1 for s in seeds if hv[name][s] == max(v[s] for v in hv.values())) for name in hv}
-    return (f"Largest {what}, over the seeds every one has (a tie counts for each): "
-            + ", ".join(f"{name} on {k} of {len(seeds)} seeds" for name, k in wins.items()))
 
 
 def search_lines(rows: list[Record], base: str, budgets: Sequence[int] | None, plots: Path,

@@ -1,6 +1,6 @@
 """Fronts of (accuracy, trainable parameters) points, as the search benches report them: one hypervolume
-reference per task, the best accuracy at or under a parameter budget, whether one front covers another, and the
-front plot's shared axes. A study here is a results row with `rows` (state, accuracy, trainable_params)."""
+reference per task, the best accuracy at or under a parameter budget, both for many fronts at once and who has the
+largest hypervolume per seed, whether one front covers another, and the front plot's shared axes. A study here is a results row with `rows` (state, accuracy, trainable_params)."""
 
 from __future__ import annotations
 
@@ -43,6 +43,35 @@ def normalised_hv(points: Sequence[Point], ref: Point) -> float:
     from elalora_auto.search.pareto import hypervolume
 
     return hypervolume(points, ref) / ((1.0 - ref[0]) * ref[1])
+
+
+def front_measures(fronts: dict[str, dict[int, list[Point]]], ref: Point, budgets: Sequence[int]
+                   ) -> tuple[dict[str, dict[str, dict[int, float]]], dict[int, list[str]]]:
+    """Per measure (normalised hypervolume, best metric at <= P): name -> seed -> value, from each (name, seed)'s
+    complete (metric, trainable parameters) points; and per budget the (name, seed)s with no adapter that small."""
+    hv = {name: {seed: normalised_hv([tuple(p) for p in points], ref) for seed, points in by_seed.items()}
+          for name, by_seed in fronts.items()}
+    measures, empty = {"HV (x100)": hv}, {}
+    for b in budgets:
+        # a study with no complete adapter at <= P gave its user the majority class there, as its hypervolume
+        # counts it: scored at the floor, not dropped (dropping the seed would pair only the seeds it did well)
+        best = {name: {seed: best_at([tuple(p) for p in points], b) for seed, points in by_seed.items()}
+                for name, by_seed in fronts.items()}
+        empty[b] = [f"{name} seed {seed}" for name, by_seed in best.items()
+                    for seed, value in by_seed.items() if value is None]
+        measures[f"best at <= {b:,} (points)"] = {
+            name: {seed: ref[0] if value is None else value for seed, value in by_seed.items()}
+            for name, by_seed in best.items()}
+    return measures, empty
+
+
+def largest_hv(hv: dict[str, dict[int, float]], what: str) -> str:
+    """On how many seeds each name's hypervolume is the largest, over the seeds every name has (a seed whose
+    baseline has not finished yet must not count as a win for the others)."""
+    seeds = sorted(set.intersection(*(set(v) for v in hv.values())))
+    wins = {name: sum(1 for s in seeds if hv[name][s] == max(v[s] for v in hv.values())) for name in hv}
+    return (f"Largest {what}, over the seeds every one has (a tie counts for each): "
+            + ", ".join(f"{name} on {k} of {len(seeds)} seeds" for name, k in wins.items()))
 
 
 def covers(a: Sequence[Point], b: Sequence[Point]) -> bool:
