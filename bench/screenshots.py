@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -95,34 +95,38 @@ class DevTools:
         os.close(self.from_chrome[0])
 
 
-def frames(tmp: Path, url: str, wait_s: float = 20.0) -> list[dict[str, Any]]:
-    """Load `url` in headless Chromium for `wait_s` seconds of real time; then, for the page and each of its
-    frames, {"url", "svgs" (plot SVGs), "text"}.
+def frames(tmp: Path, url: str, ready: Callable[[list[dict[str, Any]]], bool], wait_s: float = 120.0
+           ) -> list[dict[str, Any]]:
+    """Load `url` in headless Chromium and read, for the page and each of its frames, {"url", "svgs" (plot SVGs),
+    "text"} once a second until `ready(found)` holds or `wait_s` seconds of real time pass; the last reading.
 
     Real time, over the DevTools protocol, not `--virtual-time-budget`: virtual time does not drive a sandboxed
     iframe's own process, so MLflow's HTML artifact viewer (a sandboxed blob: iframe) screenshots blank that way
-    however its page renders.
+    however its page renders. Polled, not one fixed wait: on a loaded machine the viewer's iframe took over 20 s.
     """
     import json
     import time
 
     tools = DevTools(tmp)
+    probe = ("JSON.stringify({url: location.href, svgs: document.querySelectorAll('svg.main-svg').length, "
+             "text: document.body ? document.body.innerText : ''})")
     try:
         target = tools.call("Target.createTarget", {"url": "about:blank"})["targetId"]
         page = tools.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         tools.call("Target.setAutoAttach", {"autoAttach": True, "waitForDebuggerOnStart": False, "flatten": True},
                    page)
         tools.call("Page.navigate", {"url": url}, page)
-        time.sleep(wait_s)
-        tools.call("Target.getTargets")  # reads what came meanwhile: the frames' sessions
-        probe = ("JSON.stringify({url: location.href, svgs: document.querySelectorAll('svg.main-svg').length, "
-                 "text: document.body ? document.body.innerText : ''})")
-        found = []
-        for session in [page, *tools.sessions]:
-            value = tools.call("Runtime.evaluate", {"expression": probe, "returnByValue": True}, session)
-            if "result" in value:
-                found.append(json.loads(value["result"]["value"]))
-        return found
+        deadline = time.monotonic() + wait_s
+        while True:
+            time.sleep(1.0)
+            tools.call("Target.getTargets")  # reads what came meanwhile: the frames' sessions
+            found = []
+            for session in [page, *tools.sessions]:
+                value = tools.call("Runtime.evaluate", {"expression": probe, "returnByValue": True}, session)
+                if "result" in value:
+                    found.append(json.loads(value["result"]["value"]))
+            if ready(found) or time.monotonic() > deadline:
+                return found
     finally:
         tools.close()
 

@@ -57,7 +57,8 @@ def test_mlflow_ui_lists_trials_pruned_ones_with_rank_maps_and_opens_the_pareto_
         dom = chromium(tmp_path, f"{experiment_url}/{runs.parent_run_id}/artifacts/pareto_front.png", "--dump-dom")
         assert "pareto_front.png" in _text(dom) and "study_plots.html" in _text(dom)
         # MLflow shows an HTML artifact in a sandboxed blob: iframe; the plots must draw there (plotly inlined)
-        viewer = frames(tmp_path, f"{experiment_url}/{runs.parent_run_id}/artifacts/study_plots.html")
+        drawn = lambda found: any(f["url"].startswith("blob:") and f["svgs"] >= 3 for f in found)  # noqa: E731
+        viewer = frames(tmp_path, f"{experiment_url}/{runs.parent_run_id}/artifacts/study_plots.html", drawn)
         plots = [frame for frame in viewer if frame["url"].startswith("blob:")]
         assert plots and plots[0]["svgs"] >= 3, [(frame["url"], frame["svgs"]) for frame in viewer]
         assert "metric against trainable parameters" in plots[0]["text"]
