@@ -262,7 +262,8 @@ def pooled_lines(measures: dict[str, dict[str, dict[int, float]]], fronts: dict[
     mean = {label: {name: pool_mean(values, members) for name, members in pools.items()}
             for label, values in measures.items()}
     union_fronts = {name: {seed: [p for arm in members for p in fronts[arm][seed]]
-                           for seed in pool_mean(measures["HV (x100)"], members)} for name, members in pools.items()}
+                           for seed in set.intersection(*(set(fronts.get(arm, {})) for arm in members))}
+                    for name, members in pools.items()}
     union, _ = front_measures(union_fronts, ref, budgets)
     lines = []
     for title, values, what in (

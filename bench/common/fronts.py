@@ -1,6 +1,7 @@
 """Fronts of (accuracy, trainable parameters) points, as the search benches report them: one hypervolume
 reference per task, the best accuracy at or under a parameter budget, both for many fronts at once and who has the
-largest hypervolume per seed, whether one front covers another, and the front plot's shared axes. A study here is a results row with `rows` (state, accuracy, trainable_params)."""
+largest hypervolume per seed, whether one front covers another, and the front plot's shared axes.
+A study here is a results row with `rows` (state, accuracy, trainable_params)."""
 
 from __future__ import annotations
 
@@ -49,13 +50,15 @@ def front_measures(fronts: dict[str, dict[int, list[Point]]], ref: Point, budget
                    ) -> tuple[dict[str, dict[str, dict[int, float]]], dict[int, list[str]]]:
     """Per measure (normalised hypervolume, best metric at <= P): name -> seed -> value, from each (name, seed)'s
     complete (metric, trainable parameters) points; and per budget the (name, seed)s with no adapter that small."""
-    hv = {name: {seed: normalised_hv([tuple(p) for p in points], ref) for seed, points in by_seed.items()}
+    fronts = {name: {seed: [tuple(p) for p in points] for seed, points in by_seed.items()}  # JSON rows hold lists
+              for name, by_seed in fronts.items()}
+    hv = {name: {seed: normalised_hv(points, ref) for seed, points in by_seed.items()}
           for name, by_seed in fronts.items()}
     measures, empty = {"HV (x100)": hv}, {}
     for b in budgets:
         # a study with no complete adapter at <= P gave its user the majority class there, as its hypervolume
         # counts it: scored at the floor, not dropped (dropping the seed would pair only the seeds it did well)
-        best = {name: {seed: best_at([tuple(p) for p in points], b) for seed, points in by_seed.items()}
+        best = {name: {seed: best_at(points, b) for seed, points in by_seed.items()}
                 for name, by_seed in fronts.items()}
         empty[b] = [f"{name} seed {seed}" for name, by_seed in best.items()
                     for seed, value in by_seed.items() if value is None]
