@@ -200,6 +200,7 @@ def smoke(tmp_path: Path) -> subprocess.CompletedProcess:
 def test_smoke_protocol_then_resume(tmp_path: Path) -> None:
     first = smoke(tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
+    assert "A new study created" not in first.stderr  # library lines go to the workdir's log, as under `search`
     rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
     assert sorted((r["kind"], r["arm"], r["seed"]) for r in rows) == sorted(
         (kind, arm, seed) for kind, arm in (("run", "a"), ("run", "b"), ("study", "s"), ("study", "t"))

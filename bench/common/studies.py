@@ -101,12 +101,15 @@ def trial_listener(results: Path, key: Record) -> Callable[[Any], None]:
 
 
 def run_project_arm(settings: Any, results: Path, key: Record) -> tuple[Any, Any, Path]:
-    """elalora-auto's own search; resumes the study when it exists (journal in the workdir)."""
+    """elalora-auto's own search; resumes the study when it exists (journal in the workdir). Library log lines go to
+    the workdir's log, as under the CLI's `search`, so a long bench run prints its own lines only."""
+    from elalora_auto.output import library_output
     from elalora_auto.search import run_search
     from elalora_auto.search.plan import plan_study
     from elalora_auto.workdir import Workdir
 
-    study = run_search(settings, [trial_listener(results, key)], progress=False)
+    with library_output(settings.workdir):
+        study = run_search(settings, [trial_listener(results, key)], progress=False)
     return study, plan_study(settings), Workdir(settings.workdir).trials(study.study_name)
 
 
