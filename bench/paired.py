@@ -11,12 +11,13 @@ Two kinds of arm, both on a built-in study file's task, data, model, batch, leng
   defaults, as `train --method METHOD` builds it) with the TrialSpec overrides, e.g.
   `--arm half=elalora,params.final_budget=0.5`. Compared on the final metric.
 - `--search-arm NAME=METHOD[,space=YAML][,sampler=tpe|gp][,startup=N][,draw=N]`: one whole study of --trials
-  trials per seed (search_vs_peers' project arm; `startup`: the sampler's random trials first, default 10; `draw`:
-  the same search with another sampler seed, its trials' training seed unchanged) with the study file's own
-  pruning (`--pruning study`, the shipped search) or none. Compared on the hypervolume of its (metric, trainable
-  parameters) front and on the best metric at <= P parameters for three budgets P; also on how many seeds each
-  arm's hypervolume is the largest; and trial by trial where an arm and the baseline drew the same configuration
-  on one seed (an arm whose space only fixes a one-choice parameter draws the baseline's start-up).
+  trials per seed (`--trials-of NAME=N`: that arm's own count, e.g. a 24-trial search beside 12-trial ones;
+  search_vs_peers' project arm; `startup`: the sampler's random trials first, default 10; `draw`: the same search
+  with another sampler seed, its trials' training seed unchanged) with the study file's own pruning (`--pruning
+  study`, the shipped search) or none. Compared on the hypervolume of its (metric, trainable parameters) front and
+  on the best metric at <= P parameters for three budgets P; also on how many seeds each arm's hypervolume is the
+  largest; and trial by trial where an arm and the baseline drew the same configuration on one seed (an arm whose
+  space only fixes a one-choice parameter draws the baseline's start-up).
 - `--pool NAME=ARM[+ARM...]`: search arms that are draws of one search (`draw=N`), also reported together, each
   pool against the pool holding the baseline: per seed, the mean of each measure over the pool's arms (a verdict
   that rests on several draws of each search while the seed stays the unit of the interval), and the union of
@@ -52,10 +53,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import search_vs_peers as peers  # noqa: E402
 from common import GLUE, OUT, ROOT, append_jsonl, command_line, machine_note, read_jsonl, versions  # noqa: E402
+from common.arms import parse_arm, parse_pools, parse_trials_of, search_options  # noqa: E402
 from common.fronts import front_measures, largest_hv  # noqa: E402
 from common.pairing import detectable, paired_interval, pool_mean, same_config_lines  # noqa: E402
 from common.studies import NO_PRUNING, study_pruning  # noqa: E402
-from elalora_auto.search.settings import SAMPLERS  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "paired.jsonl"
 WORKDIR = OUT / "paired"
@@ -63,41 +64,19 @@ Record = dict[str, Any]
 
 
 # -- the arms -------------------------------------------------------------------------------------------------
-def parse_arm(text: str) -> tuple[str, str, list[str]]:
-    """'NAME=METHOD[,KEY=VALUE...]' -> (name, method, overrides)."""
-    name, sep, rest = text.partition("=")
-    method, *overrides = rest.split(",")
-    if not sep or not name or not method:
-        raise SystemExit(f"error: an arm is NAME=METHOD[,KEY=VALUE...], got {text!r}")
-    return name, method, overrides
+def arm_trials(args: argparse.Namespace, kind: str, arm: str) -> int:
+    """Trials per study of a search arm (--trials, or the arm's own --trials-of); 1 for a run arm."""
+    return args.trials_of.get(arm, args.trials) if kind == "study" else 1
 
 
 def arm_key(args: argparse.Namespace, kind: str, arm: str, spec: str, seed: int) -> Record:
     """What makes two rows the same measurement (the versions are checked beside it)."""
-    study = {"trials": args.trials, "pruning": args.pruning} if kind == "study" else {"trials": 1}
+    study = {"trials": arm_trials(args, kind, arm), "pruning": args.pruning} if kind == "study" else {"trials": 1}
     return {"kind": kind, "task": args.task, "arm": arm, "arm_spec": spec, "seed": seed, "steps": args.steps, **study}
 
 
-# a search arm's KEY=VALUE options -> the SearchSettings field each sets (draw: see `study_settings`)
-SEARCH_OPTIONS = {"space": "space", "sampler": "sampler", "startup": "startup_trials", "draw": "draw"}
-WHOLE_NUMBERS = ("startup", "draw")
-
-
-def search_options(overrides: list[str]) -> dict[str, Any]:
-    """A search arm's options as SearchSettings fields; an unknown or malformed one exits before any work."""
-    options: dict[str, Any] = {}
-    for item in overrides:
-        name, sep, value = item.partition("=")
-        if (not sep or name not in SEARCH_OPTIONS or (name in WHOLE_NUMBERS and not value.isdigit())
-                or (name == "draw" and int(value) < 1) or (name == "sampler" and value not in SAMPLERS)):
-            raise SystemExit("error: a search arm's options are space=YAML, sampler=tpe|gp, startup=N, draw=N "
-                             f"(N >= 1); got {item!r}")
-        options[SEARCH_OPTIONS[name]] = int(value) if name in WHOLE_NUMBERS else value
-    return options
-
-
 def study_settings(args: argparse.Namespace, method: str, seed: int, study: str,
-                   options: dict[str, Any] | None = None) -> Any:
+                   options: dict[str, Any] | None = None, trials: int | None = None) -> Any:
     """The study file's settings for this task, method and seed (search_vs_peers' arm_settings), with a search
     arm's `search_options` on top. `draw=N` is the same search drawn again: sampler seed 1000 * N + seed
     (`search --sampler-seed`), every trial's training seed still `seed`."""
@@ -108,7 +87,7 @@ def study_settings(args: argparse.Namespace, method: str, seed: int, study: str,
     options = dict(options or {})
     if "draw" in options:
         options["sampler_seed"] = 1000 * options.pop("draw") + seed
-    key = {"task": args.task, "arm": method, "seed": seed, "trials": args.trials, "steps": args.steps,
+    key = {"task": args.task, "arm": method, "seed": seed, "trials": trials or args.trials, "steps": args.steps,
            "study": study, **options}
     return peers.arm_settings(bench, key)
 
@@ -137,9 +116,9 @@ def run_arm(args: argparse.Namespace, key: Record, method: str, overrides: list[
 def search_arm(args: argparse.Namespace, key: Record, method: str, overrides: list[str]) -> Record:
     """One whole study (search_vs_peers' project arm; resumes from its journal), as its complete trials' points."""
     # the arm's definition in the study's name: a changed arm starts its own study, never resumes another's
-    tag = hashlib.sha1(f"{key['arm_spec']} {args.steps} {args.trials} {args.pruning}".encode()).hexdigest()[:8]
+    tag = hashlib.sha1(f"{key['arm_spec']} {args.steps} {key['trials']} {args.pruning}".encode()).hexdigest()[:8]
     settings = study_settings(args, method, key["seed"], f"{args.task}-{key['arm']}-{tag}-seed{key['seed']}",
-                              search_options(overrides))
+                              search_options(overrides), key["trials"])
     study, plan, trials_dir = peers.run_project_arm(settings, args.workdir / "trials.jsonl", key)
     rows = peers.study_rows_of(study, trials_dir)
     points = peers.complete_points({"rows": rows})
@@ -180,7 +159,7 @@ def comparable(records: list[Record], args: argparse.Namespace) -> tuple[list[Re
     mine = versions()
     names = {parse_arm(a)[0]: a for a in [*args.arm, *args.search_arm]}
     wanted = [r for r in records if r["task"] == args.task and r["steps"] == args.steps and r["seed"] in args.seeds
-              and names.get(r["arm"]) == r["arm_spec"] and r["trials"] == (args.trials if r["kind"] == "study" else 1)
+              and names.get(r["arm"]) == r["arm_spec"] and r["trials"] == arm_trials(args, r["kind"], r["arm"])
               and r.get("pruning", args.pruning) == args.pruning]
     kept = [r for r in wanted if r["versions"] == mine]
     other = [r for r in wanted if r["versions"] != mine]
@@ -235,8 +214,9 @@ def search_lines(rows: list[Record], base: str, budgets: Sequence[int] | None, p
         fronts[r["arm"]][r["seed"]] = r["points"]
     measures, empty = front_measures(fronts, ref, budgets)
     first = rows[0]
+    trials = "-".join(str(n) for n in sorted({r["trials"] for r in rows}))
     path = peers.plot_fronts(rows, ref, plots / f"paired_{first['task']}.png", f"{first['task']}: search fronts, "
-                             f"{first['trials']} trials x {first['steps']} steps per study, pruning {first['pruning']}",
+                             f"{trials} trials x {first['steps']} steps per study, pruning {first['pruning']}",
                              metric=first["metric"])
     lines = [f"Fronts of every arm and seed: {path}", "",
              f"Reference: metric floor {ref[0]:.4f} (majority class), cost ceiling {ref[1]:,.0f}; budgets P: "
@@ -326,6 +306,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="the arm every other arm of its kind is paired with (one per kind: --arm, --search-arm)")
     parser.add_argument("--steps", type=int, default=None, help="per run or trial (default: the study file's)")
     parser.add_argument("--trials", type=int, default=12, help="per search-arm study")
+    parser.add_argument("--trials-of", action="append", default=[], metavar="NAME=N",
+                        help="a search arm's own trials per study (default --trials): a 24-trial search against "
+                             "12-trial ones, or against a --pool of two 12-trial draws")
     parser.add_argument("--pruning", choices=["study", "none"], default="study",
                         help="search arms: the study file's own pruning (the shipped search) or every trial to the end")
     parser.add_argument("--budgets", nargs=3, type=int, default=None, help="P values (default: size quantiles)")
@@ -353,27 +336,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for text in args.search_arm:
         search_options(parse_arm(text)[2])
     args.pools = parse_pools(parser, args.pool, kinds["study"], args.baselines["study"])
+    args.trials_of = parse_trials_of(parser, args.trials_of, kinds["study"])
     if len(args.seeds) < 2:
         parser.error("a paired comparison needs 2 or more --seeds (the protocol asks for 6)")
     args.steps = args.steps or peers.planned_steps(argparse.Namespace(max_steps=None), args.task)
     return args
-
-
-def parse_pools(parser: argparse.ArgumentParser, texts: list[str], arms: list[str],
-                base: str | None) -> dict[str, list[str]]:
-    """--pool NAME=ARM[+ARM...]: a new name for one or more search arms; the search baseline in exactly one pool."""
-    pools = {}
-    for text in texts:
-        name, _, rest = text.partition("=")
-        members = rest.split("+")
-        if not name or name in arms or name in pools or not all(members) or set(members) - set(arms):
-            parser.error(f"a pool is NAME=ARM[+ARM...]: a new name and one or more of the search arms "
-                         f"({', '.join(arms) or 'none'}); got {text!r}")
-        pools[name] = members
-    if pools and sum(base in members for members in pools.values()) != 1:
-        parser.error(f"with --pool, the search baseline {base!r} must be in exactly one pool (the others are paired "
-                     "with it)")
-    return pools
 
 
 def main(argv: Sequence[str] | None = None) -> None:

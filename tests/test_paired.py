@@ -188,12 +188,23 @@ def test_search_arm_options_reach_the_study_settings(bench: ModuleType, tmp_path
             bench.parse_args(["--smoke", "--search-arm", f"g=elalora,{bad}", "--baseline", "g"])
 
 
+@pytest.mark.parametrize("trials_of", ["x=24", "g=0", "g=two", "g"])
+def test_bad_trials_of_exit_before_any_work(bench: ModuleType, trials_of: str,
+                                            capsys: pytest.CaptureFixture) -> None:
+    """--trials-of names one of the search arms and a whole number of trials >= 1, or the command stops."""
+    with pytest.raises(SystemExit) as exit_info:
+        bench.parse_args(["--smoke", "--seeds", "1", "2", "--search-arm", "g=lora", "--baseline", "g",
+                          "--trials-of", trials_of])
+    assert exit_info.value.code == 2 and "--trials-of is NAME=N" in capsys.readouterr().err
+
+
 def smoke(tmp_path: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(SCRIPT), "--smoke", "--seeds", "1", "2", "--steps", "8", "--trials", "2",
          "--arm", "a=lora", "--arm", "b=lora,learning_rate=2e-3", "--search-arm", "s=lora", "--search-arm",
-         "t=elalora", "--baseline", "a", "--baseline", "s", "--results", str(tmp_path / "rows.jsonl"),
-         "--workdir", str(tmp_path / "work"), "--plots", str(tmp_path / "plots")], capture_output=True, text=True, env=ENV, timeout=900)
+         "t=elalora", "--trials-of", "t=3", "--baseline", "a", "--baseline", "s",
+         "--results", str(tmp_path / "rows.jsonl"), "--workdir", str(tmp_path / "work"), "--plots", str(tmp_path / "plots")],
+        capture_output=True, text=True, env=ENV, timeout=900)
 
 
 @pytest.mark.slow
@@ -209,7 +220,9 @@ def test_smoke_protocol_then_resume(tmp_path: Path) -> None:
     assert all(len(r["points"]) >= 1 for r in rows if r["kind"] == "study")
     # search arms run the study file's own pruning (the shipped search) and say so in their key; every trial is kept
     assert {r["key"]["pruning"] for r in rows if r["kind"] == "study"} == {"study"}
-    assert all(len(r["rows"]) == 2 and r["steps_total"] > 0 for r in rows if r["kind"] == "study")
+    # --trials-of: t's studies ran 3 trials, s's the --trials 2, and the report pairs them seed by seed (below)
+    assert {(r["arm"], r["key"]["trials"], len(r["rows"])) for r in rows if r["kind"] == "study"} == {
+        ("s", 2, 2), ("t", 3, 3)} and all(r["steps_total"] > 0 for r in rows if r["kind"] == "study")
     assert f"Fronts of every arm and seed: {tmp_path / 'plots' / 'paired_smoke.png'}" in first.stdout
     assert (tmp_path / "plots" / "paired_smoke.png").stat().st_size > 0
     assert "| accuracy (points) | b - a | 2 |" in first.stdout and "| HV (x100) | t - s | 2 |" in first.stdout

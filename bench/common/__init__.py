@@ -13,6 +13,7 @@ reports it, and the commit where its file's format has a place for one. The modu
     fronts.py       (accuracy, size) fronts: hypervolume, best at a budget, dominance, the front plot
     reruns.py       paired re-runs of one ElaLoRA study's configurations with a setting changed
     pairing.py      paired statistics: per-seed differences' t-interval, the detectable difference, same-draw pairs
+    arms.py         paired.py's arm specs on its command line: search options, pools, per-arm trials
     cli_harness.py  the real CLI as processes under signals, a throw-away PostgreSQL, a storage's counts
 
 Scripts import it as `common` (bench/ is the script's folder, so it is on sys.path).
