@@ -89,6 +89,26 @@ def test_gp_takes_the_max_params_cap_as_its_constraint(study_file: Path, tmp_pat
     assert [t.number for t in trials if GP_PARAMS in t.system_attrs] == [2, 3]
 
 
+def test_gp_says_once_when_pruning_keeps_it_at_random(study_file: Path, tmp_path: Path, capsys) -> None:
+    """GPSampler counts complete trials only towards its start-up: once as many trials have ended as the start-up
+    asks and fewer are complete, the search says so, once, with the `startup_trials` that would let it model."""
+    halving = {"rule": "halving", "min_steps": 3, "reduction_factor": 2, "rung_ties": "hypervolume",
+               "baseline_patience": 99}
+    path = _gp_study_file(study_file, startup_trials=4, pruning=halving, trial0={"learning_rate": 5e-3, "r_init": 2})
+    assert main(["search", "--config", str(path), "--space", str(_space(tmp_path)), "--study", "gpn", "--sampler",
+                 "gp", "--trials", "6", "--quiet"]) == 0
+    trials = _study(tmp_path, "gpn").get_trials()
+    first_four = [t.state.name for t in trials[:4]]
+    complete = first_four.count("COMPLETE")
+    assert complete < 4, first_four  # the strict rungs pruned a draw among the first four
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert notes == [f"note: the GP sampler still draws at random: 4 trials ended, {complete} complete, and "
+                     "GPSampler counts complete trials only towards its 4 start-up trials (pruning stopped the "
+                     f"rest); to let it model, set startup_trials: {max(complete, 1)} in the study file and run the "
+                     "search again, or use --sampler tpe, which counts pruned trials too"]
+    assert not any(GP_PARAMS in t.system_attrs for t in trials)  # and indeed it never proposed
+
+
 def test_tpe_stays_the_default(study_file: Path, tmp_path: Path) -> None:
     settings = SearchSettings.from_sources(str(study_file), {"space": str(_space(tmp_path)), "study": "t",
                                                               "trials": 1})
