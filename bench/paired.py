@@ -23,9 +23,12 @@ Two kinds of arm, both on a built-in study file's task, data, model, batch, leng
   that rests on several draws of each search while the seed stays the unit of the interval), and the union of
   their fronts (what k independent searches found between them, at k times the trials).
 
-Rows: one JSON line per finished run or study (bench/results/paired.jsonl), with the library versions and commit on
-every row. A re-run skips every row already there for this environment's versions (so it resumes); the report
-compares only rows of this environment's versions and says how many it left out.
+Rows: one JSON line per finished run or study (bench/results/paired.jsonl), with the library versions, the kind
+of machine (`kernels`: the CPU model and SIMD kernels, or the CUDA device; each rounds a run's floats its own way)
+and the commit on every row. A re-run skips every row already there for this environment's versions (so it
+resumes); the report compares only rows of this environment's versions, says how many it left out, and names the
+kind of machine of each row where the comparison's rows ran on several (the same seed's run rounds apart on
+another kind: its data order and draws stay common, its floats do not).
 
     OMP_NUM_THREADS=1 python bench/paired.py --task mnli --seeds 42 43 44 45 46 47 \\
         --arm elalora=elalora --arm lora=lora --baseline lora         # 12 runs of 300 steps
@@ -40,6 +43,7 @@ compares only rows of this environment's versions and says how many it left out.
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime
 import hashlib
 import math
@@ -53,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import search_vs_peers as peers  # noqa: E402
 from common import GLUE, OUT, ROOT, append_jsonl, command_line, machine_note, read_jsonl, versions  # noqa: E402
+from common.notes import kernels, row_kernels  # noqa: E402
 from common.arms import parse_arm, parse_pools, parse_trials_of, search_options  # noqa: E402
 from common.fronts import front_measures, largest_hv  # noqa: E402
 from common.pairing import detectable, paired_interval, pool_mean, same_config_lines  # noqa: E402
@@ -146,8 +151,9 @@ def run_all(args: argparse.Namespace) -> None:
             print(f"{time.strftime('%H:%M:%S')} {kind} {name} seed {seed}", flush=True)
             before = machine_note()
             row = (run_arm if kind == "run" else search_arm)(args, key, method, overrides)
-            append_jsonl(args.results, {"key": key, **row, "versions": mine, "commit": peers.git_commit(),
-                                        "command": command_line(), "machine_before": before,
+            append_jsonl(args.results, {"key": key, **row, "versions": mine, "kernels": kernels(),
+                                        "commit": peers.git_commit(), "command": command_line(),
+                                        "machine_before": before,
                                         "date": datetime.datetime.now(datetime.timezone.utc).strftime(
                                             "%Y-%m-%d %H:%M UTC")})
 
@@ -155,7 +161,8 @@ def run_all(args: argparse.Namespace) -> None:
 # -- the report -----------------------------------------------------------------------------------------------
 def comparable(records: list[Record], args: argparse.Namespace) -> tuple[list[Record], list[str]]:
     """This comparison's rows (task, steps, the arms and seeds asked for) run under this environment's versions,
-    and a line naming what was left out for other versions (never mixed into one comparison)."""
+    a line naming what was left out for other versions (never mixed into one comparison), and one naming which
+    rows ran on which kind of machine where they ran on several (`notes.kernels`)."""
     mine = versions()
     names = {parse_arm(a)[0]: a for a in [*args.arm, *args.search_arm]}
     wanted = [r for r in records if r["task"] == args.task and r["steps"] == args.steps and r["seed"] in args.seeds
@@ -166,6 +173,15 @@ def comparable(records: list[Record], args: argparse.Namespace) -> tuple[list[Re
     lines = [f"left out {len(other)} row(s) run under other library versions ("
              + "; ".join(sorted({", ".join(f"{k} {v}" for k, v in r["versions"].items()) for r in other}))
              + f"); this comparison: {', '.join(f'{k} {v}' for k, v in mine.items())}"] if other else []
+    machines = collections.defaultdict(lambda: collections.defaultdict(list))  # kind of machine -> arm -> seeds
+    for r in kept:
+        machines[row_kernels(r)][r["arm"]].append(r["seed"])
+    if len(machines) > 1:  # the seeds' data order and draws stay common; the floats' rounding does not
+        lines.append("rows from several kinds of machine (a seed's run rounds apart on another, so pairs across "
+                     "kinds are noisier): " + "; ".join(
+                         f"{machine}: " + ", ".join(f"{arm} {' '.join(map(str, sorted(seeds)))}"
+                                                    for arm, seeds in sorted(arms.items()))
+                         for machine, arms in sorted(machines.items())))
     return kept, lines
 
 

@@ -40,11 +40,39 @@ def test_interval_by_hand(bench: ModuleType) -> None:
     assert bench.detectable(1.0, 6) == pytest.approx(1.4248, abs=1e-3)
 
 
-def row(bench: ModuleType, arm: str, seed: int, value: float, other_versions: bool = False) -> dict:
+def row(bench: ModuleType, arm: str, seed: int, value: float, other_versions: bool = False,
+        kernels: str = "CPU Some Model, AVX512") -> dict:
     key = {"kind": "run", "task": "smoke", "arm": arm, "arm_spec": f"{arm}=lora", "seed": seed, "steps": 20,
            "trials": 1}
     versions = {**bench.versions(), "torch": "0.0-other"} if other_versions else bench.versions()
-    return {"key": key, **key, "metric": "accuracy", "value": value, "trainable_params": 100, "versions": versions}
+    return {"key": key, **key, "metric": "accuracy", "value": value, "trainable_params": 100, "versions": versions,
+            "kernels": kernels}
+
+
+def test_a_rows_kind_of_machine_from_its_field_or_its_older_machine_note(bench: ModuleType) -> None:
+    from common.notes import kernels, row_kernels
+
+    assert row_kernels({"kernels": "CPU X, AVX2", "machine_before": "ignored"}) == "CPU X, AVX2"
+    notes = {"2-core CPU (Intel(R) Xeon(R) Processor, torch CPU kernels AVX512), no CUDA device, torch 2.13.0+cpu; "
+             "load average 1.3 / 1.0 / 0.9 (1/5/15 min)": "CPU Intel(R) Xeon(R) Processor, AVX512",
+             "2-core CPU (AMD EPYC), no CUDA device, torch 2.13.0+cpu; load average 2.0 / 2.0 / 2.0 (1/5/15 min)":
+                 "CPU AMD EPYC, kernels unrecorded",
+             "1 x NVIDIA H100 80GB HBM3 (79 GiB, CUDA 12.8), 16-core CPU (Intel(R) Xeon(R) Platinum 8480+, torch CPU "
+             "kernels AVX512); load average 0.1 / 0.1 / 0.1 (1/5/15 min)": "CUDA NVIDIA H100 80GB HBM3",
+             "2-core CPU, no GPU, shared with other work; load average 1.4 / 2.5 / 4.1 (1/5/15 min)": "unrecorded"}
+    assert {note: row_kernels({"machine_before": note}) for note in notes} == notes
+    here = kernels()  # this machine's, in the words its rows are stamped with
+    assert row_kernels({"machine_before": bench.machine_note()}) == here and here.startswith(("CPU ", "CUDA "))
+
+
+def test_the_report_names_each_rows_machine_where_they_differ(bench: ModuleType) -> None:
+    args = bench.parse_args(["--smoke", "--seeds", "1", "2", "--arm", "a=lora", "--arm", "b=lora", "--baseline", "a"])
+    rows = [row(bench, "a", 1, 0.5), row(bench, "a", 2, 0.6), row(bench, "b", 1, 0.5), row(bench, "b", 2, 0.6)]
+    assert "kinds of machine" not in bench.report(rows, args)
+    rows[3]["kernels"] = "CPU Other Model, AVX2"
+    assert bench.report(rows, args).startswith(
+        "rows from several kinds of machine (a seed's run rounds apart on another, so pairs across kinds are "
+        "noisier): CPU Other Model, AVX2: b 2; CPU Some Model, AVX512: a 1 2, b 1\n")
 
 
 def test_calibration_lines_by_hand(bench: ModuleType) -> None:
@@ -216,7 +244,7 @@ def test_smoke_protocol_then_resume(tmp_path: Path) -> None:
     assert sorted((r["kind"], r["arm"], r["seed"]) for r in rows) == sorted(
         (kind, arm, seed) for kind, arm in (("run", "a"), ("run", "b"), ("study", "s"), ("study", "t"))
         for seed in (1, 2))
-    assert all(r["versions"]["torch"] and r["commit"] for r in rows)
+    assert all(r["versions"]["torch"] and r["commit"] and r["kernels"].startswith(("CPU ", "CUDA ")) for r in rows)
     assert all(len(r["points"]) >= 1 for r in rows if r["kind"] == "study")
     # search arms run the study file's own pruning (the shipped search) and say so in their key; every trial is kept
     assert {r["key"]["pruning"] for r in rows if r["kind"] == "study"} == {"study"}

@@ -6,7 +6,8 @@ bench/out/ (ignored; ELALORA_BENCH_OUT moves it, as the smoke tests do). A row n
 reports it, and the commit where its file's format has a place for one. The modules:
 
     results.py      paths, JSON-lines I/O with resume, scratch JSON, BENCHMARKS.md sections
-    notes.py        the commit of a checkout, the machine (GPU or CPU model, cores, load) and library versions
+    notes.py        the commit of a checkout, the machine (GPU or CPU model, cores, load), library versions and the
+                    kind of machine whose kernels round a run's floats
     training.py     MiniLM, the SST-2 reference setting, the common command-line options
     studies.py      a search arm on a built-in study file (settings, listener, rows) and its command line
     trainer_hps.py  transformers' Trainer over PEFT LoRA as the peers' search runs it

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -53,6 +54,31 @@ def device_note() -> str:
         return (f"{torch.cuda.device_count()} x {props.name} ({props.total_memory / 2**30:.0f} GiB, CUDA "
                 f"{torch.version.cuda}), {cpu}")
     return f"{cpu}, no CUDA device, torch {torch.__version__}"
+
+
+def kernels() -> str:
+    """What rounds a training run's floats beside the library versions: the CUDA device torch would train on, else
+    the CPU model and the SIMD kernels torch dispatches to. One kind of machine repeats a seed's run to the bit;
+    another drifts from it (the same SST-2 trial 0 ended 83.83% on an AMD EPYC and 83.49% on an Intel Xeon, both
+    AVX512), so rows of two kinds are no common-random-number pair."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"CUDA {torch.cuda.get_device_name(0)}"
+    return f"CPU {cpu_model()}, {torch.backends.cpu.get_cpu_capability()}"
+
+
+def row_kernels(row: dict) -> str:
+    """A result row's `kernels`; a row written before that field has them in its `machine_before` (`device_note`'s
+    words: a CUDA device first, else the CPU; the SIMD kernels only since they were added there)."""
+    if "kernels" in row:
+        return row["kernels"]
+    note = row.get("machine_before", "")
+    cuda = re.match(r"\d+ x (.+?) \(\d+ GiB", note)
+    cpu = re.search(r"CPU \((.+?)(?:, torch CPU kernels (\w+))?\)(?=[,;]|$)", note)
+    if cuda or not cpu:
+        return f"CUDA {cuda[1]}" if cuda else "unrecorded"
+    return f"CPU {cpu[1]}, {cpu[2] or 'kernels unrecorded'}"
 
 
 def busy_processes(limit: int = 4) -> list[str]:
