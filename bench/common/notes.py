@@ -58,9 +58,9 @@ def device_note() -> str:
 
 def kernels() -> str:
     """What rounds a training run's floats beside the library versions: the CUDA device torch would train on, else
-    the CPU model and the SIMD kernels torch dispatches to. One kind of machine repeats a seed's run to the bit;
-    another drifts from it (the same SST-2 trial 0 ended 83.83% on an AMD EPYC and 83.49% on an Intel Xeon, both
-    AVX512), so rows of two kinds are no common-random-number pair."""
+    the CPU model and the SIMD kernels torch dispatches to. One kind of machine repeats a seed's ElaLoRA run to the
+    bit; another may not (the same SST-2 trial 0 ended 83.03% on an AMD EPYC and 82.45% on an Intel Xeon, both
+    AVX512: a rounding difference flipped a rank choice), so a pair of rows from two kinds is a noisier pair."""
     import torch
 
     if torch.cuda.is_available():
